@@ -1,0 +1,42 @@
+"""One `pulumi up` per environment: the platform, then the Redis Cluster on it."""
+
+import pulumi
+
+from components.eks_platform import EksPlatform, EksPlatformArgs
+from components.redis_cluster import RedisCluster, RedisClusterArgs
+from components.redis_node_files import REDIS_PORT
+from components.stack_settings import load_settings
+
+settings = load_settings()
+
+platform = EksPlatform(
+    "platform",
+    EksPlatformArgs(settings=settings, name=f"{pulumi.get_project()}-{pulumi.get_stack()}"),
+)
+redis_cluster = RedisCluster(
+    "redis",
+    RedisClusterArgs(
+        settings=settings,
+        provider=platform.provider,
+        kubeconfig=platform.kubeconfig,
+        storage_class_name=platform.storage_class_name,
+    ),
+)
+
+pulumi.export("clusterName", platform.cluster_name)
+pulumi.export("kubeconfig", platform.kubeconfig)
+pulumi.export("storageClassName", platform.storage_class_name)
+pulumi.export("namespace", redis_cluster.namespace)
+pulumi.export("redisPassword", redis_cluster.password)
+pulumi.export(
+    "redisConnection",
+    pulumi.Output.format(
+        "{0}.{1}.svc.cluster.local:{2} (cluster mode; seed nodes via the headless service)",
+        redis_cluster.headless_service_name,
+        redis_cluster.namespace,
+        REDIS_PORT,
+    ),
+)
+pulumi.export("redisClientService", redis_cluster.client_service_name)
+pulumi.export("redisClusterState", redis_cluster.bootstrap.state)
+pulumi.export("redisTopology", redis_cluster.bootstrap.placement)

@@ -1,0 +1,427 @@
+"""`ClusterBootstrap`: a Pulumi dynamic resource that forms, converges, scales out and
+refreshes the Redis Cluster running in the StatefulSet's pods.
+
+The provider is thin: it validates inputs, builds a transport (`node_transports`) and
+calls the cluster logic (`cluster_topology`). The engine runs it in a separate process
+(`python -m pulumi.dynamic`) after unpickling it with dill; this module is pickled by
+reference, so it must import cleanly and create nothing at import time.
+
+Secrets: `password` and `kubeconfig` are secret inputs. `read` (refresh) only receives the
+stored outputs, so both are kept in the outputs too, always as secrets: wrapped in the
+wire's secret marker by the provider and listed in `additional_secret_outputs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import pulumi
+import pulumi.dynamic
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("kubernetes", "direct")
+MIN_SHARDS = 3
+MAX_SHARDS = 100
+MAX_REPLICAS_PER_SHARD = 5
+DEFAULT_READY_TIMEOUT = 600
+
+SECRET_FIELDS = ("password", "kubeconfig")
+INPUT_FIELDS = (
+    "shards",
+    "replicas_per_shard",
+    "password",
+    "transport",
+    "kubeconfig",
+    "namespace",
+    "stateful_set_name",
+    "pod_selector",
+    "nodes",
+    "ready_timeout_seconds",
+)
+OUTPUT_FIELDS = ("state", "node_count", "masters", "replicas", "placement", "problems")
+# Pointing the resource at other pods means another cluster: replace, never reshape.
+REPLACE_FIELDS = ("transport", "namespace", "stateful_set_name")
+
+
+@dataclass
+class ClusterBootstrapArgs:
+    shards: pulumi.Input[int]
+    replicas_per_shard: pulumi.Input[int]
+    password: pulumi.Input[str]  # secret
+    transport: str  # "kubernetes" or "direct"
+    kubeconfig: Optional[pulumi.Input[str]] = None  # secret; kubernetes transport
+    namespace: Optional[pulumi.Input[str]] = None
+    stateful_set_name: Optional[pulumi.Input[str]] = None
+    pod_selector: Optional[pulumi.Input[str]] = None
+    nodes: Optional[Sequence[Mapping[str, Any]]] = None  # direct transport
+    ready_timeout_seconds: pulumi.Input[int] = DEFAULT_READY_TIMEOUT
+
+
+# ---------------------------------------------------------------------------------------
+# Property handling (plain dicts as the provider server hands them over).
+# ---------------------------------------------------------------------------------------
+
+
+def _unwrap(value: Any) -> Any:
+    from pulumi.runtime import rpc
+
+    return rpc.unwrap_rpc_secret(value)
+
+
+def _secret(value: Any) -> Any:
+    from pulumi.runtime import rpc
+
+    return value if value is None else rpc.wrap_rpc_secret(value)
+
+
+def _is_unknown(value: Any) -> bool:
+    from pulumi.output import Unknown
+    from pulumi.runtime import rpc
+
+    value = _unwrap(value)
+    return isinstance(value, Unknown) or value == rpc.UNKNOWN
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """Validated, plain inputs."""
+
+    shards: int
+    replicas_per_shard: int
+    password: str
+    transport: str
+    kubeconfig: Optional[str] = None
+    namespace: Optional[str] = None
+    stateful_set_name: Optional[str] = None
+    pod_selector: Optional[str] = None
+    nodes: tuple[Mapping[str, Any], ...] = ()
+    ready_timeout_seconds: int = DEFAULT_READY_TIMEOUT
+
+    @property
+    def pod_count(self) -> int:
+        return self.shards * (1 + self.replicas_per_shard)
+
+    def __repr__(self) -> str:  # never print the secrets
+        return f"BootstrapSpec(shards={self.shards}, replicas_per_shard={self.replicas_per_shard}, transport={self.transport!r})"
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, Any]) -> "BootstrapSpec":
+        failures = validate(props)
+        if failures:
+            raise ValueError("; ".join(f"{p}: {r}" for p, r in failures))
+        plain = {k: _unwrap(props.get(k)) for k in INPUT_FIELDS}
+        return cls(
+            shards=int(plain["shards"]),
+            replicas_per_shard=int(plain["replicas_per_shard"]),
+            password=str(plain["password"]),
+            transport=str(plain["transport"]),
+            kubeconfig=plain.get("kubeconfig") or None,
+            namespace=plain.get("namespace") or None,
+            stateful_set_name=plain.get("stateful_set_name") or None,
+            pod_selector=plain.get("pod_selector") or None,
+            nodes=tuple(dict(n) for n in (plain.get("nodes") or ())),
+            ready_timeout_seconds=int(plain.get("ready_timeout_seconds") or DEFAULT_READY_TIMEOUT),
+        )
+
+
+def _whole(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems with the inputs as (property, reason); unknown values are not judged."""
+    failures: list[tuple[str, str]] = []
+
+    def get(key: str) -> Any:
+        return _unwrap(props.get(key))
+
+    def known(key: str) -> bool:
+        return not _is_unknown(props.get(key))
+
+    shards = _whole(get("shards")) if known("shards") else None
+    if known("shards") and (shards is None or not MIN_SHARDS <= shards <= MAX_SHARDS):
+        failures.append(("shards", f"expected a whole number from {MIN_SHARDS} to {MAX_SHARDS}"))
+    replicas = _whole(get("replicas_per_shard")) if known("replicas_per_shard") else None
+    if known("replicas_per_shard") and (replicas is None or not 0 <= replicas <= MAX_REPLICAS_PER_SHARD):
+        failures.append(("replicas_per_shard", f"expected a whole number from 0 to {MAX_REPLICAS_PER_SHARD}"))
+    if known("password") and (not isinstance(get("password"), str) or not get("password")):
+        failures.append(("password", "expected a non-empty string (set as a secret)"))
+    timeout = get("ready_timeout_seconds")
+    if known("ready_timeout_seconds") and timeout is not None and (_whole(timeout) is None or _whole(timeout) < 1):
+        failures.append(("ready_timeout_seconds", "expected a positive whole number of seconds"))
+    transport = get("transport")
+    if known("transport") and transport not in TRANSPORTS:
+        failures.append(("transport", "expected one of " + ", ".join(TRANSPORTS)))
+    if transport == "kubernetes":
+        for key in ("namespace", "stateful_set_name"):
+            if known(key) and not get(key):
+                failures.append((key, "required with the kubernetes transport"))
+    if transport == "direct" and known("nodes"):
+        nodes = get("nodes")
+        if not isinstance(nodes, (list, tuple)) or not nodes:
+            failures.append(("nodes", "required with the direct transport: a list of {pod, host, port, zone}"))
+        else:
+            for i, node in enumerate(nodes):
+                if not isinstance(node, Mapping) or not node.get("pod") or not node.get("host"):
+                    failures.append(("nodes", f"entry {i} needs at least pod and host"))
+                    break
+            else:
+                if shards is not None and replicas is not None and len(nodes) < shards * (1 + replicas):
+                    failures.append(
+                        ("nodes", f"{shards} shards with {replicas} replica(s) need {shards * (1 + replicas)} nodes, "
+                                  f"{len(nodes)} given")
+                    )
+    return failures
+
+
+def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    from components.cluster_topology import scale_in_message
+
+    failures = []
+    for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
+        old, new = _unwrap(olds.get(key)), _unwrap(news.get(key))
+        if _is_unknown(old) or _is_unknown(new) or _whole(old) is None or _whole(new) is None:
+            continue
+        if _whole(new) < _whole(old):
+            failures.append((key, scale_in_message(_whole(old), _whole(new), label)))
+    return failures
+
+
+def make_transport(spec: BootstrapSpec) -> Any:
+    from components.node_transports import DirectTransport, KubernetesTransport
+
+    if spec.transport == "direct":
+        return DirectTransport(spec.nodes, spec.password)
+    try:
+        return KubernetesTransport.from_kubeconfig(
+            spec.kubeconfig,
+            namespace=spec.namespace,
+            stateful_set_name=spec.stateful_set_name,
+            pod_selector=spec.pod_selector,
+            password=spec.password,
+        )
+    except Exception as error:  # noqa: BLE001 - parser messages quote the (secret) text
+        raise ValueError(f"the kubeconfig input could not be loaded ({type(error).__name__})") from None
+
+
+def resource_id(spec: BootstrapSpec) -> str:
+    if spec.transport == "kubernetes":
+        return f"kubernetes/{spec.namespace}/{spec.stateful_set_name}"
+    first = sorted(spec.nodes, key=lambda n: str(n.get("pod")))[0]
+    digest = hashlib.sha256(f"{first.get('host')}:{first.get('port', 6379)}".encode()).hexdigest()[:12]
+    return f"direct/{digest}"
+
+
+def _outputs(props: Mapping[str, Any], topology: Mapping[str, Any]) -> dict[str, Any]:
+    outs = {k: props[k] for k in INPUT_FIELDS if props.get(k) is not None}
+    for key in SECRET_FIELDS:
+        if key in outs:
+            outs[key] = _secret(_unwrap(outs[key]))
+    for key in OUTPUT_FIELDS:
+        outs[key] = topology.get(key)
+    return outs
+
+
+@contextmanager
+def _scrubbed(*secrets: Optional[str]) -> Iterator[None]:
+    """Re-raises any failure with the secrets cut out of its message (and without the
+    original exception chained, which the provider server would print)."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - re-raised, cleaned
+        message = str(error) or type(error).__name__
+        leaked = [s for s in secrets if s and s in message]
+        if not leaked:
+            raise
+        for secret in leaked:
+            message = message.replace(secret, "[secret]")
+        raise RuntimeError(message) from None
+
+
+def _known_pods(props: Mapping[str, Any]) -> dict[str, str]:
+    """Node ID -> pod from the stored outputs, to name nodes that are down now."""
+    found = {}
+    for group in ("masters", "replicas"):
+        for item in _unwrap(props.get(group)) or []:
+            if isinstance(item, Mapping) and item.get("id") and item.get("pod"):
+                found[str(item["id"])] = str(item["pod"])
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# The provider.
+# ---------------------------------------------------------------------------------------
+
+
+class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = dict(news)
+        if inputs.get("ready_timeout_seconds") is None:
+            inputs["ready_timeout_seconds"] = DEFAULT_READY_TIMEOUT
+        failures = validate(inputs) + scale_in_failures(olds or {}, inputs)
+        return CheckResult(inputs, [CheckFailure(p, r) for p, r in failures])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        refused = scale_in_failures(olds, news)
+        if refused:
+            raise ValueError(refused[0][1])
+        changed = []
+        for key in INPUT_FIELDS:
+            new = news.get(key)
+            if _is_unknown(new) or _unwrap(olds.get(key)) != _unwrap(new):
+                changed.append(key)
+        replaces = [k for k in changed if k in REPLACE_FIELDS and olds.get(k) is not None]
+        # Drift seen by refresh (a failed node, a lost replica, open slots) makes
+        # `pulumi up` run an update, which converges what can be converged.
+        drift = olds.get("state") not in (None, "ok")
+        return DiffResult(changes=bool(changed) or drift, replaces=replaces, delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.cluster_topology import ensure_cluster
+
+        spec = BootstrapSpec.from_props(props)
+        with _scrubbed(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+            topology = ensure_cluster(
+                transport, spec.shards, spec.replicas_per_shard, spec.ready_timeout_seconds, mode="create"
+            )
+        return CreateResult(resource_id(spec), _outputs(props, topology))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        from components.cluster_topology import ScaleInRefused, ensure_cluster
+
+        refused = scale_in_failures(olds, news)
+        if refused:
+            raise ScaleInRefused(refused[0][1])
+        spec = BootstrapSpec.from_props(news)
+        with _scrubbed(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+            topology = ensure_cluster(
+                transport, spec.shards, spec.replicas_per_shard, spec.ready_timeout_seconds, mode="update"
+            )
+        return UpdateResult(_outputs(news, topology))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        from components.cluster_topology import read_topology
+
+        spec = BootstrapSpec.from_props(props)
+        try:
+            with make_transport(spec) as transport:
+                topology = read_topology(transport, spec.shards, spec.replicas_per_shard, _known_pods(props))
+        except Exception as error:  # noqa: BLE001 - refresh reports, it does not fail
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            for secret in (spec.password, spec.kubeconfig):
+                if secret and secret in message:
+                    message = type(error).__name__
+            topology = {
+                "state": "unreachable",
+                "node_count": 0,
+                "masters": [],
+                "replicas": [],
+                "placement": _unwrap(props.get("placement")) or {},
+                "problems": [f"cannot read the cluster: {message}"],
+            }
+        return ReadResult(id_, _outputs(props, topology))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        # Forgetting is all: the nodes and their data stay as they are.
+        return None
+
+
+class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBootstrap"):
+    """Forms the Redis Cluster once the StatefulSet's pods are ready, and keeps it in the
+    configured shape (scale out on update, drift on refresh)."""
+
+    state: pulumi.Output[str]
+    node_count: pulumi.Output[int]
+    masters: pulumi.Output[list]
+    replicas: pulumi.Output[list]
+    placement: pulumi.Output[dict]
+    problems: pulumi.Output[list]
+
+    def __init__(
+        self,
+        resource_name: str,
+        args: ClusterBootstrapArgs,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ) -> None:
+        props: dict[str, Any] = {
+            "shards": args.shards,
+            "replicas_per_shard": args.replicas_per_shard,
+            "password": pulumi.Output.secret(args.password),
+            "transport": args.transport,
+            "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
+            "namespace": args.namespace,
+            "stateful_set_name": args.stateful_set_name,
+            "pod_selector": args.pod_selector,
+            "nodes": args.nodes
+            if args.nodes is None or isinstance(args.nodes, pulumi.Output)
+            else [dict(n) for n in args.nodes],
+            "ready_timeout_seconds": args.ready_timeout_seconds,
+        }
+        props.update({key: None for key in OUTPUT_FIELDS})
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS))
+        )
+        super().__init__(ClusterBootstrapProvider(), resource_name, props, opts)
+
+
+# ---------------------------------------------------------------------------------------
+# Plain functions for the local sandbox: the provider's own logic, without an engine.
+# ---------------------------------------------------------------------------------------
+
+
+def ensure_cluster(
+    transport: Union[str, Any],
+    nodes: Sequence[Mapping[str, Any]],
+    shards: int,
+    replicas_per_shard: int,
+    timeout: float = DEFAULT_READY_TIMEOUT,
+    *,
+    password: str,
+    mode: str = "update",
+) -> dict[str, Any]:
+    """Forms, adopts or scales out the cluster on `nodes` ({pod, host, port, zone}) and
+    returns the topology the resource would output. `transport` is "direct" or a
+    `NodeTransport`. mode "update" also scales out; "create" only forms or adopts."""
+    from components import cluster_topology
+    from components.node_transports import DirectTransport
+
+    owned = transport == "direct"
+    chosen = DirectTransport(nodes, password) if owned else transport
+    try:
+        return cluster_topology.ensure_cluster(chosen, int(shards), int(replicas_per_shard), float(timeout), mode=mode)
+    finally:
+        if owned:
+            chosen.close()
+
+
+def read_topology(
+    transport: Union[str, Any],
+    nodes: Sequence[Mapping[str, Any]],
+    shards: int,
+    replicas_per_shard: int,
+    *,
+    password: str,
+) -> dict[str, Any]:
+    """The live topology of the cluster on `nodes`, as `pulumi refresh` would report it."""
+    from components import cluster_topology
+    from components.node_transports import DirectTransport
+
+    owned = transport == "direct"
+    chosen = DirectTransport(nodes, password) if owned else transport
+    try:
+        return cluster_topology.read_topology(chosen, int(shards), int(replicas_per_shard))
+    finally:
+        if owned:
+            chosen.close()

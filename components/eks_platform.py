@@ -1,0 +1,328 @@
+"""The platform Redis runs on: an EKS cluster (or an existing cluster) and the `data` StorageClass.
+
+Every Kubernetes object of the program goes through `EksPlatform.provider`, so nothing ever
+lands on whatever cluster the operator's local kubeconfig happens to point at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_awsx as awsx
+import pulumi_eks as eks
+import pulumi_kubernetes as k8s
+
+from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_PROVISIONER, StackSettings
+
+STORAGE_CLASS_NAME = "data"
+EBS_CSI_ADDON = "aws-ebs-csi-driver"
+# The controller's service account as the add-on installs it; the IAM role trusts only it.
+EBS_CSI_SERVICE_ACCOUNT = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
+VPC_CIDR = "10.0.0.0/16"
+
+
+@dataclass(frozen=True)
+class EksPlatformArgs:
+    settings: StackSettings
+    # Prefix of every cloud name this stack creates, e.g. "redis-eks-dev".
+    name: str
+
+
+class EksPlatform(pulumi.ComponentResource):
+    """EKS (or an existing cluster), the Kubernetes provider and the StorageClass `data`."""
+
+    provider: k8s.Provider
+    cluster_name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    storage_class_name: pulumi.Output[str]
+
+    def __init__(self, resource_name: str, args: EksPlatformArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
+        settings = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        if settings.platform == "eks":
+            cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn = self._build_eks(
+                args.name, settings, child
+            )
+        else:
+            cluster_name = pulumi.Output.from_input("existing")
+            kubeconfig = pulumi.Output.secret(settings.kubeconfig)
+            storage_class_depends_on = []
+            volume_key_arn = None
+
+        self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        self.cluster_name = cluster_name
+        self.provider = k8s.Provider(
+            f"{resource_name}-k8s",
+            k8s.ProviderArgs(kubeconfig=self.kubeconfig),
+            opts=child,
+        )
+        storage_class = k8s.storage.v1.StorageClass(
+            f"{resource_name}-storage-class",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=STORAGE_CLASS_NAME,
+                annotations={"storageclass.kubernetes.io/is-default-class": "false"},
+            ),
+            provisioner=settings.storage_provisioner,
+            parameters=_storage_parameters(settings, volume_key_arn),
+            # Redis data must outlive the claim and a `pulumi destroy`: volumes are removed
+            # on purpose only (README, "Deleting data").
+            reclaim_policy="Retain",
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=self.provider, depends_on=storage_class_depends_on
+            ),
+        )
+        self.storage_class_name = storage_class.metadata.name
+        self.register_outputs(
+            {
+                "cluster_name": self.cluster_name,
+                "kubeconfig": self.kubeconfig,
+                "storage_class_name": self.storage_class_name,
+            }
+        )
+
+    def _build_eks(self, name: str, settings: StackSettings, child: pulumi.ResourceOptions):
+        partition = aws.get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self)).partition
+
+        if settings.vpc_id:
+            vpc_id: pulumi.Input[str] = settings.vpc_id
+            private_subnet_ids: pulumi.Input[list] = list(settings.private_subnet_ids)
+            public_subnet_ids: pulumi.Input[list] = []
+        else:
+            vpc = awsx.ec2.Vpc(
+                f"{name}-vpc",
+                awsx.ec2.VpcArgs(
+                    cidr_block=VPC_CIDR,
+                    number_of_availability_zones=settings.availability_zone_count,
+                    nat_gateways=awsx.ec2.NatGatewayConfigurationArgs(
+                        strategy=(
+                            awsx.ec2.NatGatewayStrategy.SINGLE
+                            if settings.nat_gateways == "single"
+                            else awsx.ec2.NatGatewayStrategy.ONE_PER_AZ
+                        )
+                    ),
+                    enable_dns_hostnames=True,
+                    tags={"Name": f"{name}-vpc"},
+                ),
+                opts=child,
+            )
+            vpc_id = vpc.vpc_id
+            private_subnet_ids = vpc.private_subnet_ids
+            public_subnet_ids = vpc.public_subnet_ids
+
+        # EKS takes a grant on this key with the permissions of whoever creates the cluster,
+        # so pulumi-eks's own cluster role needs no KMS policy of ours.
+        secrets_key = aws.kms.Key(
+            f"{name}-secrets-key",
+            description=f"Envelope encryption of Kubernetes secrets in EKS cluster {name}",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            opts=child,
+        )
+        cluster = eks.Cluster(
+            f"{name}-eks",
+            eks.ClusterArgs(
+                name=name,
+                version=settings.cluster_version,
+                vpc_id=vpc_id,
+                private_subnet_ids=private_subnet_ids,
+                public_subnet_ids=public_subnet_ids,
+                authentication_mode=eks.AuthenticationMode.API,
+                skip_default_node_group=True,
+                skip_default_security_groups=True,
+                create_oidc_provider=True,
+                encryption_config_key_arn=secrets_key.arn,
+                enabled_cluster_log_types=list(CONTROL_PLANE_LOG_TYPES),
+                endpoint_private_access=True,
+                endpoint_public_access=settings.endpoint_public_access,
+                public_access_cidrs=list(settings.public_access_cidrs) if settings.endpoint_public_access else None,
+                tags={"Name": name},
+            ),
+            opts=child,
+        )
+
+        node_role = aws.iam.Role(
+            f"{name}-node-role",
+            assume_role_policy=_service_trust_policy("ec2.amazonaws.com"),
+            opts=child,
+        )
+        for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"):
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                role=node_role.name,
+                policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy),
+                opts=child,
+            )
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-nodes",
+            # Hop limit 1 keeps pods (other than host-network system pods) away from the node
+            # role's credentials.
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=1,
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=40,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            update_default_version=True,
+            opts=child,
+        )
+        node_group = aws.eks.NodeGroup(
+            f"{name}-node-group",
+            cluster_name=name,
+            node_role_arn=node_role.arn,
+            subnet_ids=private_subnet_ids,
+            instance_types=[settings.node_instance_type],
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=settings.node_min_size,
+                desired_size=settings.node_desired_size,
+                max_size=settings.node_max_size,
+            ),
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id,
+                version=launch_template.latest_version.apply(str),
+            ),
+            # One node at a time, so the PodDisruptionBudget and the preStop handover keep
+            # writes going through an AMI or version upgrade.
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+        )
+
+        volume_key_arn: pulumi.Input[str]
+        if settings.storage_kms_key_arn:
+            volume_key_arn = settings.storage_kms_key_arn
+        else:
+            volume_key_arn = aws.kms.Key(
+                f"{name}-volumes-key",
+                description=f"Encryption of the Redis EBS volumes of EKS cluster {name}",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                opts=child,
+            ).arn
+
+        ebs_csi_role = aws.iam.Role(
+            f"{name}-ebs-csi-role",
+            assume_role_policy=pulumi.Output.all(cluster.oidc_provider_arn, cluster.oidc_provider_url).apply(
+                lambda values: irsa_trust_policy(values[0], values[1], EBS_CSI_SERVICE_ACCOUNT)
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ebs-csi-policy",
+            role=ebs_csi_role.name,
+            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-ebs-csi-kms",
+            role=ebs_csi_role.id,
+            policy=pulumi.Output.from_input(volume_key_arn).apply(ebs_volume_key_policy),
+            opts=child,
+        )
+        addon = aws.eks.Addon(
+            f"{name}-ebs-csi-driver",
+            cluster_name=name,
+            addon_name=EBS_CSI_ADDON,
+            addon_version=settings.ebs_csi_driver_version,
+            service_account_role_arn=ebs_csi_role.arn,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            # The add-on only turns ACTIVE once its pods are scheduled: it needs the nodes.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group]),
+        )
+        return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon], volume_key_arn
+
+
+def _service_trust_policy(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+            ],
+        }
+    )
+
+
+def irsa_trust_policy(oidc_provider_arn: str, oidc_provider_url: str, service_account: str) -> str:
+    """A role that only the given Kubernetes service account can assume, through the cluster's OIDC provider."""
+    issuer = oidc_provider_url.removeprefix("https://")
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": oidc_provider_arn},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Condition": {
+                        "StringEquals": {
+                            f"{issuer}:sub": service_account,
+                            f"{issuer}:aud": "sts.amazonaws.com",
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def ebs_volume_key_policy(key_arn: str) -> str:
+    """What the CSI controller needs of the volumes' KMS key, and nothing of any other key."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+                    "Resource": key_arn,
+                    "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "kms:Encrypt",
+                        "kms:Decrypt",
+                        "kms:ReEncrypt*",
+                        "kms:GenerateDataKey*",
+                        "kms:DescribeKey",
+                    ],
+                    "Resource": key_arn,
+                },
+            ],
+        }
+    )
+
+
+def _storage_parameters(settings: StackSettings, volume_key_arn: Optional[pulumi.Input[str]]):
+    if settings.storage_provisioner != EBS_PROVISIONER:
+        return None
+    parameters: dict[str, pulumi.Input[str]] = {
+        "type": "gp3",
+        "encrypted": "true",
+        "csi.storage.k8s.io/fstype": "ext4",
+        "iops": str(settings.storage_iops),
+        "throughput": str(settings.storage_throughput),
+    }
+    if volume_key_arn is not None:
+        parameters["kmsKeyId"] = volume_key_arn
+    elif settings.storage_kms_key_arn:
+        parameters["kmsKeyId"] = settings.storage_kms_key_arn
+    return parameters

@@ -1,0 +1,385 @@
+"""The Redis Cluster workload: Secret, ConfigMap, Services, StatefulSet, PDB, NetworkPolicy
+and the bootstrap that forms the cluster once the pods are up.
+
+What a pod runs (redis.conf, auth.conf, the scripts) comes from `redis_node_files`, the
+same functions the local sandbox calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components import redis_node_files as files
+from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs
+from components.stack_settings import StackSettings
+
+APP_NAME = "redis-cluster"
+CONTAINER_NAME = "redis"
+# The official image's `redis` user; the restricted Pod Security profile wants a non-root UID.
+REDIS_UID = 999
+# Room after the preStop handover for redis-server to flush its AOF and exit on SIGTERM.
+SHUTDOWN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class RedisClusterArgs:
+    settings: StackSettings
+    provider: k8s.Provider
+    # The cluster the bootstrap reaches through the Kubernetes API (a secret).
+    kubeconfig: pulumi.Input[str]
+    storage_class_name: pulumi.Input[str]
+
+
+class RedisCluster(pulumi.ComponentResource):
+    """A Redis Cluster of `shards` masters with `replicasPerShard` replicas each."""
+
+    namespace: pulumi.Output[str]
+    headless_service_name: pulumi.Output[str]
+    client_service_name: pulumi.Output[str]
+    password: pulumi.Output[str]
+    bootstrap: ClusterBootstrap
+
+    def __init__(self, resource_name: str, args: RedisClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("redis-eks:index:RedisCluster", resource_name, None, opts)
+        settings = args.settings
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        labels = {
+            "app.kubernetes.io/name": APP_NAME,
+            "app.kubernetes.io/instance": resource_name,
+            "app.kubernetes.io/managed-by": "pulumi",
+        }
+        selector = {key: labels[key] for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        names = _ObjectNames(APP_NAME)
+
+        namespace = k8s.core.v1.Namespace(
+            f"{resource_name}-namespace",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=settings.namespace,
+                labels={
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            ),
+            opts=on_cluster,
+        )
+        ns = namespace.metadata.name
+
+        if settings.password is not None:
+            password = pulumi.Output.secret(settings.password)
+        else:
+            password = random.RandomPassword(
+                f"{resource_name}-password",
+                length=40,
+                special=True,
+                # Safe in a URL, a config file and a shell word without quoting.
+                override_special="-_.~",
+                opts=pulumi.ResourceOptions(parent=self),
+            ).result
+        self.password = pulumi.Output.secret(password)
+
+        secret = k8s.core.v1.Secret(
+            f"{resource_name}-auth",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.secret, namespace=ns, labels=labels),
+            type="Opaque",
+            string_data=self.password.apply(
+                lambda value: {"password": value, "auth.conf": files.render_auth_conf(value)}
+            ),
+            opts=on_cluster,
+        )
+
+        peers = files.pod_dns_names(names.stateful_set, names.headless_service, settings.namespace, settings.pod_count)
+        config_data = files.config_files(settings, files.POD_PATHS, peers=peers)
+        config_map = k8s.core.v1.ConfigMap(
+            f"{resource_name}-config",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.config_map, namespace=ns, labels=labels),
+            data=config_data,
+            opts=on_cluster,
+        )
+
+        ports = [
+            k8s.core.v1.ServicePortArgs(name="client", port=files.REDIS_PORT, target_port="client"),
+            k8s.core.v1.ServicePortArgs(name="bus", port=files.BUS_PORT, target_port="bus"),
+        ]
+        headless = k8s.core.v1.Service(
+            f"{resource_name}-headless",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.headless_service, namespace=ns, labels=labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",
+                # Peers must find each other before they are Ready, or recovery deadlocks.
+                publish_not_ready_addresses=True,
+                selector=selector,
+                ports=ports,
+            ),
+            opts=on_cluster,
+        )
+        client_service = k8s.core.v1.Service(
+            f"{resource_name}-client",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.client_service, namespace=ns, labels=labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=selector,
+                ports=[ports[0]],
+            ),
+            opts=on_cluster,
+        )
+
+        stateful_set = k8s.apps.v1.StatefulSet(
+            f"{resource_name}-statefulset",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
+            spec=_stateful_set_spec(settings, labels, selector, names, headless, config_data, args.storage_class_name),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=args.provider,
+                depends_on=[config_map, secret, headless],
+                # The bootstrap decides when the cluster is formed; Pulumi need not wait for
+                # every pod to be Ready itself (a fresh pod is Ready anyway).
+                custom_timeouts=pulumi.CustomTimeouts(create="20m", update="30m"),
+            ),
+        )
+
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{resource_name}-pdb",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+            ),
+            opts=on_cluster,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{resource_name}-network-policy",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
+            spec=_network_policy_spec(settings, selector),
+            opts=on_cluster,
+        )
+
+        self.bootstrap = ClusterBootstrap(
+            f"{resource_name}-bootstrap",
+            ClusterBootstrapArgs(
+                shards=settings.shards,
+                replicas_per_shard=settings.replicas_per_shard,
+                password=self.password,
+                transport="kubernetes",
+                kubeconfig=pulumi.Output.secret(args.kubeconfig),
+                namespace=ns,
+                stateful_set_name=stateful_set.metadata.name,
+                pod_selector=",".join(f"{key}={value}" for key, value in selector.items()),
+                ready_timeout_seconds=settings.bootstrap_timeout_seconds,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[stateful_set]),
+        )
+
+        self.namespace = ns
+        self.headless_service_name = headless.metadata.name
+        self.client_service_name = client_service.metadata.name
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "headless_service_name": self.headless_service_name,
+                "client_service_name": self.client_service_name,
+                "password": self.password,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class _ObjectNames:
+    base: str
+
+    @property
+    def stateful_set(self) -> str:
+        return self.base
+
+    @property
+    def headless_service(self) -> str:
+        return f"{self.base}-headless"
+
+    @property
+    def client_service(self) -> str:
+        return self.base
+
+    @property
+    def config_map(self) -> str:
+        return f"{self.base}-config"
+
+    @property
+    def secret(self) -> str:
+        return f"{self.base}-auth"
+
+
+def config_checksum(config_data: dict[str, str]) -> str:
+    """A digest of what a running pod reads only at start, so a change rolls the pods.
+
+    The peers list is left out: it grows on scale-out, and the scripts re-read it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(config_data):
+        if name != files.PEERS_FILE:
+            digest.update(name.encode() + b"\0" + config_data[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless, config_data, storage_class_name):
+    paths = files.POD_PATHS
+    exec_script = lambda script: k8s.core.v1.ExecActionArgs(command=["sh", f"{paths.conf_dir}/{script}"])  # noqa: E731
+    env = [
+        k8s.core.v1.EnvVarArgs(
+            name="POD_IP",
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="status.podIP")
+            ),
+        )
+    ] + [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(files.script_environment(paths).items())]
+
+    zone_rule = "DoNotSchedule" if settings.platform == "eks" else "ScheduleAnyway"
+    return k8s.apps.v1.StatefulSetSpecArgs(
+        service_name=headless.metadata.name,
+        replicas=settings.pod_count,
+        pod_management_policy="Parallel",
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+        update_strategy=k8s.apps.v1.StatefulSetUpdateStrategyArgs(type="RollingUpdate"),
+        persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+            when_deleted="Retain", when_scaled="Retain"
+        ),
+        template=k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                labels=labels,
+                annotations={"redis-eks/config-checksum": config_checksum(config_data)},
+            ),
+            spec=k8s.core.v1.PodSpecArgs(
+                automount_service_account_token=False,
+                enable_service_links=False,
+                termination_grace_period_seconds=files.PRESTOP_TIMEOUT_SECONDS + SHUTDOWN_SECONDS,
+                security_context=k8s.core.v1.PodSecurityContextArgs(
+                    run_as_non_root=True,
+                    run_as_user=REDIS_UID,
+                    run_as_group=REDIS_UID,
+                    fs_group=REDIS_UID,
+                    fs_group_change_policy="OnRootMismatch",
+                    seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                ),
+                topology_spread_constraints=[
+                    k8s.core.v1.TopologySpreadConstraintArgs(
+                        max_skew=1,
+                        topology_key="topology.kubernetes.io/zone",
+                        when_unsatisfiable=zone_rule,
+                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                    ),
+                    k8s.core.v1.TopologySpreadConstraintArgs(
+                        max_skew=1,
+                        topology_key="kubernetes.io/hostname",
+                        when_unsatisfiable="ScheduleAnyway",
+                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                    ),
+                ],
+                containers=[
+                    k8s.core.v1.ContainerArgs(
+                        name=CONTAINER_NAME,
+                        image=settings.image,
+                        image_pull_policy="IfNotPresent",
+                        command=["sh", f"{paths.conf_dir}/entrypoint.sh"],
+                        args=["redis-server", f"{paths.conf_dir}/redis.conf"],
+                        ports=[
+                            k8s.core.v1.ContainerPortArgs(name="client", container_port=files.REDIS_PORT),
+                            k8s.core.v1.ContainerPortArgs(name="bus", container_port=files.BUS_PORT),
+                        ],
+                        env=env,
+                        resources=k8s.core.v1.ResourceRequirementsArgs(
+                            requests={"cpu": settings.cpu_request, "memory": settings.memory_request},
+                            limits={"cpu": settings.cpu_limit, "memory": settings.memory_limit},
+                        ),
+                        # Loading a large AOF can take minutes; liveness waits for it.
+                        startup_probe=k8s.core.v1.ProbeArgs(
+                            exec_=exec_script("probe-liveness.sh"),
+                            period_seconds=5,
+                            timeout_seconds=5,
+                            failure_threshold=120,
+                        ),
+                        liveness_probe=k8s.core.v1.ProbeArgs(
+                            exec_=exec_script("probe-liveness.sh"),
+                            period_seconds=10,
+                            timeout_seconds=5,
+                            failure_threshold=6,
+                        ),
+                        readiness_probe=k8s.core.v1.ProbeArgs(
+                            exec_=exec_script("probe-readiness.sh"),
+                            period_seconds=5,
+                            timeout_seconds=5,
+                            failure_threshold=2,
+                        ),
+                        lifecycle=k8s.core.v1.LifecycleArgs(
+                            pre_stop=k8s.core.v1.LifecycleHandlerArgs(exec_=exec_script("pre-stop.sh"))
+                        ),
+                        security_context=k8s.core.v1.SecurityContextArgs(
+                            allow_privilege_escalation=False,
+                            read_only_root_filesystem=True,
+                            run_as_non_root=True,
+                            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                        ),
+                        volume_mounts=[
+                            k8s.core.v1.VolumeMountArgs(name="conf", mount_path=paths.conf_dir, read_only=True),
+                            k8s.core.v1.VolumeMountArgs(name="secret", mount_path=paths.secret_dir, read_only=True),
+                            k8s.core.v1.VolumeMountArgs(name="data", mount_path=paths.data_dir),
+                            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                        ],
+                    )
+                ],
+                volumes=[
+                    k8s.core.v1.VolumeArgs(
+                        name="conf",
+                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=names.config_map, default_mode=0o755),
+                    ),
+                    k8s.core.v1.VolumeArgs(
+                        name="secret",
+                        secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=names.secret, default_mode=0o440),
+                    ),
+                    # The root filesystem is read-only; redis-cli and the scripts may want a scratch dir.
+                    k8s.core.v1.VolumeArgs(
+                        name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")
+                    ),
+                ],
+            ),
+        ),
+        volume_claim_templates=[
+            k8s.core.v1.PersistentVolumeClaimArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels),
+                spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                    access_modes=["ReadWriteOnce"],
+                    storage_class_name=storage_class_name,
+                    resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": settings.storage_size}),
+                ),
+            )
+        ],
+    )
+
+
+def _network_policy_spec(settings: StackSettings, selector: dict[str, str]):
+    own_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector)
+    )
+    client_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(settings.client_pod_labels)),
+        # Without a namespace selector a peer is looked up in the policy's own namespace only.
+        namespace_selector=(
+            k8s.meta.v1.LabelSelectorArgs(match_labels=dict(settings.client_namespace_labels))
+            if settings.client_namespace_labels
+            else None
+        ),
+    )
+    port = lambda number: k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=number)  # noqa: E731
+    return k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+        policy_types=["Ingress"],
+        ingress=[
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                from_=[own_pods], ports=[port(files.REDIS_PORT), port(files.BUS_PORT)]
+            ),
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[client_pods], ports=[port(files.REDIS_PORT)]),
+        ],
+    )

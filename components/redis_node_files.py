@@ -1,0 +1,201 @@
+"""The files every Redis pod runs: redis.conf, auth.conf, the peers list and the scripts.
+
+Plain functions with no Pulumi in them, so the Kubernetes component (ConfigMap, Secret,
+StatefulSet) and the local sandbox (`sandbox.local_nodes`) render exactly the same files.
+Only the paths differ: a pod reads /conf, /etc/redis-secret and /data; a sandbox node reads
+directories of its own, and the scripts learn them from `script_environment(paths)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from components.stack_settings import StackSettings
+
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where a pod (or a sandbox node) finds things."""
+
+    conf_dir: str = "/conf"  # ConfigMap mount: redis.conf, the scripts, `peers`
+    secret_dir: str = "/etc/redis-secret"  # Secret mount: `password` and `auth.conf`
+    data_dir: str = "/data"  # PVC: nodes.conf, AOF
+
+
+POD_PATHS = NodePaths()
+
+REDIS_PORT = 6379
+# Redis derives the cluster bus port as port + 10000 when `cluster-port` is unset.
+BUS_PORT = REDIS_PORT + 10000
+
+REDIS_CONF_FILE = "redis.conf"
+PEERS_FILE = "peers"
+PASSWORD_FILE = "password"
+AUTH_CONF_FILE = "auth.conf"
+NODES_CONF_FILE = "nodes.conf"
+
+SCRIPT_NAMES: tuple[str, ...] = (
+    "entrypoint.sh",
+    "peer-recovery.sh",
+    "probe-liveness.sh",
+    "probe-readiness.sh",
+    "pre-stop.sh",
+)
+
+# A manual failover is a handful of round trips once the replica has caught up; the bound
+# only matters when the election cannot complete (no majority of masters reachable), and
+# then the pod should go on terminating rather than hang. pre-stop.sh has the same default.
+PRESTOP_TIMEOUT_SECONDS = 60
+# peer-recovery.sh covers the wait for the AOF to load as well, which can take minutes on a
+# large data set; past this bound an operator has to look anyway.
+PEER_RECOVERY_TIMEOUT_SECONDS = 1800
+PEER_RECOVERY_INTERVAL_SECONDS = 3
+
+_MIB = 2**20
+
+# maxmemory caps only the data set. Redis needs memory beyond it inside the container limit:
+#   ~10% allocator fragmentation and per-client buffers,
+#   ~10% the output buffer of a replica during a full sync (capped to that below; Redis
+#        does not count replica output buffers against maxmemory),
+#   ~10% pages copied-on-write while the AOF-rewrite fork runs under writes.
+# So the data set gets 70% of the limit. Going higher gets the pod OOM-killed exactly when
+# it is busiest (a resync or an AOF rewrite), which is also when losing it hurts most.
+MAXMEMORY_PERCENT_OF_LIMIT = 70
+REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT = 10
+REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT = 5
+
+
+def maxmemory_bytes(memory_limit_bytes: int) -> int:
+    """The `maxmemory` for a container limit: 70% of it, rounded down to a whole MiB."""
+    if memory_limit_bytes <= 0:
+        raise ValueError(f"memory limit must be positive, got {memory_limit_bytes}")
+    return _whole_mib(memory_limit_bytes * MAXMEMORY_PERCENT_OF_LIMIT // 100)
+
+
+def _whole_mib(value: int) -> int:
+    # A readable figure in redis.conf; at least 1 MiB so a tiny limit never means "no limit" (0).
+    return max(_MIB, value // _MIB * _MIB)
+
+
+def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bind_address: Optional[str] = None) -> str:
+    """redis.conf for one node. No password in it: that comes from the included auth.conf."""
+    limit = settings.memory_limit_bytes
+    replica_hard = _whole_mib(limit * REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT // 100)
+    replica_soft = _whole_mib(limit * REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT // 100)
+    lines: list[str] = [
+        "# Rendered by components/redis_node_files.py; edit that, not this file.",
+        "# Redis rejects comments after a value, so every comment sits on a line of its own.",
+        f"port {REDIS_PORT}",
+    ]
+    if bind_address is not None:
+        lines += [
+            "# Sandbox only: each node owns one loopback address, and its cluster-bus connections",
+            "# leave from it so that peers see the node's own address.",
+            f"bind {bind_address}",
+            f"bind-source-addr {bind_address}",
+        ]
+    lines += [
+        "# With a password set, protected mode never refuses a client; it stays on as a backstop.",
+        "protected-mode yes",
+        "daemonize no",
+        "# Logs go to stdout: the container runtime collects them.",
+        'logfile ""',
+        "loglevel notice",
+        "tcp-keepalive 60",
+        "",
+        "cluster-enabled yes",
+        f"cluster-config-file {paths.data_dir}/{NODES_CONF_FILE}",
+        f"cluster-node-timeout {settings.node_timeout_ms}",
+        "# Shards that are up keep serving while another shard has lost its master and replicas.",
+        "cluster-require-full-coverage no",
+        "# A node of a failed shard refuses reads too, rather than serving data it cannot update.",
+        "cluster-allow-reads-when-down no",
+        "# A master keeps one replica before a spare one may migrate to an orphaned master.",
+        "cluster-migration-barrier 1",
+        "",
+        f"dir {paths.data_dir}",
+        "appendonly yes",
+        "appendfsync everysec",
+        "aof-use-rdb-preamble yes",
+        "# The AOF is the durable copy. Periodic RDB snapshots would be a second source of forks",
+        "# (and copy-on-write) competing for the memory headroom below.",
+        'save ""',
+        "# A full sync waits up to repl-diskless-sync-delay (5 s) for more replicas to share one",
+        "# fork, but no longer than until all replicas a shard has are there.",
+        *(
+            [f"repl-diskless-sync-max-replicas {settings.replicas_per_shard}"]
+            if settings.replicas_per_shard > 0
+            else []
+        ),
+        "",
+        f"# maxmemory = {MAXMEMORY_PERCENT_OF_LIMIT}% of the container memory limit ({limit} bytes), leaving",
+        "# room for fragmentation, a replica's full-sync output buffer and the AOF-rewrite fork's",
+        "# copy-on-write pages, none of which maxmemory counts.",
+        f"maxmemory {maxmemory_bytes(limit)}",
+        f"maxmemory-policy {settings.maxmemory_policy}",
+        "# A replica that falls this far behind is resynced instead of growing the master's",
+        "# memory beyond the headroom kept for it.",
+        f"client-output-buffer-limit replica {replica_hard} {replica_soft} 60",
+        "",
+        "# requirepass and masterauth, from the Secret.",
+        f"include {paths.secret_dir}/{AUTH_CONF_FILE}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_auth_conf(password: str) -> str:
+    """auth.conf: the same password for clients and for replicas talking to their master."""
+    if not password or any(c.isspace() or c in "\"'#\\" for c in password):
+        # The settings validation already limits passwords to [A-Za-z0-9_.~-]; this guards
+        # direct callers, since such a character would break the config line silently.
+        raise ValueError("the password must be non-empty and free of whitespace, quotes, '#' and '\\'")
+    return f"requirepass {password}\nmasterauth {password}\n"
+
+
+def render_peers(hosts: Sequence[str]) -> str:
+    """The peers file: one host (DNS name or IP) per line."""
+    for host in hosts:
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"a peer host must be one word, got {host!r}")
+    return "".join(f"{host}\n" for host in hosts)
+
+
+def pod_dns_names(stateful_set: str, headless_service: str, namespace: str, count: int) -> list[str]:
+    """The stable DNS name of every pod of a StatefulSet behind its headless Service."""
+    return [f"{stateful_set}-{i}.{headless_service}.{namespace}.svc.cluster.local" for i in range(count)]
+
+
+def script_files() -> dict[str, str]:
+    """Script file name -> content, read from components/scripts/."""
+    return {name: (SCRIPTS_DIR / name).read_text() for name in SCRIPT_NAMES}
+
+
+def config_files(
+    settings: StackSettings,
+    paths: NodePaths = POD_PATHS,
+    bind_address: Optional[str] = None,
+    peers: Sequence[str] = (),
+) -> dict[str, str]:
+    """Everything the ConfigMap carries: redis.conf, the scripts and the peers file."""
+    files = {REDIS_CONF_FILE: render_redis_conf(settings, paths, bind_address)}
+    files.update(script_files())
+    files[PEERS_FILE] = render_peers(peers)
+    return files
+
+
+def script_environment(paths: NodePaths = POD_PATHS) -> dict[str, str]:
+    """The environment the scripts read besides POD_IP, pointing at `paths`."""
+    return {
+        "REDIS_PORT": str(REDIS_PORT),
+        "REDIS_DATA_DIR": paths.data_dir,
+        "REDIS_CONF_DIR": paths.conf_dir,
+        "REDIS_PASSWORD_FILE": f"{paths.secret_dir}/{PASSWORD_FILE}",
+        "REDIS_PEERS_FILE": f"{paths.conf_dir}/{PEERS_FILE}",
+        "REDIS_PRESTOP_TIMEOUT_SECONDS": str(PRESTOP_TIMEOUT_SECONDS),
+        "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(PEER_RECOVERY_TIMEOUT_SECONDS),
+        "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(PEER_RECOVERY_INTERVAL_SECONDS),
+    }

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Liveness: the server process answers at all. Any Redis reply counts, including
+#   LOADING  - replaying a large AOF can take minutes; a kill would only start it over,
+#   BUSY     - a long script; killing would lose more than waiting,
+#   NOAUTH/WRONGPASS - the Secret changed under a running server; a restart would pick the
+#              new password up, but liveness restarting every pod at once is worse than a
+#              deliberate rollout, so it is only reported.
+# Only no reply at all (refused, reset, timed out) fails.
+#
+# Environment: POD_IP (required), REDIS_PORT (6379),
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password).
+set -u
+
+: "${POD_IP:?POD_IP must be set}"
+REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-/etc/redis-secret/password}
+
+if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
+    export REDISCLI_AUTH
+fi
+
+reply=$(timeout 4 redis-cli -h "$POD_IP" -p "$REDIS_PORT" PING </dev/null 2>&1)
+case "$reply" in
+    PONG | LOADING* | BUSY* | MASTERDOWN*)
+        exit 0
+        ;;
+    *NOAUTH* | *WRONGPASS*)
+        echo "liveness: the server answers but refuses the mounted password; roll the pods to apply a new one" >&2
+        exit 0
+        ;;
+esac
+echo "liveness: no reply from redis at $POD_IP:$REDIS_PORT: $reply" >&2
+exit 1

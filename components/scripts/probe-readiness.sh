@@ -1,0 +1,42 @@
+#!/bin/sh
+# Readiness: PING answered with PONG and, once this node is part of a formed cluster (it
+# knows more than itself), cluster_state:ok. A fresh node is Ready: the bootstrap waits for
+# Ready pods before forming the cluster, so requiring a cluster here would deadlock it.
+#
+# Environment: POD_IP (required), REDIS_PORT (6379),
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password).
+set -u
+
+: "${POD_IP:?POD_IP must be set}"
+REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-/etc/redis-secret/password}
+
+if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
+    export REDISCLI_AUTH
+fi
+
+redis() {
+    timeout 2 redis-cli -h "$POD_IP" -p "$REDIS_PORT" "$@" </dev/null 2>&1 | tr -d '\r'
+}
+
+reply=$(redis PING)
+if [ "$reply" != PONG ]; then
+    echo "readiness: PING got: ${reply:-no reply}" >&2
+    exit 1
+fi
+
+info=$(redis CLUSTER INFO)
+known_nodes=$(printf '%s\n' "$info" | sed -n 's/^cluster_known_nodes:\([0-9][0-9]*\)$/\1/p')
+if [ -z "$known_nodes" ]; then
+    echo "readiness: CLUSTER INFO got: ${info:-no reply}" >&2
+    exit 1
+fi
+if [ "$known_nodes" -le 1 ]; then
+    exit 0
+fi
+case "$info" in
+    *cluster_state:ok*) exit 0 ;;
+esac
+echo "readiness: in a cluster of $known_nodes known nodes whose state is not ok" >&2
+exit 1

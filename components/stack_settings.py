@@ -1,0 +1,398 @@
+"""Every stack setting, read and validated in one place.
+
+`load_settings()` reads the `redis-eks:` config namespace of the current stack into one
+frozen `StackSettings`. `parse_settings()` does the actual work on a plain mapping so that
+tests and the local sandbox can use it without a Pulumi engine. A bad value raises
+`SettingsError` naming the key, the value and what is allowed: this happens while the
+program runs, i.e. during `pulumi preview`, before anything is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+NAMESPACE = "redis-eks"
+
+# EKS minor versions in standard support on the date this was pinned (1.34 leaves standard
+# support on 2026-12-02). Add a version here once it has been tried on a dev stack.
+SUPPORTED_CLUSTER_VERSIONS = ("1.35", "1.36")
+DEFAULT_CLUSTER_VERSION = "1.35"
+
+# The aws-ebs-csi-driver add-on build pinned per cluster version (AWS's default build for
+# it when pinned); `ebsCsiDriverVersion` overrides it.
+EBS_CSI_DRIVER_VERSIONS = {
+    "1.35": "v1.66.0-eksbuild.1",
+    "1.36": "v1.66.0-eksbuild.1",
+}
+
+# Redis 7.4 is the current Redis 7 line; pinned to a patch release, never a moving tag.
+DEFAULT_REDIS_IMAGE = "redis:7.4.10-bookworm"
+
+PLATFORMS = ("eks", "existing")
+NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
+MAXMEMORY_POLICIES = (
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
+CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+EBS_PROVISIONER = "ebs.csi.aws.com"
+
+GP3_IOPS_RANGE = (3000, 80000)
+GP3_THROUGHPUT_RANGE = (125, 2000)
+
+# Redis Cluster needs at least three masters to hold a majority through one failure.
+MIN_SHARDS = 3
+MAX_SHARDS = 100
+
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL_SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_IMAGE = re.compile(r"^[a-zA-Z0-9./_-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+# The password goes into auth.conf and a shell variable: keep it to characters that need
+# no quoting anywhere (what pulumi-random is told to produce as well).
+_PASSWORD = re.compile(r"^[A-Za-z0-9_.~-]{16,512}$")
+
+
+class SettingsError(ValueError):
+    """A stack setting has a value the program cannot deploy."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> SettingsError:
+    return SettingsError(f"{NAMESPACE}:{key} = {value!r} is not valid: {allowed}")
+
+
+def parse_quantity(text: str) -> float:
+    """The value of a Kubernetes quantity (`5Gi`, `500m`, `1.5G`) in base units."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    suffix = match.group("suffix") or ""
+    factor = _BINARY_SUFFIX.get(suffix) or _DECIMAL_SUFFIX[suffix]
+    return float(match.group("number")) * factor
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    # Platform
+    platform: str = "eks"
+    cluster_version: str = DEFAULT_CLUSTER_VERSION
+    node_instance_type: str = "t3.large"
+    node_min_size: int = 3
+    node_desired_size: int = 3
+    node_max_size: int = 6
+    vpc_id: Optional[str] = None
+    private_subnet_ids: tuple[str, ...] = ()
+    availability_zone_count: int = 3
+    nat_gateways: str = "single"
+    endpoint_public_access: bool = True
+    public_access_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    ebs_csi_driver_version: str = EBS_CSI_DRIVER_VERSIONS[DEFAULT_CLUSTER_VERSION]
+    storage_kms_key_arn: Optional[str] = None
+    storage_provisioner: str = EBS_PROVISIONER
+    storage_size: str = "5Gi"
+    storage_iops: int = 3000
+    storage_throughput: int = 125
+    # Redis workload
+    namespace: str = "redis"
+    shards: int = 3
+    replicas_per_shard: int = 1
+    image: str = DEFAULT_REDIS_IMAGE
+    node_timeout_ms: int = 5000
+    maxmemory_policy: str = "noeviction"
+    cpu_request: str = "250m"
+    cpu_limit: str = "1"
+    memory_request: str = "1Gi"
+    memory_limit: str = "1Gi"
+    client_pod_labels: tuple[tuple[str, str], ...] = (("redis-client", "true"),)
+    client_namespace_labels: tuple[tuple[str, str], ...] = ()
+    bootstrap_timeout_seconds: int = 600
+    # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
+    password: Any = field(default=None, repr=False, compare=False)
+    kubeconfig: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def pod_count(self) -> int:
+        return self.shards * (1 + self.replicas_per_shard)
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return int(parse_quantity(self.memory_limit))
+
+
+# Config key -> (dataclass field, parser). Parsers take the raw string (Pulumi stores every
+# config value as a string; lists and objects as JSON) and raise ValueError with a message
+# that says what is allowed.
+def _as_int(low: int, high: int, why: str = ""):
+    allowed = f"a whole number from {low} to {high}" + (f" ({why})" if why else "")
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not low <= value <= high:
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _as_bool(raw: str) -> bool:
+    text = str(raw).strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise ValueError("true or false")
+
+
+def _one_of(choices: tuple[str, ...]):
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return raw
+
+    return parse
+
+
+def _matching(pattern: re.Pattern, what: str):
+    def parse(raw: str) -> str:
+        if not pattern.match(raw):
+            raise ValueError(what)
+        return raw
+
+    return parse
+
+
+def _as_quantity(raw: str) -> str:
+    try:
+        if parse_quantity(raw) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError("a positive Kubernetes quantity such as 5Gi, 512Mi or 500m") from None
+    return raw
+
+
+def _json(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _as_string_list(item_check):
+    def parse(raw: Any) -> tuple[str, ...]:
+        value = _json(raw)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("a list of strings")
+        for item in value:
+            item_check(item)
+        return tuple(value)
+
+    return parse
+
+
+def _subnet_id(item: str) -> None:
+    if not re.match(r"^subnet-[0-9a-f]{8,17}$", item):
+        raise ValueError(f"a list of subnet IDs (subnet-...); {item!r} is not one")
+
+
+def _cidr(item: str) -> None:
+    try:
+        ipaddress.ip_network(item, strict=True)
+    except ValueError:
+        raise ValueError(f"a list of CIDR blocks such as 203.0.113.0/24; {item!r} is not one") from None
+
+
+def _as_labels(raw: Any) -> tuple[tuple[str, str], ...]:
+    value = _json(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError('an object of Kubernetes labels such as {"redis-client": "true"}')
+    for key, label in value.items():
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
+            raise ValueError(f"valid Kubernetes label keys and values; {key}={label} is not")
+    return tuple(sorted(value.items()))
+
+
+def _as_arn(service: str):
+    return _matching(re.compile(rf"^arn:aws[a-z-]*:{service}:[a-z0-9-]+:\d{{12}}:.+$"), f"an {service} ARN")
+
+
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "platform": ("platform", _one_of(PLATFORMS)),
+    "clusterVersion": ("cluster_version", _one_of(SUPPORTED_CLUSTER_VERSIONS)),
+    "nodeInstanceType": ("node_instance_type", _matching(_INSTANCE_TYPE, "an EC2 instance type such as m6i.large")),
+    "nodeMinSize": ("node_min_size", _as_int(1, 100)),
+    "nodeDesiredSize": ("node_desired_size", _as_int(1, 100)),
+    "nodeMaxSize": ("node_max_size", _as_int(1, 100)),
+    "vpcId": ("vpc_id", _matching(re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC ID (vpc-...)")),
+    "privateSubnetIds": ("private_subnet_ids", _as_string_list(_subnet_id)),
+    "availabilityZoneCount": ("availability_zone_count", _as_int(2, 6)),
+    "natGateways": ("nat_gateways", _one_of(NAT_GATEWAY_STRATEGIES)),
+    "endpointPublicAccess": ("endpoint_public_access", _as_bool),
+    "publicAccessCidrs": ("public_access_cidrs", _as_string_list(_cidr)),
+    "ebsCsiDriverVersion": (
+        "ebs_csi_driver_version",
+        _matching(re.compile(r"^v\d+\.\d+\.\d+-eksbuild\.\d+$"), "an add-on version such as v1.66.0-eksbuild.1"),
+    ),
+    "storageKmsKeyArn": ("storage_kms_key_arn", _as_arn("kms")),
+    "storageProvisioner": (
+        "storage_provisioner",
+        _matching(re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/[a-z0-9.-]+)?$"), "a CSI provisioner name"),
+    ),
+    "storageSize": ("storage_size", _as_quantity),
+    "storageIops": ("storage_iops", _as_int(*GP3_IOPS_RANGE)),
+    "storageThroughput": ("storage_throughput", _as_int(*GP3_THROUGHPUT_RANGE)),
+    "namespace": ("namespace", _matching(_DNS_LABEL, "a DNS-1123 label: lower-case letters, digits and '-'")),
+    "shards": ("shards", _as_int(MIN_SHARDS, MAX_SHARDS, "Redis Cluster needs at least 3 masters to elect a failover")),
+    "replicasPerShard": ("replicas_per_shard", _as_int(0, 5)),
+    "image": ("image", _matching(_IMAGE, "an image reference pinned by tag or digest")),
+    "nodeTimeoutMs": ("node_timeout_ms", _as_int(1000, 60000)),
+    "maxmemoryPolicy": ("maxmemory_policy", _one_of(MAXMEMORY_POLICIES)),
+    "cpuRequest": ("cpu_request", _as_quantity),
+    "cpuLimit": ("cpu_limit", _as_quantity),
+    "memoryRequest": ("memory_request", _as_quantity),
+    "memoryLimit": ("memory_limit", _as_quantity),
+    "clientPodLabels": ("client_pod_labels", _as_labels),
+    "clientNamespaceLabels": ("client_namespace_labels", _as_labels),
+    "bootstrapTimeoutSeconds": ("bootstrap_timeout_seconds", _as_int(30, 3600)),
+}
+_SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig"}
+KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
+
+
+def parse_settings(values: Mapping[str, Any]) -> StackSettings:
+    """Validate raw config values (key -> string, without the namespace) into settings.
+
+    Secret values (`password`, `kubeconfig`) arrive in plain text to be checked;
+    `load_settings` turns them into Pulumi secrets before anything else sees them.
+    """
+    unknown = sorted(set(values) - set(KNOWN_KEYS))
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+        hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "known keys: " + ", ".join(KNOWN_KEYS)
+        raise SettingsError(f"{NAMESPACE}:{key} is not a setting of this program; {hint}")
+
+    parsed: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key in _SECRET_KEYS:
+            parsed[_SECRET_KEYS[key]] = raw
+            continue
+        attribute, parse = _FIELDS[key]
+        try:
+            parsed[attribute] = parse(raw)
+        except ValueError as error:
+            raise _fail(key, raw, f"expected {error}") from None
+
+    if "cluster_version" in parsed and "ebs_csi_driver_version" not in parsed:
+        parsed["ebs_csi_driver_version"] = EBS_CSI_DRIVER_VERSIONS[parsed["cluster_version"]]
+    if parsed.get("platform") == "existing" and "storage_provisioner" not in parsed:
+        raise _fail(
+            "storageProvisioner",
+            None,
+            "platform=existing needs the provisioner of the cluster's CSI driver, "
+            "e.g. rancher.io/local-path on kind or ebs.csi.aws.com on an EKS made elsewhere",
+        )
+    settings = StackSettings(**parsed)
+    _check_relations(settings, values)
+    return settings
+
+
+def _check_relations(s: StackSettings, values: Mapping[str, Any]) -> None:
+    if not s.node_min_size <= s.node_desired_size <= s.node_max_size:
+        raise SettingsError(
+            f"{NAMESPACE}:nodeMinSize ({s.node_min_size}) <= nodeDesiredSize ({s.node_desired_size}) "
+            f"<= nodeMaxSize ({s.node_max_size}) must hold"
+        )
+    if bool(s.vpc_id) != bool(s.private_subnet_ids):
+        raise SettingsError(
+            f"{NAMESPACE}:vpcId and {NAMESPACE}:privateSubnetIds go together: set both to use an "
+            "existing VPC, or neither to create one"
+        )
+    if s.private_subnet_ids and len(s.private_subnet_ids) < 2:
+        raise _fail("privateSubnetIds", list(s.private_subnet_ids), "EKS needs subnets in at least 2 availability zones")
+    if s.platform == "existing" and s.kubeconfig is None:
+        raise SettingsError(
+            f"{NAMESPACE}:platform = 'existing' needs {NAMESPACE}:kubeconfig, set as a secret: "
+            f"pulumi config set --secret {NAMESPACE}:kubeconfig \"$(cat ~/.kube/config)\""
+        )
+    if s.platform == "eks" and s.storage_provisioner != EBS_PROVISIONER:
+        raise _fail("storageProvisioner", s.storage_provisioner, f"platform=eks uses {EBS_PROVISIONER}")
+    if s.platform == "existing":
+        eks_only = sorted(
+            key
+            for key in ("vpcId", "privateSubnetIds", "nodeInstanceType", "nodeMinSize", "nodeDesiredSize", "nodeMaxSize")
+            if key in values
+        )
+        if eks_only:
+            raise SettingsError(
+                f"{NAMESPACE}:{eks_only[0]} only applies to platform=eks; remove it for platform=existing"
+            )
+    if s.storage_throughput > s.storage_iops // 4:
+        raise _fail(
+            "storageThroughput",
+            s.storage_throughput,
+            f"gp3 allows at most 0.25 MiB/s per provisioned IOPS ({s.storage_iops // 4} MiB/s for {s.storage_iops} IOPS)",
+        )
+    if parse_quantity(s.cpu_request) > parse_quantity(s.cpu_limit):
+        raise _fail("cpuRequest", s.cpu_request, f"at most cpuLimit ({s.cpu_limit})")
+    if parse_quantity(s.memory_request) > parse_quantity(s.memory_limit):
+        raise _fail("memoryRequest", s.memory_request, f"at most memoryLimit ({s.memory_limit})")
+    if s.memory_limit_bytes < 256 * 2**20:
+        raise _fail("memoryLimit", s.memory_limit, "at least 256Mi: Redis needs headroom beyond maxmemory")
+    # Secret values are checked without echoing them.
+    if s.password is not None and not _PASSWORD.match(s.password):
+        raise SettingsError(
+            f"{NAMESPACE}:password is not valid: expected 16 to 512 characters from A-Z a-z 0-9 _ . ~ -"
+        )
+    if s.kubeconfig is not None:
+        _check_kubeconfig(s.kubeconfig)
+
+
+def _check_kubeconfig(text: str) -> None:
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        document = None
+    if not isinstance(document, dict) or not document.get("clusters") or not document.get("contexts"):
+        raise SettingsError(
+            f"{NAMESPACE}:kubeconfig is not valid: expected a kubeconfig (YAML or JSON) with clusters and contexts"
+        )
+
+
+def load_settings() -> StackSettings:
+    """Read the current stack's `redis-eks:` config into validated settings."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    config = pulumi.Config(NAMESPACE)
+    prefix = NAMESPACE + ":"
+    configured = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env() or {})
+    values = {key[len(prefix):]: config.get(key[len(prefix):]) for key in configured if key.startswith(prefix)}
+    settings = parse_settings(values)
+    return dataclasses.replace(
+        settings,
+        password=None if settings.password is None else pulumi.Output.secret(settings.password),
+        kubeconfig=None if settings.kubeconfig is None else pulumi.Output.secret(settings.kubeconfig),
+    )

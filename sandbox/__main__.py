@@ -1,0 +1,86 @@
+"""python -m sandbox <command>: the stack's Redis Cluster as local processes.
+
+  up [--shards 3] [--replicas-per-shard 1]   start the pods and form (or adopt, or scale out) the cluster
+  status                                     each node's address, role, master, slots, link and keys
+  kill <pod>                                 SIGKILL one pod, like a crashed container
+  restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
+  down [--purge]                             stop every process; --purge deletes the data too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from components.cluster_topology import BootstrapError
+from components.stack_settings import SettingsError
+from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where state and data live (default .sandbox)")
+    parser.add_argument("--stack", default="dev", help="whose Pulumi.<stack>.yaml settings the pods use (default dev)")
+    parser.add_argument(
+        "--third-octet", type=int, default=DEFAULT_THIRD_OCTET, help="pods get addresses 127.0.<this>.x (default 60)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the pods and form the cluster")
+    up.add_argument("--shards", type=int, default=3)
+    up.add_argument("--replicas-per-shard", type=int, default=1)
+    up.add_argument("--timeout", type=float, default=120.0)
+    status = commands.add_parser("status", help="the state of every node")
+    status.add_argument("--json", action="store_true")
+    kill = commands.add_parser("kill", help="SIGKILL a pod")
+    kill.add_argument("pod")
+    restart = commands.add_parser("restart", help="restart a pod (or all) through preStop and the entrypoint")
+    which = restart.add_mutually_exclusive_group(required=True)
+    which.add_argument("pod", nargs="?")
+    which.add_argument("--all", action="store_true")
+    restart.add_argument("--new-ip", action="store_true", help="come back on a new loopback address")
+    down = commands.add_parser("down", help="stop every process")
+    down.add_argument("--purge", action="store_true", help="delete the data directories too")
+    options = parser.parse_args(argv)
+
+    sandbox = Sandbox(root=options.root, stack=options.stack, third_octet=options.third_octet)
+    try:
+        if options.command == "up":
+            topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout)
+            print(f"cluster {topology['state']}: {topology['node_count']} nodes")
+            print_status(sandbox.status())
+            print("\nconnect:")
+            for line in sandbox.connection_lines():
+                print("  " + line)
+        elif options.command == "status":
+            rows = sandbox.status()
+            print(json.dumps(rows, indent=2) if options.json else "", end="")
+            if not options.json:
+                print_status(rows)
+        elif options.command == "kill":
+            sandbox.kill(options.pod)
+            print(f"killed {options.pod}")
+        elif options.command == "restart":
+            sandbox.restart(None if options.all else [options.pod], new_ip=options.new_ip)
+            print_status(sandbox.status())
+        elif options.command == "down":
+            sandbox.down(purge=options.purge)
+            print("stopped" + (" and purged" if options.purge else "; data kept (down --purge deletes it)"))
+    except (SandboxError, BootstrapError, SettingsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_status(rows: list[dict]) -> None:
+    columns = ("pod", "address", "zone", "state", "role", "master", "slots", "link", "keys")
+    table = [[str(row.get(column, "") if row.get(column) is not None else "") for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    for line in table:
+        print("  ".join(value.ljust(width) for value, width in zip(line, widths)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

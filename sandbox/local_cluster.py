@@ -1,0 +1,417 @@
+"""The local sandbox: the stack's Redis Cluster as processes on this machine.
+
+Each pod of the StatefulSet becomes a `LocalNode` (sandbox/local_nodes.py) on a loopback
+address of its own, running the redis.conf, auth.conf and scripts that the workload
+component renders for the stack, and the cluster is formed by the bootstrap provider's own
+logic over the direct transport. What Kubernetes would keep (pod names, addresses, pids,
+volumes) is kept in `<root>/cluster.json`, so every command can run in a new process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import redis
+
+from components.cluster_bootstrap import ensure_cluster, read_topology
+from components.redis_node_files import REDIS_PORT
+from components.stack_settings import NAMESPACE, StackSettings, parse_settings
+from sandbox.local_nodes import LocalNode, kill_session
+from tools.render_manifests import load_stack_config
+
+DEFAULT_ROOT = Path(".sandbox")
+STATE_FILE = "cluster.json"
+STATEFUL_SET = "redis-cluster"
+# Pods spread over zones as the StatefulSet's topology spread does; the bootstrap keeps
+# every replica out of its master's zone.
+ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
+# 127.0.<octet>.<host>: the sandbox's own range, away from the test suites' ranges.
+DEFAULT_THIRD_OCTET = 60
+
+
+class SandboxError(RuntimeError):
+    """A sandbox command cannot do what was asked; the message says why."""
+
+
+@dataclass
+class NodeRecord:
+    pod: str
+    host: str
+    port: int
+    zone: str
+    pid: Optional[int] = None
+    role: str = "unknown"
+
+
+@dataclass
+class SandboxState:
+    password: str
+    shards: int
+    replicas_per_shard: int
+    stack: str
+    third_octet: int
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "shards": self.shards,
+            "replicas_per_shard": self.replicas_per_shard,
+            "third_octet": self.third_octet,
+            "password": self.password,
+            "nodes": [
+                {
+                    "pod": n.pod,
+                    "host": n.host,
+                    "port": n.port,
+                    "zone": n.zone,
+                    "pid": n.pid,
+                    "role": n.role,
+                    "data_dir": str((root / "nodes" / n.pod / "data").resolve()),
+                }
+                for n in self.nodes
+            ],
+        }
+
+
+class Sandbox:
+    """A Redis Cluster of local processes, driven like the StatefulSet and the bootstrap."""
+
+    def __init__(self, root: Path = DEFAULT_ROOT, stack: str = "dev", third_octet: int = DEFAULT_THIRD_OCTET):
+        self.root = Path(root)
+        self.stack = stack
+        self.third_octet = third_octet
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    def load(self) -> Optional[SandboxState]:
+        if not self.state_path.exists():
+            return None
+        raw = json.loads(self.state_path.read_text())
+        nodes = [NodeRecord(**{k: v for k, v in n.items() if k != "data_dir"}) for n in raw["nodes"]]
+        return SandboxState(
+            password=raw["password"],
+            shards=raw["shards"],
+            replicas_per_shard=raw["replicas_per_shard"],
+            stack=raw["stack"],
+            third_octet=raw["third_octet"],
+            nodes=nodes,
+        )
+
+    def save(self, state: SandboxState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state.to_json(self.root), indent=2) + "\n")
+        # The state holds the password, like the Secret it stands in for.
+        temporary.chmod(0o600)
+        temporary.replace(self.state_path)
+
+    def settings(self, state: SandboxState) -> StackSettings:
+        """The stack's settings (Pulumi.<stack>.yaml), with the sandbox's cluster shape."""
+        prefix = NAMESPACE + ":"
+        values = {key[len(prefix):]: value for key, value in load_stack_config(state.stack).items() if key.startswith(prefix)}
+        # Only what shapes the pods applies here; the platform keys describe AWS.
+        workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest"}
+        values = {key: value for key, value in values.items() if key in workload_keys}
+        values.update(shards=str(state.shards), replicasPerShard=str(state.replicas_per_shard))
+        return parse_settings(values)
+
+    def local_node(self, state: SandboxState, record: NodeRecord) -> LocalNode:
+        return LocalNode(
+            pod=record.pod,
+            ip=record.host,
+            port=record.port,
+            root=(self.root / "nodes" / record.pod).resolve(),
+            settings=self.settings(state),
+            password=state.password,
+            peers=tuple(n.host for n in state.nodes),
+        )
+
+    # -- commands ---------------------------------------------------------------------
+
+    def up(self, shards: int = 3, replicas_per_shard: int = 1, timeout: float = 120.0) -> dict[str, Any]:
+        """Starts whatever pod is not running and forms (or adopts, or scales out) the cluster."""
+        state = self.load()
+        if state is None:
+            state = SandboxState(
+                password=secrets.token_urlsafe(30),
+                shards=shards,
+                replicas_per_shard=replicas_per_shard,
+                stack=self.stack,
+                third_octet=self.third_octet,
+            )
+        elif shards < state.shards or replicas_per_shard < state.replicas_per_shard:
+            raise SandboxError(
+                f"the sandbox runs {state.shards} shards with {state.replicas_per_shard} replica(s) each; "
+                "scaling in is not supported (it would have to drain slots first): `down --purge` and `up` again"
+            )
+        state.shards, state.replicas_per_shard = shards, replicas_per_shard
+        count = shards * (1 + replicas_per_shard)
+        for ordinal in range(len(state.nodes), count):
+            state.nodes.append(
+                NodeRecord(
+                    pod=f"{STATEFUL_SET}-{ordinal}",
+                    host=self._free_address(state),
+                    port=REDIS_PORT,
+                    zone=ZONES[ordinal % len(ZONES)],
+                )
+            )
+        self.save(state)
+        # Every node learns the full peer list (the ConfigMap's peers file), running or not.
+        for record in state.nodes:
+            self.local_node(state, record).write_files()
+        for record in state.nodes:
+            if not _alive(record):
+                record.pid = self.local_node(state, record).start()
+                self.save(state)
+        topology = ensure_cluster(
+            "direct",
+            [{"pod": n.pod, "host": n.host, "port": n.port, "zone": n.zone} for n in state.nodes],
+            shards,
+            replicas_per_shard,
+            timeout,
+            password=state.password,
+            mode="update",
+        )
+        self._record_roles(state)
+        return topology
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each node's address, role, master, slots, replication link and keys."""
+        state = self._require_state()
+        by_id: dict[str, str] = {}
+        rows = []
+        for record in state.nodes:
+            row: dict[str, Any] = {"pod": record.pod, "address": f"{record.host}:{record.port}", "zone": record.zone, "pid": record.pid}
+            if not _alive(record):
+                row.update(state="down")
+                rows.append(row)
+                continue
+            try:
+                client = self._client(state, record)
+                myself = _myself(client.execute_command("CLUSTER", "NODES"))
+                info = client.info("replication")
+                row.update(
+                    state="up",
+                    id=myself[0],
+                    role=info["role"],
+                    master_id=myself[3] if myself[3] != "-" else None,
+                    slots=" ".join(myself[8:]),
+                    link=info.get("master_link_status", "-"),
+                    keys=client.dbsize(),
+                    cluster_state=client.execute_command("CLUSTER INFO")["cluster_state"],
+                )
+                by_id[myself[0]] = record.pod
+                client.close()
+            except (redis.RedisError, OSError) as error:
+                row.update(state=f"unreachable ({error})")
+            rows.append(row)
+        for row in rows:
+            if row.get("master_id"):
+                row["master"] = by_id.get(row["master_id"], row["master_id"][:8])
+        return rows
+
+    def topology(self) -> dict[str, Any]:
+        """The live topology as `pulumi refresh` would report it."""
+        state = self._require_state()
+        return read_topology(
+            "direct",
+            [{"pod": n.pod, "host": n.host, "port": n.port, "zone": n.zone} for n in state.nodes],
+            state.shards,
+            state.replicas_per_shard,
+            password=state.password,
+        )
+
+    def kill(self, pod: str) -> None:
+        """SIGKILL, like a crashed container: no preStop, no shutdown."""
+        state = self._require_state()
+        record = self._record(state, pod)
+        if _alive(record):
+            kill_session(record.pid)
+            _wait_gone(record.pid, 10)
+        record.pid = None
+        self.save(state)
+
+    def restart(
+        self,
+        pods: Optional[Sequence[str]] = None,
+        new_ip: bool = False,
+        wait: bool = True,
+        timeout: float = 120.0,
+    ) -> None:
+        """Like rescheduled pods: preStop, SIGTERM, then start through the entrypoint again
+        (on a new address with `new_ip`). `pods=None` restarts every pod at once."""
+        state = self._require_state()
+        records = state.nodes if pods is None else [self._record(state, pod) for pod in pods]
+        with ThreadPoolExecutor(max_workers=len(records)) as pool:
+            list(pool.map(lambda r: self._stop(state, r, prestop=True), records))
+        if new_ip:
+            for record in records:
+                record.host = self._free_address(state)
+        self.save(state)
+        # The peers file follows the addresses, as the headless Service's DNS would.
+        for record in state.nodes:
+            self.local_node(state, record).write_files()
+        for record in records:
+            record.pid = self.local_node(state, record).start()
+            self.save(state)
+        if wait:
+            self.wait_ok(timeout)
+            self._record_roles(state)
+
+    def down(self, purge: bool = False) -> None:
+        """Stops every process the sandbox started, by pid; keeps the data unless `purge`."""
+        state = self.load()
+        if state is not None:
+            with ThreadPoolExecutor(max_workers=max(1, len(state.nodes))) as pool:
+                list(pool.map(lambda r: self._stop(state, r, prestop=False), state.nodes))
+            self.save(state)
+        if purge and self.root.exists():
+            shutil.rmtree(self.root)
+
+    def wait_ok(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Waits until the bootstrap's own view of the cluster is ok: every node up and
+        agreeing, all slots served, every replica linked. Returns that topology."""
+        deadline = time.monotonic() + timeout
+        while True:
+            topology = self.topology()
+            if topology["state"] == "ok":
+                return topology
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"the cluster is {topology['state']} after {timeout:.0f}s: " + "; ".join(topology["problems"])
+                )
+            time.sleep(0.2)
+
+    def connection_lines(self) -> list[str]:
+        state = self._require_state()
+        first = state.nodes[0]
+        return [
+            f"REDISCLI_AUTH='{state.password}' redis-cli -c -h {first.host} -p {first.port}",
+            "python: redis.RedisCluster(host=%r, port=%d, password=%r)" % (first.host, first.port, state.password),
+        ]
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _require_state(self) -> SandboxState:
+        state = self.load()
+        if state is None:
+            raise SandboxError(f"no sandbox in {self.root}: run `python -m sandbox up` first")
+        return state
+
+    @staticmethod
+    def _record(state: SandboxState, pod: str) -> NodeRecord:
+        for record in state.nodes:
+            if record.pod == pod:
+                return record
+        raise SandboxError(f"no pod {pod!r}; pods: " + ", ".join(n.pod for n in state.nodes))
+
+    def _client(self, state: SandboxState, record: NodeRecord) -> redis.Redis:
+        return redis.Redis(
+            host=record.host, port=record.port, password=state.password,
+            socket_timeout=5, socket_connect_timeout=1, decode_responses=True,
+        )
+
+    def _stop(self, state: SandboxState, record: NodeRecord, prestop: bool) -> None:
+        if not _alive(record):
+            record.pid = None
+            return
+        if prestop:
+            # The kubelet runs the hook to completion (bounded by the grace period), then SIGTERM.
+            self.local_node(state, record).run_script("pre-stop.sh", timeout=90)
+        # Redis ignores SIGTERM while a replica writes its first AOF after a full sync
+        # ("can't exit"); ask again each second, as a patient kubelet would, then SIGKILL.
+        for _ in range(30):
+            try:
+                os.kill(record.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            if _wait_gone(record.pid, 1):
+                break
+        else:
+            kill_session(record.pid)
+            _wait_gone(record.pid, 10)
+        # Whatever the node left behind (a peer-recovery loop) ends with it, as in a container.
+        kill_session(record.pid)
+        record.pid = None
+
+    def _free_address(self, state: SandboxState) -> str:
+        taken = {n.host for n in state.nodes}
+        for host in range(1, 255):
+            address = f"127.0.{state.third_octet}.{host}"
+            if address not in taken and _port_free(address):
+                return address
+        raise SandboxError(f"no free address left in 127.0.{state.third_octet}.0/24")
+
+    def _record_roles(self, state: SandboxState) -> None:
+        for record in state.nodes:
+            try:
+                client = self._client(state, record)
+                record.role = client.info("replication")["role"]
+                client.close()
+            except (redis.RedisError, OSError):
+                record.role = "unknown"
+        self.save(state)
+
+
+def _alive(record: NodeRecord) -> bool:
+    """Whether the recorded pid is still this node's redis-server (pids get reused)."""
+    if not record.pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"redis-server" in cmdline
+
+
+def _port_free(address: str) -> bool:
+    for port in (REDIS_PORT, REDIS_PORT + 10000):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Whether the process has ended (a zombie has) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # Reap it if it is our child (a node started by this very process).
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat[stat.rfind(")") + 2] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _myself(nodes_text: str) -> list[str]:
+    for line in nodes_text.splitlines():
+        fields = line.split()
+        if "myself" in fields[2].split(","):
+            return fields
+    raise SandboxError("CLUSTER NODES has no myself line")

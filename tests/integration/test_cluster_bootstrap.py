@@ -1,0 +1,506 @@
+"""The cluster bootstrap provider, run the way the engine runs it: pickled with the SDK's
+`serialize_provider`, served by `python -m pulumi.dynamic`, called over gRPC, against real
+redis-server processes on loopback (127.0.20.0/24 - 127.0.39.0/24)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import grpc
+import pytest
+from redis.cluster import ClusterNode, RedisCluster
+
+from components import cluster_topology
+from components.cluster_topology import Cluster, ensure_cluster, read_topology
+from components.node_transports import (
+    CliResult,
+    DirectTransport,
+    KubernetesTransport,
+    NodeAddress,
+    local_port_forward,
+)
+from tests.integration.bootstrap_support import (
+    PASSWORD,
+    ProviderServer,
+    RedisNodes,
+    count_keys,
+    plain_strings,
+    secret,
+    serialized_provider,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ProviderServer]:
+    with ProviderServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def provider_blob() -> str:
+    return serialized_provider()
+
+
+def props(provider_blob: str, nodes: list[dict[str, Any]], shards: int = 3, replicas: int = 1, **extra: Any) -> dict:
+    values = {
+        "__provider": provider_blob,
+        "shards": shards,
+        "replicas_per_shard": replicas,
+        "password": secret(PASSWORD),
+        "transport": "direct",
+        "nodes": nodes,
+        "ready_timeout_seconds": 30,
+    }
+    values.update(extra)
+    return values
+
+
+def assert_no_plain_password(*messages: Any) -> None:
+    for message in messages:
+        if isinstance(message, str):
+            assert PASSWORD not in message
+            continue
+        decoded = ProviderServer.from_struct(message)
+        assert PASSWORD not in plain_strings(decoded), "password in plain text in a response"
+        assert PASSWORD not in json.dumps(decoded["__provider"]) if "__provider" in decoded else True
+
+
+def cluster_nodes_snapshot(nodes: RedisNodes) -> dict[str, Any]:
+    snapshot = {}
+    for node in nodes.nodes:
+        if node.alive:
+            client = node.client()
+            lines = sorted(
+                " ".join(line.split()[:3] + line.split()[8:])
+                for line in client.execute_command("CLUSTER", "NODES").decode().splitlines()
+            )
+            snapshot[node.pod] = (lines, client.dbsize())
+    return snapshot
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_create_adopt_read_and_delete_over_grpc(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(20, 6) as nodes:
+        inputs = props(provider_blob, nodes.inputs())
+        checked = server.check({}, inputs)
+        assert list(checked.failures) == []
+
+        started = time.monotonic()
+        created = server.create(ProviderServer.from_struct(checked.inputs))
+        elapsed = time.monotonic() - started
+        outs = ProviderServer.from_struct(created.properties, unwrap=True)
+        assert outs["state"] == "ok", outs["problems"]
+        assert outs["node_count"] == 6
+        assert len(outs["masters"]) == 3 and len(outs["replicas"]) == 3
+        assert sum(m["slot_count"] for m in outs["masters"]) == cluster_topology.SLOTS
+        assert all(r["link"] == "up" for r in outs["replicas"])
+        assert outs["placement"]["zone_aware"] is True
+        assert created.id.startswith("direct/")
+        assert elapsed < 20
+        # Every node agrees: state ok, 6 known, all slots, replicas linked.
+        for node in nodes.nodes:
+            info = node.client().execute_command("CLUSTER", "INFO").decode()
+            assert "cluster_state:ok" in info and "cluster_known_nodes:6" in info
+        assert_no_plain_password(created.properties)
+        raw = ProviderServer.from_struct(created.properties)
+        assert raw["password"]["value"] == PASSWORD, "the password is kept, but only as a secret"
+
+        # Same nodes again (as after lost state): adopted, nothing changes. The engine of a
+        # provider that does not accept secrets sends them plain; outputs stay secret.
+        before = cluster_nodes_snapshot(nodes)
+        plain_inputs = dict(inputs, password=PASSWORD)
+        again = server.create(plain_inputs)
+        adopted = ProviderServer.from_struct(again.properties, unwrap=True)
+        assert cluster_nodes_snapshot(nodes) == before
+        assert [m["id"] for m in adopted["masters"]] == [m["id"] for m in outs["masters"]]
+        assert ProviderServer.from_struct(again.properties)["password"]["value"] == PASSWORD
+        assert_no_plain_password(again.properties)
+
+        # No drift: diff against the same inputs finds no change.
+        state = ProviderServer.from_struct(created.properties)
+        assert server.diff(created.id, state, inputs).changes == 1  # DIFF_NONE
+
+        # Refresh after a replica dies: the read shows it, and the diff then wants an update.
+        victim = nodes.by_pod(outs["replicas"][0]["pod"])
+        client = RedisCluster(startup_nodes=[ClusterNode(nodes.nodes[0].host, 6379)], password=PASSWORD)
+        client.set("survives-delete", "yes")
+        client.close()
+        nodes.kill(victim)
+        read = server.read(created.id, state)
+        live = ProviderServer.from_struct(read.properties, unwrap=True)
+        assert live["state"] == "degraded"
+        assert any(victim.pod in p for p in live["problems"]), live["problems"]
+        lost = next(r for r in live["replicas"] if r["pod"] == victim.pod)
+        assert lost["status"] == "unreachable"
+        assert_no_plain_password(read.properties)
+        assert server.diff(created.id, ProviderServer.from_struct(read.properties), inputs).changes == 2  # DIFF_SOME
+
+        # Delete forgets: nodes keep their cluster and their data.
+        before = cluster_nodes_snapshot(nodes)
+        server.delete(created.id, ProviderServer.from_struct(read.properties))
+        assert cluster_nodes_snapshot(nodes) == before
+        assert count_keys(nodes.nodes) == 1
+
+
+def test_replicas_land_in_other_zones_than_redis_cli_would_choose(server: ProviderServer, provider_blob: str) -> None:
+    # In ordinal order redis-cli would make 0,1,2 masters and give them 4,5,3: all three
+    # in their master's zone with these zones (see the unit test that replays its rule).
+    zones = ["zone-a", "zone-b", "zone-c", "zone-c", "zone-a", "zone-b"]
+    with RedisNodes.on_subnet(21, 6) as nodes:
+        for node, zone in zip(nodes.nodes, zones):
+            node.zone = zone
+        created = server.create(props(provider_blob, nodes.inputs()))
+        outs = ProviderServer.from_struct(created.properties, unwrap=True)
+        assert outs["placement"]["replicas_in_master_zone"] == []
+        zone_of = dict(zip((n.pod for n in nodes.nodes), zones))
+        for replica in outs["replicas"]:
+            assert zone_of[replica["pod"]] != zone_of[replica["master"]]
+
+
+def test_replicate_corrects_a_same_zone_layout() -> None:
+    """The correction path: a cluster laid out by a bare redis-cli (replicas in their
+    master's zone) is fixed with CLUSTER REPLICATE, moving replicas only."""
+    zones = ["zone-a", "zone-b", "zone-c", "zone-c", "zone-a", "zone-b"]
+    with RedisNodes.on_subnet(22, 6) as nodes:
+        for node, zone in zip(nodes.nodes, zones):
+            node.zone = zone
+        done = subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"{n.host}:{n.port}" for n in nodes.nodes],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            env={**os.environ, "REDISCLI_AUTH": PASSWORD}, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stdout[-500:]
+        with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+            cluster = Cluster(transport, transport.nodes)
+            cluster.wait_converged(30, 3, None)
+            before = cluster.topology(3, 1)
+            assert len(before["placement"]["replicas_in_master_zone"]) == 3
+            masters_before = [m["id"] for m in before["masters"]]
+            cluster.correct_placement(3, 1, 30)
+            after = cluster.topology(3, 1)
+        assert after["state"] == "ok"
+        assert after["placement"]["replicas_in_master_zone"] == []
+        assert [m["id"] for m in after["masters"]] == masters_before
+
+
+def test_non_empty_or_foreign_nodes_are_refused_untouched(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(23, 7) as nodes:
+        ours, outsider = nodes.nodes[:6], nodes.nodes[6]
+        inputs = props(provider_blob, [n.as_input() for n in ours])
+
+        # One node holds keys (it was given all slots and written to).
+        loaded = ours[2].client()
+        loaded.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, cluster_topology.SLOTS - 1)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in loaded.execute_command("CLUSTER", "INFO") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loaded.set("precious", "data")
+        before = cluster_nodes_snapshot(nodes)
+        with pytest.raises(grpc.RpcError) as refused:
+            server.create(inputs)
+        message = refused.value.details()
+        assert "redis-cluster-2" in message and "keys" in message
+        assert_no_plain_password(message)
+        assert cluster_nodes_snapshot(nodes) == before
+        assert loaded.get("precious") == b"data"
+
+        # Another node belongs to a cluster with a node that is not ours.
+        ours[4].client().execute_command("CLUSTER", "MEET", outsider.host, outsider.port)
+        deadline = time.monotonic() + 10
+        while not all(
+            b"handshake" not in n.client().execute_command("CLUSTER", "NODES")
+            and b"cluster_known_nodes:2" in n.client().execute_command("CLUSTER", "INFO")
+            for n in (ours[4], outsider)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = cluster_nodes_snapshot(nodes)
+        with pytest.raises(grpc.RpcError) as foreign:
+            server.create(inputs)
+        assert "redis-cluster-4" in foreign.value.details() and "another cluster" in foreign.value.details()
+        assert cluster_nodes_snapshot(nodes) == before
+
+
+def test_a_pod_that_never_gets_ready_times_out_naming_it(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(24, 5) as nodes:
+        inputs = nodes.inputs() + [{"pod": "redis-cluster-5", "host": "127.0.24.99", "port": 6379, "zone": "zone-c"}]
+        before = cluster_nodes_snapshot(nodes)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as timed_out:
+            server.create(props(provider_blob, inputs, ready_timeout_seconds=2))
+        assert time.monotonic() - started < 15
+        message = timed_out.value.details()
+        assert "timed out after 2s" in message and "redis-cluster-5" in message
+        assert "redis-cluster-4" not in message.split("Ready:")[-1]
+        assert_no_plain_password(message)
+        assert cluster_nodes_snapshot(nodes) == before
+
+
+class Writer(threading.Thread):
+    """Writes distinct keys through a cluster client and records what was acknowledged.
+
+    redis-py 8.1 cannot follow an ASK redirect to a master that holds no slot yet (it
+    is absent from CLUSTER SLOTS, so the client has no node object for it: redis-py
+    issue #4015, fix pending in PR #4214) and raises AttributeError. The writer counts
+    those apart, refreshes its topology and retries the same key, as an application
+    would have to; every other error is recorded as a failure of the scale-out.
+    """
+
+    def __init__(self, host: str) -> None:
+        super().__init__(daemon=True)
+        self.client = RedisCluster(startup_nodes=[ClusterNode(host, 6379)], password=PASSWORD)
+        self.acked: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.ask_to_slotless_node = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        deadline = time.monotonic() + 300
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            key, value = f"live:{i}", f"v{i}"
+            try:
+                self.client.set(key, value)
+                self.acked[key] = value
+                i += 1
+            except AttributeError:
+                self.ask_to_slotless_node += 1
+                time.sleep(0.01)
+                self.client.nodes_manager.initialize()
+            except Exception as error:  # noqa: BLE001 - every failure is evidence
+                self.errors.append(f"{type(error).__name__}: {error}")
+                i += 1
+
+
+def test_scale_out_under_load_and_scale_in_refused(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(25, 8) as nodes:
+        six = props(provider_blob, [n.as_input() for n in nodes.nodes[:6]])
+        created = server.create(six)
+        state = ProviderServer.from_struct(created.properties)
+
+        client = RedisCluster(startup_nodes=[ClusterNode(nodes.nodes[0].host, 6379)], password=PASSWORD)
+        pipe = client.pipeline()
+        for i in range(20000):
+            pipe.set(f"pre:{i}", i)
+        pipe.execute()
+
+        writer = Writer(nodes.nodes[1].host)
+        writer.start()
+        time.sleep(0.3)
+        eight = props(provider_blob, nodes.inputs(), shards=4)
+        assert list(server.check(six, eight).failures) == []
+        assert server.diff(created.id, state, eight).changes == 2
+        try:
+            updated = server.update(created.id, state, eight)
+        finally:
+            time.sleep(0.3)
+            writer.stop.set()
+            writer.join(timeout=30)
+        outs = ProviderServer.from_struct(updated.properties, unwrap=True)
+        assert outs["state"] == "ok", outs["problems"]
+        assert len(outs["masters"]) == 4 and len(outs["replicas"]) == 4
+        new_master = next(m for m in outs["masters"] if m["pod"] in ("redis-cluster-6", "redis-cluster-7"))
+        assert abs(new_master["slot_count"] - cluster_topology.SLOTS // 4) <= 1
+        assert outs["placement"]["replicas_in_master_zone"] == []
+        assert_no_plain_password(updated.properties)
+
+        print(
+            f"writer: {len(writer.acked)} acknowledged writes during the update, "
+            f"{writer.ask_to_slotless_node} redis-py ASK-to-slotless-node retries"
+        )
+        # Not one acknowledged write is lost; the preloaded keys are all there.
+        assert len(writer.acked) > 1000, "the writer should have been busy during the move"
+        assert writer.errors == []
+        values = client.mget_nonatomic(list(writer.acked))
+        assert [v.decode() if v else None for v in values] == list(writer.acked.values())
+        assert all(client.mget_nonatomic([f"pre:{i}" for i in range(20000)]))
+        assert count_keys(nodes.nodes) >= 20000 + len(writer.acked)
+
+        # Scale in: refused by check (so preview fails), diff and update; nothing moves.
+        state = ProviderServer.from_struct(updated.properties)
+        fewer = props(provider_blob, nodes.inputs(), shards=3)
+        failures = list(server.check(eight, fewer).failures)
+        assert failures and failures[0].property == "shards"
+        assert "redis-cli --cluster" in failures[0].reason and "pulumi state delete" in failures[0].reason
+        with pytest.raises(grpc.RpcError):
+            server.diff(created.id, state, fewer)
+        before = cluster_nodes_snapshot(nodes)
+        with pytest.raises(grpc.RpcError) as refused:
+            server.update(created.id, state, fewer)
+        assert "scaling in is not automated" in refused.value.details()
+        assert cluster_nodes_snapshot(nodes) == before
+        replicas_down = props(provider_blob, nodes.inputs(), shards=4, replicas=0)
+        assert [f.property for f in server.check(eight, replicas_down).failures] == ["replicas_per_shard"]
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The Kubernetes transport against the same real nodes: a fake CoreV1Api, redis-cli run
+# locally with the very argv the pod would get, port-forward replaced by a local socket.
+# ---------------------------------------------------------------------------------------
+
+
+class FakeCoreV1:
+    def __init__(self, nodes: RedisNodes, namespace: str, not_ready: set[str] = frozenset()) -> None:
+        self.nodes = nodes
+        self.namespace = namespace
+        self.not_ready = set(not_ready)
+        self.calls: list[tuple] = []
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> Any:
+        self.calls.append(("list_namespaced_pod", namespace, label_selector))
+        assert namespace == self.namespace
+        items = []
+        for node in self.nodes.nodes:
+            ready = node.pod not in self.not_ready
+            items.append(
+                SimpleNamespace(
+                    metadata=SimpleNamespace(name=node.pod, deletion_timestamp=None),
+                    spec=SimpleNamespace(node_name=f"ip-{node.zone}"),
+                    status=SimpleNamespace(
+                        phase="Running" if ready else "Pending",
+                        pod_ip=node.host if ready else None,
+                        conditions=[SimpleNamespace(type="Ready", status="True" if ready else "False")],
+                    ),
+                )
+            )
+        return SimpleNamespace(items=items)
+
+    def read_node(self, name: str) -> Any:
+        self.calls.append(("read_node", name))
+        return SimpleNamespace(metadata=SimpleNamespace(labels={"topology.kubernetes.io/zone": name[3:]}))
+
+
+def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward() -> None:
+    with RedisNodes.on_subnet(26, 6) as nodes, tempfile.TemporaryDirectory() as tmp:
+        secret_file = os.path.join(tmp, "password")
+        with open(secret_file, "w") as handle:
+            handle.write(PASSWORD)
+        execs: list[tuple] = []
+
+        def exec_locally(namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> CliResult:
+            execs.append((namespace, pod, container, list(argv)))
+            # The very argv the pod would run; only the environment lacks the password.
+            env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+            return CliResult(done.returncode, done.stdout, done.stderr)
+
+        api = FakeCoreV1(nodes, "redis")
+        transport = KubernetesTransport(
+            core_api=api,
+            namespace="redis",
+            stateful_set_name="redis-cluster",
+            pod_selector="app.kubernetes.io/name=redis-cluster",
+            password=PASSWORD,
+            secret_file=secret_file,
+            exec_function=exec_locally,
+            port_forward=local_port_forward({n.pod: (n.host, n.port) for n in nodes.nodes}),
+        )
+        with transport:
+            topology = ensure_cluster(transport, 3, 1, 30)
+            assert topology["state"] == "ok"
+            assert topology["placement"]["zone_aware"] is True
+            assert {m["zone"] for m in topology["masters"]} == {"zone-a", "zone-b", "zone-c"}
+            again = read_topology(transport, 3, 1)
+            assert again["state"] == "ok" and again["masters"] == topology["masters"]
+
+        assert len(execs) == 1
+        namespace, pod, container, argv = execs[0]
+        assert (namespace, pod, container) == ("redis", "redis-cluster-0", "redis")
+        assert argv[:2] == ["sh", "-c"] and argv[3] == secret_file
+        assert "--cluster" in argv and "create" in argv and "--cluster-yes" in argv
+        assert all(PASSWORD not in part for part in argv)
+        assert ("list_namespaced_pod", "redis", "app.kubernetes.io/name=redis-cluster") in api.calls
+        assert ("read_node", "ip-zone-a") in api.calls
+
+
+def test_kubernetes_pending_pod_times_out_naming_it() -> None:
+    with RedisNodes.on_subnet(27, 6) as nodes:
+        api = FakeCoreV1(nodes, "redis", not_ready={"redis-cluster-4"})
+        transport = KubernetesTransport(
+            core_api=api,
+            namespace="redis",
+            stateful_set_name="redis-cluster",
+            password=PASSWORD,
+            exec_function=lambda *a: pytest.fail("must not run redis-cli before all pods are ready"),
+            port_forward=local_port_forward({n.pod: (n.host, n.port) for n in nodes.nodes}),
+        )
+        transport.poll_interval = 0.1
+        with pytest.raises(cluster_topology.BootstrapError) as timed_out:
+            ensure_cluster(transport, 3, 1, 1)
+        assert "redis-cluster-4 (phase Pending)" in str(timed_out.value)
+
+
+def test_direct_transport_missing_node_is_named_immediately() -> None:
+    transport = DirectTransport([{"pod": "redis-cluster-0", "host": "127.0.28.1"}], PASSWORD)
+    with pytest.raises(cluster_topology.BootstrapError) as missing:
+        cluster_topology.wait_ready(transport, 6, 30)
+    assert "redis-cluster-1" in str(missing.value)
+
+
+def test_node_address_endpoint() -> None:
+    assert NodeAddress("redis-cluster-3", "127.0.0.1", 6380).endpoint == "127.0.0.1:6380"
+
+
+def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed() -> None:
+    from redis.crc import key_slot
+
+    with RedisNodes.on_subnet(29, 6) as nodes, DirectTransport(nodes.inputs(), PASSWORD) as transport:
+        ensure_cluster(transport, 3, 1, 30)
+        cluster = Cluster(transport, transport.nodes)
+        cluster.refresh()
+        slot = key_slot(b"busy")
+        pods = cluster.pod_of_id()
+        by_pod = {n.pod: n for n in transport.nodes}
+        masters = [e for e in cluster.reference_entries() if e.is_master]
+        owner = next(e for e in masters if any(a <= slot <= b for a, b in e.slots))
+        other = next(e for e in masters if e.id != owner.id)
+        source, target = by_pod[pods[owner.id]], by_pod[pods[other.id]]
+
+        client = RedisCluster(startup_nodes=[ClusterNode(source.host, 6379)], password=PASSWORD)
+        client.set("busy", "mine")
+        client.set("{busy}2", "only-on-source")
+        # A leftover copy of "busy" with another value on the target, as a crashed
+        # migration by hand could leave it.
+        dst = transport.client(target)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
+        pipe = dst.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.execute_command("SET", "busy", "theirs")
+        pipe.execute()
+
+        mover = cluster_topology.SlotMover(
+            transport, {by_pod[pods[e.id]]: e.id for e in masters}, [by_pod[pods[e.id]] for e in masters]
+        )
+        with pytest.raises(cluster_topology.BootstrapError) as refused:
+            mover.move_slot(slot, source, target)
+        assert f"slot {slot}" in str(refused.value) and "different values" in str(refused.value)
+        assert PASSWORD not in str(refused.value)
+        assert transport.client(source).get("busy") == b"mine", "the source copy is kept"
+        assert client.get("busy") == b"mine" and client.get("{busy}2") == b"only-on-source"
+
+        # Same value on both sides: the update resumes the open slot, replacing only the
+        # identical copy.
+        pipe = dst.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.execute_command("SET", "busy", "mine")
+        pipe.execute()
+        topology = ensure_cluster(transport, 3, 1, 30, mode="update")
+        assert topology["state"] == "ok", topology["problems"]
+        new_owner = next(m for m in topology["masters"] if m["id"] == other.id)
+        owned = {s for r in new_owner["slots"] for s in range(int(r.split("-")[0]), int(r.split("-")[-1]) + 1)}
+        assert slot in owned
+        assert client.get("busy") == b"mine" and client.get("{busy}2") == b"only-on-source"
+        assert count_keys(nodes.nodes) == 2
+        client.close()

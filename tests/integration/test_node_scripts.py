@@ -1,0 +1,692 @@
+"""The pod scripts against real redis-server processes, run under dash as in the image.
+
+Each "pod" is a `LocalNode`: its own 127.0.1x.y address, conf/secret/data dirs, started as
+`dash entrypoint.sh redis-server redis.conf` exactly as the StatefulSet starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from components.redis_node_files import PRESTOP_TIMEOUT_SECONDS, SCRIPTS_DIR
+from sandbox.local_nodes import (
+    LocalNode,
+    LoopbackAddresses,
+    create_cluster,
+    kill_session,
+    masters_and_replicas,
+    replica_of,
+    stop_all,
+    wait_cluster_ok,
+)
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import NodeFactory
+
+pytestmark = pytest.mark.integration
+
+ID_A = "a" * 40
+ID_B = "b" * 40
+ID_C = "c" * 40
+
+
+class EntrypointRun:
+    def __init__(self, pid: int, returncode: int, stdout: str, stderr: str, nodes_conf: str) -> None:
+        self.pid, self.returncode, self.stdout, self.stderr, self.nodes_conf = pid, returncode, stdout, stderr, nodes_conf
+
+
+def _run_entrypoint(tmp_path: Path, nodes_conf: str, pod_ip: str, command: list[str]) -> EntrypointRun:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nodes.conf").write_text(nodes_conf)
+    env = {
+        "PATH": os.environ["PATH"],
+        "POD_IP": pod_ip,
+        "REDIS_DATA_DIR": str(data),
+        "REDIS_CONF_DIR": str(SCRIPTS_DIR),
+        # No server answers here: peer-recovery must give up at once.
+        "REDIS_PEERS_FILE": str(tmp_path / "no-peers"),
+        "REDIS_PASSWORD_FILE": str(tmp_path / "no-password"),
+        "REDIS_PORT": "1",
+        "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "0",
+    }
+    process = subprocess.Popen(
+        ["dash", str(SCRIPTS_DIR / "entrypoint.sh"), *command],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        kill_session(process.pid)
+    return EntrypointRun(process.pid, process.returncode, stdout, stderr, (data / "nodes.conf").read_text())
+
+
+NODES_CONF_CASES = {
+    "redis-7.0": (
+        f"{ID_A} 10.1.2.3:6379@16379 myself,master - 0 0 1 connected 0-5460\n"
+        f"{ID_B} 10.1.2.4:6379@16379 slave {ID_A} 0 1700000000000 1 connected\n"
+        "vars currentEpoch 3 lastVoteEpoch 0\n",
+        f"{ID_A} 10.9.8.7:6379@16379 myself,master - 0 0 1 connected 0-5460\n",
+    ),
+    # Redis 7.2+ (the image's 7.4): hostname and aux fields after the bus port, and a
+    # hostname containing both "myself" and a dotted quad on another line.
+    "redis-7.4-aux-fields": (
+        f"{ID_B} 10.1.2.4:6379@16379,myself-10.1.2.4,tls-port=0,shard-id={'d' * 40} slave {ID_A} 0 1700000000000 1 connected\n"
+        f"{ID_A} 10.1.2.3:6379@16379,redis-0,tls-port=0,shard-id={'d' * 40} myself,master - 0 0 1 connected 0-5460\n"
+        "vars currentEpoch 3 lastVoteEpoch 0\n",
+        f"{ID_A} 10.9.8.7:6379@16379,redis-0,tls-port=0,shard-id={'d' * 40} myself,master - 0 0 1 connected 0-5460\n",
+    ),
+    "replica-myself": (
+        f"{ID_A} 10.1.2.3:6379@16379 master - 0 1700000000000 1 connected 0-16383\n"
+        f"{ID_C} 10.1.2.5:6379@16379 myself,slave {ID_A} 0 0 1 connected\n",
+        f"{ID_C} 10.9.8.7:6379@16379 myself,slave {ID_A} 0 0 1 connected\n",
+    ),
+    # A fresh node saved its config before learning its own address.
+    "empty-ip": (
+        f"{ID_A} :0@0 myself,master - 0 0 0 connected\nvars currentEpoch 0 lastVoteEpoch 0\n",
+        f"{ID_A} 10.9.8.7:0@0 myself,master - 0 0 0 connected\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NODES_CONF_CASES, ids=list(NODES_CONF_CASES))
+def test_entrypoint_rewrites_only_the_address_of_the_myself_line(tmp_path: Path, case: str) -> None:
+    before, expected_myself = NODES_CONF_CASES[case]
+    run = _run_entrypoint(tmp_path, before, "10.9.8.7", ["true"])
+
+    assert run.returncode == 0, run.stderr
+    changed = [(old, new) for old, new in zip(before.splitlines(True), run.nodes_conf.splitlines(True)) if old != new]
+    assert len(changed) == 1, f"exactly the myself line must change:\n{run.nodes_conf}"
+    assert changed[0][1] == expected_myself
+    assert len(run.nodes_conf.splitlines()) == len(before.splitlines())
+
+
+def test_entrypoint_rewrites_ipv6_addresses_whole(tmp_path: Path) -> None:
+    before = f"{ID_A} fd00::1:6379@16379 myself,master - 0 0 1 connected 0-16383\n"
+    run = _run_entrypoint(tmp_path, before, "fd00::2:7", ["true"])
+    assert run.returncode == 0, run.stderr
+    assert run.nodes_conf == f"{ID_A} fd00::2:7:6379@16379 myself,master - 0 0 1 connected 0-16383\n"
+
+
+def test_entrypoint_refuses_a_pod_ip_that_is_not_an_address(tmp_path: Path) -> None:
+    before = f"{ID_A} 10.1.2.3:6379@16379 myself,master - 0 0 1 connected 0-16383\n"
+    run = _run_entrypoint(tmp_path, before, "1.2.3.4/ s/x/y", ["true"])
+    assert run.returncode != 0
+    assert "not an IP address" in run.stderr
+    assert run.nodes_conf == before
+
+
+def test_entrypoint_execs_its_arguments_in_place(tmp_path: Path) -> None:
+    # `exec` keeps the pid: the command runs as the very process the runtime started, so
+    # it is PID 1 in a container and gets SIGTERM itself.
+    run = _run_entrypoint(tmp_path, "", "10.9.8.7", ["dash", "-c", 'echo "$$ $1"', "dash", "argument-passed"])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(run.pid), "argument-passed"]
+
+
+# ---------------------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------------------
+
+
+class FakeRedis:
+    """A server on a loopback address that answers AUTH with OK and every other command
+    with one fixed reply: how Redis answers while loading an AOF or running a long script."""
+
+    def __init__(self, ip: str, reply: bytes) -> None:
+        self.reply = reply
+        self.listener = socket.create_server((ip, 6379), reuse_port=False)
+        self.listener.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "FakeRedis":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            with connection:
+                connection.settimeout(2)
+                buffer = b""
+                try:
+                    while not self.stopped.is_set():
+                        chunk = connection.recv(4096)
+                        if not chunk:
+                            break
+                        buffer += chunk
+                        # One reply per complete RESP array of bulk strings.
+                        while True:
+                            command, buffer = _split_command(buffer)
+                            if command is None:
+                                break
+                            connection.sendall(b"+OK\r\n" if command[0].upper() == b"AUTH" else self.reply)
+                except OSError:
+                    pass
+
+
+def _split_command(buffer: bytes) -> tuple[list[bytes] | None, bytes]:
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None, buffer
+    header, rest = buffer.split(b"\r\n", 1)
+    parts = []
+    for _ in range(int(header[1:])):
+        if b"\r\n" not in rest:
+            return None, buffer
+        length_line, rest = rest.split(b"\r\n", 1)
+        length = int(length_line[1:])
+        if len(rest) < length + 2:
+            return None, buffer
+        parts.append(rest[:length])
+        rest = rest[length + 2 :]
+    return parts, rest
+
+
+def _probe(node: LocalNode, name: str, **env: str) -> subprocess.CompletedProcess:
+    return node.run_script(name, timeout=15, env=env)
+
+
+def test_probes_on_a_fresh_node_and_on_a_stopped_one(nodes: NodeFactory) -> None:
+    node = nodes.new()
+    node.start()
+
+    # Fresh: no cluster yet. Ready, or the bootstrap that waits for Ready pods never starts.
+    assert _probe(node, "probe-liveness.sh").returncode == 0
+    readiness = _probe(node, "probe-readiness.sh")
+    assert readiness.returncode == 0, readiness.stderr
+    started = time.monotonic()
+    recovery = _probe(node, "peer-recovery.sh")
+    assert recovery.returncode == 0 and recovery.stdout == ""
+    assert time.monotonic() - started < 2, "peer-recovery must leave a fresh node alone at once"
+
+    node.stop()
+    liveness = _probe(node, "probe-liveness.sh")
+    readiness = _probe(node, "probe-readiness.sh")
+    assert liveness.returncode == 1 and "no reply" in liveness.stderr
+    assert readiness.returncode == 1
+
+
+def test_peer_recovery_gives_up_when_the_local_server_never_answers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nodes.conf").write_text(
+        f"{ID_A} 10.1.2.3:6379@16379 myself,master - 0 0 1 connected 0-16383\n"
+        f"{ID_B} 10.1.2.4:6379@16379 slave {ID_A} 0 0 1 connected\n"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "POD_IP": "127.0.10.254",
+        "REDIS_PORT": "1",
+        "REDIS_DATA_DIR": str(data),
+        "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "2",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        ["dash", str(SCRIPTS_DIR / "peer-recovery.sh")], env=env, capture_output=True, text=True, timeout=20, start_new_session=True
+    )
+    assert result.returncode == 1
+    assert "did not answer" in result.stdout
+    assert time.monotonic() - started < 6
+
+
+def test_probes_with_a_password_the_server_does_not_know(nodes: NodeFactory) -> None:
+    node = nodes.new()
+    node.start()
+    wrong_password = node.root / "wrong-password"
+    wrong_password.write_text("not-the-password-at-all")
+
+    liveness = _probe(node, "probe-liveness.sh", REDIS_PASSWORD_FILE=str(wrong_password))
+    readiness = _probe(node, "probe-readiness.sh", REDIS_PASSWORD_FILE=str(wrong_password))
+    # Alive (a restart of every pod is not the fix), but not serving anybody: not Ready.
+    assert liveness.returncode == 0 and "refuses the mounted password" in liveness.stderr
+    assert readiness.returncode == 1
+    assert "not-the-password-at-all" not in liveness.stderr + readiness.stderr
+
+
+@pytest.mark.parametrize(
+    "reply, alive",
+    [
+        (b"-LOADING Redis is loading the dataset in memory\r\n", True),
+        (b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n", True),
+        (b"+PONG\r\n", True),
+    ],
+    ids=["loading", "busy", "pong"],
+)
+def test_liveness_counts_a_loading_or_busy_server_as_alive_but_not_ready(
+    nodes: NodeFactory, reply: bytes, alive: bool
+) -> None:
+    node = nodes.new()
+    node.write_files()
+    with FakeRedis(node.ip, reply):
+        liveness = _probe(node, "probe-liveness.sh")
+        readiness = _probe(node, "probe-readiness.sh")
+    assert (liveness.returncode == 0) == alive, liveness.stderr
+    if reply != b"+PONG\r\n":
+        assert readiness.returncode == 1, "a loading or busy node must not receive traffic"
+
+
+def test_probes_before_and_after_formation_and_when_the_cluster_is_down(nodes: NodeFactory) -> None:
+    cluster = nodes.started(6)
+    for node in cluster:
+        assert _probe(node, "probe-readiness.sh").returncode == 0, f"{node.pod}: a fresh node must be Ready"
+
+    create_cluster(cluster, replicas_per_shard=1)
+    for node in cluster:
+        readiness = _probe(node, "probe-readiness.sh")
+        assert readiness.returncode == 0, f"{node.pod}: {readiness.stderr}"
+
+    # Two of three masters gone: the survivors are a minority, the cluster is down.
+    masters, _ = masters_and_replicas(cluster)
+    for master in masters[:2]:
+        master.kill()
+    survivors = [node for node in cluster if node.is_running()]
+    deadline = time.monotonic() + 20
+    while True:
+        results = {node.pod: _probe(node, "probe-readiness.sh").returncode for node in survivors}
+        if all(code == 1 for code in results.values()):
+            break
+        assert time.monotonic() < deadline, f"readiness still passes on a down cluster: {results}"
+        time.sleep(0.5)
+    for node in survivors:
+        assert node.cluster_info()["cluster_state"] == "fail"
+        assert _probe(node, "probe-liveness.sh").returncode == 0, "a node of a down cluster is still alive"
+
+    # pre-stop on the surviving master: its replica cannot win an election without a
+    # majority of masters. The hook gives up at its bound and changes nothing.
+    master = masters[2]
+    replica = replica_of(master, cluster)
+    started = time.monotonic()
+    hook = _probe(master, "pre-stop.sh", REDIS_PRESTOP_TIMEOUT_SECONDS="4")
+    elapsed = time.monotonic() - started
+    assert hook.returncode == 0, hook.stderr
+    # The script counts whole seconds (date +%s): up to one second early, never much late.
+    assert 3 <= elapsed < 12, f"pre-stop took {elapsed:.1f}s with a 4s bound: {hook.stdout}"
+    assert "did not take over" in hook.stdout
+    assert master.client().info("replication")["role"] == "master"
+    assert replica.client().info("replication")["role"] == "slave"
+    print(f"\npre-stop without a majority gave up after {elapsed:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------
+# All pods back on new IPs
+# ---------------------------------------------------------------------------------------
+
+
+def _cluster_client(cluster: list[LocalNode]) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode(node.ip, node.port) for node in cluster],
+        password=cluster[0].password,
+        decode_responses=True,
+        socket_timeout=5,
+    )
+
+
+def _write_keys(cluster: list[LocalNode], count: int) -> dict[str, str]:
+    expected = {f"key:{i}": f"value-{i}" for i in range(count)}
+    client = _cluster_client(cluster)
+    try:
+        for key, value in expected.items():
+            client.set(key, value)
+    finally:
+        client.close()
+    return expected
+
+
+def _wait_replicas_in_sync(cluster: list[LocalNode], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    masters, _ = masters_and_replicas(cluster)
+    for master in masters:
+        while True:
+            info = master.client().info("replication")
+            offsets = [info[f"slave{i}"]["offset"] for i in range(info["connected_slaves"])]
+            if offsets and all(offset == info["master_repl_offset"] for offset in offsets):
+                break
+            assert time.monotonic() < deadline, f"replicas of {master.pod} not in sync: {info}"
+            time.sleep(0.05)
+
+
+def _restart_all_on_new_ips(cluster: list[LocalNode], new_ips: list[str], peers: list[str]) -> None:
+    stop_all(cluster)
+    for node, ip in zip(cluster, new_ips):
+        node.ip = ip
+        node.peers = tuple(peers)
+        node.start()
+
+
+def test_all_pods_back_on_new_ips_recover_through_the_peers_file(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
+    cluster = nodes.cluster()
+    expected = _write_keys(cluster, 1000)
+    _wait_replicas_in_sync(cluster)
+    old_ips = {node.pod: node.ip for node in cluster}
+
+    new_ips = loopback.allocate_many(len(cluster))
+    # Hosts that are not peers (nothing listens, or no such name) must not get in the way.
+    peers = [*new_ips, "localhost", "no-such-peer.invalid"]
+    started = time.monotonic()
+    _restart_all_on_new_ips(cluster, new_ips, peers)
+    restarted = time.monotonic()
+    wait_cluster_ok(cluster, timeout=90)
+    recovered_after, restarts_took = time.monotonic() - started, restarted - started
+
+    for node in cluster:
+        # The entrypoint exec'd: redis-server is the process that was started.
+        assert int(node.client().info("server")["process_id"]) == node.pid
+        assert node.myself()[1].startswith(f"{node.ip}:6379@16379"), node.myself()
+        addresses = {fields[1].split(":")[0] for fields in node.cluster_nodes()}
+        assert addresses == set(new_ips), f"{node.pod} still knows old addresses: {addresses}"
+        assert node.ip != old_ips[node.pod]
+
+    client = _cluster_client(cluster)
+    try:
+        keys = list(expected)
+        assert client.mget_nonatomic(keys) == [expected[key] for key in keys]
+        assert sum(node.client().dbsize() for node in masters_and_replicas(cluster)[0]) == len(expected)
+    finally:
+        client.close()
+
+    # peer-recovery notices within one interval (3 s) and ends; it printed no secret.
+    deadline = time.monotonic() + 15
+    for node in cluster:
+        while "peer-recovery: the cluster is healthy" not in node.log_tail(10**7):
+            assert time.monotonic() < deadline, node.log_tail()
+            time.sleep(0.2)
+        assert node.password not in node.log_tail(10**7)
+    print(
+        f"\nall-new-IP recovery: cluster_state:ok on all 6 nodes {recovered_after:.1f}s after the first"
+        f" SIGTERM ({restarts_took:.1f}s of it stopping and starting the processes)"
+    )
+
+
+def test_without_peers_all_pods_on_new_ips_stay_down_as_in_the_seed(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
+    cluster = nodes.cluster()
+    new_ips = loopback.allocate_many(len(cluster))
+    # The seed's design: only the myself line is fixed, nobody is told where the others are.
+    _restart_all_on_new_ips(cluster, new_ips, peers=[])
+
+    # Past node-timeout (2 s) and the 2 s a restarted master waits before it may turn ok,
+    # sampled for a while: never ok.
+    samples: list[dict[str, str]] = []
+    end = time.monotonic() + 8
+    time.sleep(3)
+    while time.monotonic() < end:
+        samples.append({node.pod: node.cluster_info()["cluster_state"] for node in cluster})
+        time.sleep(1)
+    assert all(state == "fail" for sample in samples for state in sample.values()), samples
+    for node in cluster:
+        assert _probe(node, "probe-readiness.sh").returncode == 1
+
+    # peer-recovery with nobody to meet gives up at its bound instead of looping forever.
+    started = time.monotonic()
+    bounded = _probe(cluster[0], "peer-recovery.sh", REDIS_PEER_RECOVERY_TIMEOUT_SECONDS="3")
+    assert bounded.returncode == 1 and "giving up" in bounded.stdout, bounded.stdout
+    assert time.monotonic() - started < 8
+
+    # The same data dirs recover as soon as the peers are known: the missing piece is
+    # CLUSTER MEET, nothing else.
+    for node in cluster:
+        node.peers = tuple(new_ips)
+        node.write_files()
+    recoveries = [
+        subprocess.Popen(
+            [node.shell, str(Path(node.paths.conf_dir) / "peer-recovery.sh")],
+            env=node.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for node in cluster
+    ]
+    try:
+        took = wait_cluster_ok(cluster, timeout=60)
+        outputs = [process.communicate(timeout=30)[0] for process in recoveries]
+    finally:
+        for process in recoveries:
+            kill_session(process.pid)
+            process.wait(timeout=10)
+    assert all(process.returncode == 0 for process in recoveries), outputs
+    assert any("sent CLUSTER MEET" in output for output in outputs), outputs
+    print(f"\nseed design: still down after 8s; peer-recovery run afterwards fixed it in {took:.1f}s")
+
+
+def test_peer_recovery_does_not_pull_in_a_node_that_does_not_know_this_cluster(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
+    cluster = nodes.cluster()
+    stranger = nodes.new(pod="scaled-out-0")
+    stranger.start()
+    new_ips = loopback.allocate_many(len(cluster))
+    _restart_all_on_new_ips(cluster, new_ips, peers=[*new_ips, stranger.ip])
+    wait_cluster_ok(cluster, timeout=90)
+    time.sleep(1)
+
+    # The fresh pod (e.g. just scaled out, already listed in peers) is left to the bootstrap.
+    assert stranger.cluster_info()["cluster_known_nodes"] == "1"
+    for node in cluster:
+        assert stranger.ip not in {fields[1].split(":")[0] for fields in node.cluster_nodes()}
+
+
+def test_one_crashed_master_back_on_a_new_ip_rejoins_as_a_replica(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
+    """The everyday case: one pod rescheduled. Its replica took over meanwhile; the pod
+    comes back on another IP and must rejoin, found by the others at its new address."""
+    cluster = nodes.cluster()
+    masters, _ = masters_and_replicas(cluster)
+    crashed = masters[0]
+    successor = replica_of(crashed, cluster)
+    crashed_id = crashed.myself()[0]
+    crashed.kill()
+    deadline = time.monotonic() + 30
+    while successor.client().info("replication")["role"] != "master":
+        assert time.monotonic() < deadline, "the replica never took over"
+        time.sleep(0.2)
+
+    crashed.ip = loopback.allocate()
+    crashed.peers = tuple(node.ip for node in cluster)
+    crashed.start()
+    took = wait_cluster_ok(cluster, timeout=60)
+
+    assert crashed.myself()[0] == crashed_id, "the node must keep its identity (nodes.conf)"
+    assert crashed.myself()[2] == "myself,slave" and crashed.myself()[3] == successor.myself()[0]
+    deadline = time.monotonic() + 15
+    while "peer-recovery: the cluster is healthy" not in crashed.log_tail(10**6):
+        assert time.monotonic() < deadline, crashed.log_tail()
+        time.sleep(0.2)
+    print(f"\none pod back on a new IP: healthy {took:.1f}s after its start")
+
+
+# ---------------------------------------------------------------------------------------
+# preStop
+# ---------------------------------------------------------------------------------------
+
+
+def _hash_tag_in_slots(slot_ranges: list[str]) -> str:
+    ranges = []
+    for item in slot_ranges:
+        if item.startswith("["):
+            continue
+        low, _, high = item.partition("-")
+        ranges.append((int(low), int(high or low)))
+    for i in range(100000):
+        tag = f"t{i}"
+        slot = key_slot(tag.encode())
+        if any(low <= slot <= high for low, high in ranges):
+            return tag
+    raise AssertionError(f"no hash tag found for slots {slot_ranges}")
+
+
+def test_prestop_on_a_master_hands_over_without_losing_acknowledged_writes(nodes: NodeFactory) -> None:
+    cluster = nodes.cluster()
+    masters, _ = masters_and_replicas(cluster)
+    master = masters[0]
+    replica = replica_of(master, cluster)
+    master_slots = master.myself()[8:]
+    tag = _hash_tag_in_slots(master_slots)
+
+    acknowledged: dict[str, str] = {}
+    writer_stopped: list[BaseException] = []
+    stop_writing = threading.Event()
+
+    def write() -> None:
+        client = master.client(socket_timeout=15)
+        i = 0
+        try:
+            while not stop_writing.is_set():
+                key, value = f"{{{tag}}}:{i}", f"v{i}"
+                client.set(key, value)
+                # Acknowledged = on the master and on at least one replica.
+                if client.execute_command("WAIT", 1, 1000) >= 1:
+                    acknowledged[key] = value
+                i += 1
+        except (redis.RedisError, OSError) as error:
+            writer_stopped.append(error)
+        finally:
+            client.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(acknowledged) < 200:
+            assert time.monotonic() < deadline and writer.is_alive(), f"writer stuck: {writer_stopped}"
+            time.sleep(0.01)
+        started = time.monotonic()
+        hook = master.stop(prestop=True)
+        took = time.monotonic() - started
+    finally:
+        stop_writing.set()
+        writer.join(timeout=20)
+
+    assert hook is not None and hook.returncode == 0, hook and hook.stderr
+    assert f"replica {replica.ip}:6379 is master now" in hook.stdout, hook.stdout
+    assert master.password not in hook.stdout + hook.stderr
+    # The writer was cut off by the handover (MOVED from the old master) or the shutdown.
+    assert writer_stopped, "the writer never noticed the master going away"
+
+    assert replica.client().info("replication")["role"] == "master"
+    assert replica.myself()[8:] == master_slots
+    keys = list(acknowledged)
+    assert replica.client().mget(keys) == [acknowledged[key] for key in keys], "an acknowledged write was lost"
+
+    remaining = [node for node in cluster if node.is_running()]
+    for node in remaining:
+        assert node.cluster_info()["cluster_state"] == "ok"
+    print(f"\npre-stop handover took {took:.2f}s (including SIGTERM); {len(acknowledged)} acknowledged writes kept")
+
+
+def test_prestop_returns_at_once_on_a_replica_and_on_a_master_without_a_linked_replica(nodes: NodeFactory) -> None:
+    cluster = nodes.cluster()
+    masters, replicas = masters_and_replicas(cluster)
+
+    replica = replicas[0]
+    started = time.monotonic()
+    hook = _probe(replica, "pre-stop.sh")
+    assert hook.returncode == 0 and hook.stdout == "", hook.stdout + hook.stderr
+    assert time.monotonic() - started < 1.5
+    assert replica.client().info("replication")["role"] == "slave"
+
+    master = masters[0]
+    replica_of(master, cluster).kill()
+    # Once the link is gone INFO replication no longer lists the replica as online.
+    deadline = time.monotonic() + 10
+    while master.client().info("replication")["connected_slaves"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    hook = _probe(master, "pre-stop.sh")
+    assert hook.returncode == 0
+    assert "nothing to hand over" in hook.stdout
+    assert time.monotonic() - started < 1.5
+    assert master.client().info("replication")["role"] == "master"
+
+
+def test_prestop_lets_a_replica_finish_its_first_aof_so_that_sigterm_is_not_dropped(nodes: NodeFactory) -> None:
+    cluster = nodes.cluster()
+    masters, _ = masters_and_replicas(cluster)
+    master = masters[0]
+    replica = replica_of(master, cluster)
+    tag = _hash_tag_in_slots(master.myself()[8:])
+    writer = master.client()
+    for i in range(8):
+        writer.set(f"{{{tag}}}:{i}", i)
+    assert writer.execute_command("WAIT", 1, 5000) == 1
+
+    def begin_first_aof() -> None:
+        # What a replica goes through after a full sync: AOF off, then a rewrite to create
+        # it again. rdb-key-save-delay (0.25 s per key) keeps the rewrite running ~2 s.
+        client = replica.client()
+        client.config_set("rdb-key-save-delay", 250_000)
+        client.config_set("appendonly", "no")
+        client.config_set("appendonly", "yes")
+        assert client.info("persistence")["aof_rewrite_in_progress"] == 1
+
+    # The trap: a SIGTERM in this window is dropped and the server runs on.
+    begin_first_aof()
+    os.kill(replica.pid, signal.SIGTERM)
+    time.sleep(1)
+    assert replica.is_running(), "Redis no longer drops SIGTERM while writing its first AOF"
+    assert "can't exit" in replica.log_tail()
+    deadline = time.monotonic() + 10
+    while replica.client().info("persistence")["aof_rewrite_in_progress"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    # With pre-stop first, as the kubelet runs it: one SIGTERM is enough.
+    begin_first_aof()
+    started = time.monotonic()
+    hook = _probe(replica, "pre-stop.sh")
+    waited = time.monotonic() - started
+    assert hook.returncode == 0, hook.stdout + hook.stderr
+    assert replica.client().info("persistence")["aof_rewrite_in_progress"] == 0
+    assert 1 <= waited < 10, f"pre-stop returned after {waited:.1f}s"
+    process = replica.process
+    os.kill(process.pid, signal.SIGTERM)
+    process.wait(timeout=5)
+    assert process.returncode == 0
+
+
+def test_prestop_does_not_hold_a_master_whose_replica_is_stopping_too(nodes: NodeFactory) -> None:
+    """Every pod deleted at once (a namespace deletion, a full restart): each replica's hook
+    returns and the kubelet SIGTERMs it; the masters must not wait out the whole bound for a
+    handover to replicas that are gone."""
+    cluster = nodes.cluster()
+    masters, replicas = masters_and_replicas(cluster)
+
+    def stop_like_the_kubelet(node: LocalNode) -> tuple[float, str]:
+        started = time.monotonic()
+        hook = _probe(node, "pre-stop.sh")
+        took = time.monotonic() - started
+        node.stop()
+        return took, hook.stdout
+
+    with ThreadPoolExecutor(max_workers=len(cluster)) as pool:
+        results = dict(zip((n.pod for n in cluster), pool.map(stop_like_the_kubelet, cluster)))
+    for master in masters:
+        took, output = results[master.pod]
+        assert took < PRESTOP_TIMEOUT_SECONDS / 4, f"{master.pod} held for {took:.1f}s: {output}"
+    assert not any(node.is_running() for node in cluster)

@@ -1,0 +1,188 @@
+"""The rendered redis.conf, unchanged but for its paths, runs a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from components.redis_node_files import (
+    NodePaths,
+    maxmemory_bytes,
+    render_auth_conf,
+    render_redis_conf,
+)
+from components.stack_settings import StackSettings, parse_settings
+from sandbox.local_nodes import LoopbackAddresses, kill_session
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "conf-test-Passw0rd_only"
+
+
+@dataclass
+class Server:
+    ip: str
+    paths: NodePaths
+    conf_text: str
+    process: subprocess.Popen
+
+    def client(self, password: str | None = PASSWORD, **options: object) -> redis.Redis:
+        # No retries: a refused login must show at once, not after redis-py's backoff.
+        return redis.Redis(
+            host=self.ip, port=6379, password=password, socket_timeout=5, decode_responses=True,
+            retry=Retry(NoBackoff(), 0), **options,
+        )
+
+
+def _paths(root: Path) -> NodePaths:
+    paths = NodePaths(conf_dir=str(root / "conf"), secret_dir=str(root / "secret"), data_dir=str(root / "data"))
+    for directory in (paths.conf_dir, paths.secret_dir, paths.data_dir):
+        Path(directory).mkdir(parents=True)
+    return paths
+
+
+def _start(conf: Path, ip: str, log: Path, timeout: float = 10.0) -> subprocess.Popen:
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            ["redis-server", str(conf)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        try:
+            with socket.create_connection((ip, 6379), timeout=0.5):
+                return process
+        except OSError:
+            if time.monotonic() > deadline:
+                kill_session(process.pid)
+                process.wait(timeout=10)
+                raise
+            time.sleep(0.02)
+    return process
+
+
+def _run_server(tmp_path: Path, ip: str, settings: StackSettings) -> Iterator[Server]:
+    paths = _paths(tmp_path / "node")
+    conf_text = render_redis_conf(settings, paths, bind_address=ip)
+    conf = Path(paths.conf_dir) / "redis.conf"
+    conf.write_text(conf_text)
+    auth = Path(paths.secret_dir) / "auth.conf"
+    auth.write_text(render_auth_conf(PASSWORD))
+    auth.chmod(0o600)
+    process = _start(conf, ip, tmp_path / "redis.log")
+    try:
+        assert process.poll() is None, (tmp_path / "redis.log").read_text()
+        yield Server(ip, paths, conf_text, process)
+    finally:
+        kill_session(process.pid)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, loopback: LoopbackAddresses) -> Iterator[Server]:
+    yield from _run_server(tmp_path, loopback.allocate(), parse_settings({}))
+
+
+def test_the_server_requires_the_password(server: Server) -> None:
+    # On the wire, as any client sees it before authenticating.
+    with socket.create_connection((server.ip, 6379), timeout=5) as connection:
+        connection.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert connection.recv(1024).startswith(b"-NOAUTH")
+    with pytest.raises(redis.AuthenticationError, match="Authentication required"):
+        server.client(password=None, protocol=2).ping()
+    with pytest.raises(redis.AuthenticationError):
+        server.client(password="not-the-password").ping()
+    assert server.client().ping() is True
+    assert server.client().dbsize() == 0
+
+
+def test_the_server_runs_in_cluster_mode_with_its_files_on_the_data_dir(server: Server) -> None:
+    client = server.client()
+    assert client.info("cluster")["cluster_enabled"] == 1
+    data_dir = Path(server.paths.data_dir)
+    assert (data_dir / "nodes.conf").exists()
+    assert (data_dir / "appendonlydir").is_dir(), "the AOF must live on the data volume"
+    assert client.info("persistence")["aof_enabled"] == 1
+
+
+def _directives(conf_text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in conf_text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition(" ")
+            pairs.append((name, value))
+    return pairs
+
+
+def test_every_directive_is_in_effect(server: Server) -> None:
+    """Every line of the file took effect as written: none was ignored or misspelled."""
+    client = server.client()
+    directives = _directives(server.conf_text)
+    assert ("include", f"{server.paths.secret_dir}/auth.conf") in directives
+    for name, value in directives:
+        if name == "include":
+            continue
+        actual = client.config_get(name)
+        assert name in actual, f"redis does not know the directive {name!r}"
+        expected = value.strip('"')
+        if name == "client-output-buffer-limit":
+            # Redis lists every client class and calls the replica class "slave".
+            assert expected.replace("replica ", "slave ") in actual[name]
+        elif name in ("dir", "cluster-config-file"):
+            assert Path(actual[name]).resolve() == Path(expected).resolve()
+        else:
+            assert actual[name] == expected, f"{name}: configured {expected!r}, running {actual[name]!r}"
+    # The included auth.conf set both passwords.
+    assert client.config_get("requirepass")["requirepass"] == PASSWORD
+    assert client.config_get("masterauth")["masterauth"] == PASSWORD
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"memoryLimit": "512Mi", "memoryRequest": "512Mi", "maxmemoryPolicy": "allkeys-lru", "nodeTimeoutMs": "3000"},
+        {"memoryLimit": "4Gi", "memoryRequest": "2Gi", "maxmemoryPolicy": "volatile-ttl", "replicasPerShard": "2"},
+    ],
+)
+def test_settings_reach_the_running_server(tmp_path: Path, loopback: LoopbackAddresses, config: dict[str, str]) -> None:
+    settings = parse_settings(config)
+    for server in _run_server(tmp_path, loopback.allocate(), settings):
+        running = server.client().config_get("*")
+        assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
+        assert running["maxmemory-policy"] == settings.maxmemory_policy
+        assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
+        assert int(running["repl-diskless-sync-max-replicas"]) == settings.replicas_per_shard
+
+
+def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(tmp_path: Path, loopback: LoopbackAddresses) -> None:
+    ip = loopback.allocate()
+    paths = _paths(tmp_path / "node")
+    conf_text = render_redis_conf(parse_settings({}), paths, bind_address=ip).replace(
+        "appendonly yes", "appendonly yes # replay on restart"
+    )
+    conf = Path(paths.conf_dir) / "redis.conf"
+    conf.write_text(conf_text)
+    (Path(paths.secret_dir) / "auth.conf").write_text(render_auth_conf(PASSWORD))
+    result = subprocess.run(["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True)
+    assert result.returncode != 0
+    assert "appendonly" in result.stdout + result.stderr
+
+
+def test_without_the_secret_the_server_does_not_start_passwordless(tmp_path: Path, loopback: LoopbackAddresses) -> None:
+    ip = loopback.allocate()
+    paths = _paths(tmp_path / "node")
+    conf = Path(paths.conf_dir) / "redis.conf"
+    conf.write_text(render_redis_conf(parse_settings({}), paths, bind_address=ip))
+    result = subprocess.run(["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True)
+    assert result.returncode != 0
+    assert "auth.conf" in result.stdout + result.stderr
+    assert not os.path.exists(Path(paths.data_dir) / "nodes.conf")

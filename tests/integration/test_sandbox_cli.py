@@ -1,0 +1,94 @@
+"""`python -m sandbox`, the README's first command, as a user runs it: one process per command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tools.render_manifests import PROJECT_DIR
+
+pytestmark = pytest.mark.integration
+THIRD_OCTET = "61"
+
+
+def sandbox(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", "--root", str(root), "--third-octet", THIRD_OCTET, *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "sandbox"
+    yield root
+    # Whatever happened, no process of this test outlives it.
+    sandbox(root, "down", "--purge", check=False)
+
+
+def test_up_forms_a_cluster_from_the_stack_files_and_records_it(root):
+    result = sandbox(root, "up")
+    assert "cluster ok: 6 nodes" in result.stdout
+    state = json.loads((root / "cluster.json").read_text())
+    assert oct((root / "cluster.json").stat().st_mode & 0o777) == "0o600"
+    nodes = state["nodes"]
+    assert [n["pod"] for n in nodes] == [f"redis-cluster-{i}" for i in range(6)]
+    assert len({n["host"] for n in nodes}) == 6
+    assert all(n["host"].startswith(f"127.0.{THIRD_OCTET}.") and n["port"] == 6379 for n in nodes)
+    assert sorted(n["role"] for n in nodes) == ["master"] * 3 + ["slave"] * 3
+    assert all(alive(n["pid"]) and Path(n["data_dir"]).is_dir() for n in nodes)
+    # The printed connection line works as printed.
+    assert state["password"] in result.stdout
+    client = redis.RedisCluster(host=nodes[0]["host"], port=6379, password=state["password"])
+    client.set("greeting", "hello")
+    assert client.get("greeting") == b"hello"
+    client.close()
+    # The very files the workload renders: the password only in the secret dir.
+    conf = Path(nodes[0]["data_dir"]).parent / "conf"
+    assert state["password"] not in (conf / "redis.conf").read_text()
+    assert (conf / "entrypoint.sh").read_text() == (PROJECT_DIR / "components/scripts/entrypoint.sh").read_text()
+
+
+def test_status_kill_and_down_work_on_the_recorded_pids(root):
+    sandbox(root, "up")
+    pids = [n["pid"] for n in json.loads((root / "cluster.json").read_text())["nodes"]]
+    sandbox(root, "kill", "redis-cluster-4")
+    assert not alive(pids[4])
+    rows = json.loads(sandbox(root, "status", "--json").stdout)
+    assert [r["state"] for r in rows] == ["up"] * 4 + ["down"] + ["up"]
+    assert sum(r["keys"] for r in rows if r["state"] == "up") == 0
+    sandbox(root, "down")
+    assert not any(alive(pid) for pid in pids)
+    assert (root / "nodes" / "redis-cluster-0" / "data").is_dir(), "down keeps the data"
+    sandbox(root, "down", "--purge")
+    assert not root.exists()
+
+
+def test_unknown_pod_and_scale_in_get_clear_errors(root):
+    sandbox(root, "up")
+    unknown = sandbox(root, "kill", "redis-cluster-9", check=False)
+    assert unknown.returncode == 1 and "no pod 'redis-cluster-9'" in unknown.stderr
+    smaller = sandbox(root, "up", "--shards", "3", "--replicas-per-shard", "0", check=False)
+    assert smaller.returncode == 1 and "scaling in is not supported" in smaller.stderr
+
+
+def test_commands_without_a_sandbox_say_how_to_start_one(root):
+    result = sandbox(root, "status", check=False)
+    assert result.returncode == 1
+    assert "python -m sandbox up" in result.stderr

@@ -1,0 +1,184 @@
+"""The platform component: EKS, the EBS CSI driver with its own IAM role, the `data` StorageClass."""
+
+import json
+
+import pytest
+
+from components.eks_platform import EBS_CSI_SERVICE_ACCOUNT
+from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS
+from tests.unit.conftest import build_stack, is_secret, reveal
+
+EKS_CLUSTER = "eks:index:Cluster"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+
+
+def named(run, type_token, suffix):
+    matches = [r for r in run.of_type(type_token) if r.name.endswith(suffix)]
+    assert len(matches) == 1, f"{type_token} *{suffix}: {[r.name for r in run.of_type(type_token)]}"
+    return matches[0]
+
+
+def test_eks_cluster_is_hardened(dev_stack):
+    cluster = dev_stack.one(EKS_CLUSTER).inputs
+    assert cluster["name"] == "redis-eks-dev"
+    assert cluster["version"] == "1.35"
+    assert cluster["authenticationMode"] == "API"
+    assert cluster["skipDefaultNodeGroup"] is True
+    assert cluster["createOidcProvider"] is True
+    assert sorted(cluster["enabledClusterLogTypes"]) == sorted(CONTROL_PLANE_LOG_TYPES)
+    assert cluster["encryptionConfigKeyArn"] == named(dev_stack, "aws:kms/key:Key", "-secrets-key").outputs["arn"]
+    assert cluster["endpointPrivateAccess"] is True
+    assert cluster["privateSubnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
+
+
+def test_secrets_key_rotates(dev_stack):
+    key = named(dev_stack, "aws:kms/key:Key", "-secrets-key").inputs
+    assert key["enableKeyRotation"] is True
+
+
+def test_dev_vpc_spans_three_zones_with_one_nat_gateway_and_prod_one_per_zone(dev_stack, prod_stack):
+    dev_vpc = dev_stack.one("awsx:ec2:Vpc").inputs
+    prod_vpc = prod_stack.one("awsx:ec2:Vpc").inputs
+    assert dev_vpc["numberOfAvailabilityZones"] == 3
+    assert dev_vpc["natGateways"] == {"strategy": "Single"}
+    assert prod_vpc["natGateways"] == {"strategy": "OnePerAz"}
+
+
+def test_an_existing_vpc_is_used_as_given():
+    run = build_stack(
+        "dev", vpcId="vpc-0abcdef0123456789", privateSubnetIds='["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]'
+    )
+    assert run.of_type("awsx:ec2:Vpc") == []
+    cluster = run.one(EKS_CLUSTER).inputs
+    assert cluster["vpcId"] == "vpc-0abcdef0123456789"
+    assert cluster["privateSubnetIds"] == ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]
+    assert run.one("aws:eks/nodeGroup:NodeGroup").inputs["subnetIds"] == cluster["privateSubnetIds"]
+
+
+def test_the_public_endpoint_is_limited_to_the_configured_ranges(prod_stack):
+    assert prod_stack.one(EKS_CLUSTER).inputs["publicAccessCidrs"] == ["203.0.113.0/24"]
+    private_only = build_stack("dev", endpointPublicAccess="false").one(EKS_CLUSTER).inputs
+    assert private_only["endpointPublicAccess"] is False
+    assert "publicAccessCidrs" not in private_only
+
+
+def test_managed_nodes_run_in_private_subnets_with_imdsv2_and_encrypted_disks(dev_stack, prod_stack):
+    group = dev_stack.one("aws:eks/nodeGroup:NodeGroup").inputs
+    assert group["subnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
+    assert group["instanceTypes"] == ["t3.large"]
+    assert group["scalingConfig"] == {"minSize": 3, "desiredSize": 3, "maxSize": 4}
+    assert prod_stack.one("aws:eks/nodeGroup:NodeGroup").inputs["scalingConfig"] == {"minSize": 3, "desiredSize": 6, "maxSize": 9}
+    template = dev_stack.one("aws:ec2/launchTemplate:LaunchTemplate").inputs
+    assert group["launchTemplate"]["id"] == f"{dev_stack.one('aws:ec2/launchTemplate:LaunchTemplate').name}-id"
+    assert template["metadataOptions"]["httpTokens"] == "required"
+    assert template["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    (disk,) = template["blockDeviceMappings"]
+    assert disk["ebs"]["encrypted"] == "true"
+    node_role_policies = {
+        r.inputs["policyArn"].rsplit("/", 1)[-1]
+        for r in dev_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if "-node-" in r.name
+    }
+    assert node_role_policies == {"AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"}
+
+
+def test_ebs_csi_add_on_is_pinned_and_uses_its_own_role(dev_stack):
+    addon = dev_stack.one("aws:eks/addon:Addon").inputs
+    role = named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role")
+    assert addon["addonName"] == "aws-ebs-csi-driver"
+    assert addon["addonVersion"] == EBS_CSI_DRIVER_VERSIONS["1.35"]
+    assert addon["clusterName"] == "redis-eks-dev"
+    assert addon["serviceAccountRoleArn"] == role.outputs["arn"]
+
+
+def test_ebs_csi_role_trusts_only_the_controller_service_account_through_the_oidc_provider(dev_stack):
+    trust = json.loads(named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role").inputs["assumeRolePolicy"])
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"] == {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/MOCK"}
+    assert statement["Condition"] == {
+        "StringEquals": {
+            "oidc.eks.eu-west-1.amazonaws.com/id/MOCK:sub": "system:serviceaccount:kube-system:ebs-csi-controller-sa",
+            "oidc.eks.eu-west-1.amazonaws.com/id/MOCK:aud": "sts.amazonaws.com",
+        }
+    }
+    assert EBS_CSI_SERVICE_ACCOUNT.endswith("kube-system:ebs-csi-controller-sa")
+
+
+def test_ebs_csi_role_holds_the_driver_policy_and_rights_on_the_volume_key_only(dev_stack):
+    attachment = named(dev_stack, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "-ebs-csi-policy").inputs
+    assert attachment["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+    policy = json.loads(named(dev_stack, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").inputs["policy"])
+    volume_key = "arn:aws:kms:eu-west-1:123456789012:key/redis-eks-dev-volumes-key"
+    assert {statement["Resource"] for statement in policy["Statement"]} == {volume_key}
+    grant = next(s for s in policy["Statement"] if "kms:CreateGrant" in s["Action"])
+    assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+
+
+def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer(dev_stack):
+    storage_class = dev_stack.one(STORAGE_CLASS)
+    spec = storage_class.inputs
+    assert spec["metadata"]["name"] == "data"
+    assert spec["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "false"
+    assert spec["provisioner"] == "ebs.csi.aws.com"
+    assert spec["parameters"] == {
+        "type": "gp3",
+        "encrypted": "true",
+        "kmsKeyId": "arn:aws:kms:eu-west-1:123456789012:key/redis-eks-dev-volumes-key",
+        "csi.storage.k8s.io/fstype": "ext4",
+        "iops": "3000",
+        "throughput": "125",
+    }
+    assert spec["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert spec["allowVolumeExpansion"] is True
+    assert spec["reclaimPolicy"] == "Retain"
+    addon = dev_stack.one("aws:eks/addon:Addon")
+    assert addon.urn in storage_class.dependencies
+
+
+def test_a_configured_volume_key_replaces_the_created_one():
+    arn = "arn:aws:kms:eu-west-1:123456789012:key/0000-my-key"
+    run = build_stack("dev", storageKmsKeyArn=arn)
+    assert [r.name for r in run.of_type("aws:kms/key:Key")] == ["redis-eks-dev-secrets-key"]
+    assert run.one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == arn
+    policy = json.loads(named(run, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").inputs["policy"])
+    assert {statement["Resource"] for statement in policy["Statement"]} == {arn}
+
+
+def test_prod_storage_performance_comes_from_config(prod_stack):
+    parameters = prod_stack.one(STORAGE_CLASS).inputs["parameters"]
+    assert (parameters["iops"], parameters["throughput"]) == ("6000", "250")
+
+
+def test_every_kubernetes_object_uses_the_platforms_explicit_provider(dev_stack, existing_stack):
+    for run in (dev_stack, existing_stack):
+        provider = run.one("pulumi:providers:kubernetes")
+        kubernetes_objects = [r for r in run.resources if r.type.startswith("kubernetes:")]
+        assert len(kubernetes_objects) >= 9
+        for resource in kubernetes_objects:
+            assert resource.provider.startswith(provider.urn + "::"), resource.name
+
+
+def test_the_kubernetes_provider_gets_the_eks_kubeconfig(dev_stack):
+    provider = dev_stack.one("pulumi:providers:kubernetes").inputs
+    assert is_secret(provider["kubeconfig"])
+    assert json.loads(reveal(provider["kubeconfig"]))["clusters"][0]["cluster"]["server"] == "https://mock.eks.amazonaws.com"
+
+
+def test_existing_platform_builds_no_cloud_resources_and_uses_the_given_provisioner(existing_stack):
+    assert [r for r in existing_stack.resources if r.type.startswith(("aws:", "awsx:", "eks:"))] == []
+    storage_class = existing_stack.one(STORAGE_CLASS).inputs
+    assert storage_class["metadata"]["name"] == "data"
+    assert storage_class["provisioner"] == "rancher.io/local-path"
+    assert "parameters" not in storage_class
+    assert storage_class["reclaimPolicy"] == "Retain"
+    kubeconfig = existing_stack.one("pulumi:providers:kubernetes").inputs["kubeconfig"]
+    assert is_secret(kubeconfig) and "current-context: kind" in reveal(kubeconfig)
+
+
+def test_stack_exports_cluster_name_storage_class_and_a_secret_kubeconfig(dev_stack, existing_stack):
+    assert dev_stack.outputs["clusterName"].value == "redis-eks-dev"
+    assert dev_stack.outputs["storageClassName"].value == "data"
+    assert dev_stack.outputs["kubeconfig"].secret is True
+    assert existing_stack.outputs["kubeconfig"].secret is True
+    assert dev_stack.outputs["clusterName"].secret is False

@@ -1,0 +1,243 @@
+"""The files a Redis pod runs, as rendered: no server needed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components import redis_node_files as files
+from components.redis_node_files import (
+    POD_PATHS,
+    PRESTOP_TIMEOUT_SECONDS,
+    SCRIPT_NAMES,
+    SCRIPTS_DIR,
+    NodePaths,
+    config_files,
+    maxmemory_bytes,
+    pod_dns_names,
+    render_auth_conf,
+    render_peers,
+    render_redis_conf,
+    script_environment,
+    script_files,
+)
+from components.stack_settings import parse_settings
+
+MIB = 2**20
+PASSWORD = "unit-Test-passw0rd.~_-x"
+
+
+def _directives(conf: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in conf.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition(" ")
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def test_redis_conf_has_every_required_directive_for_the_pod_paths() -> None:
+    settings = parse_settings({"nodeTimeoutMs": "7000", "maxmemoryPolicy": "allkeys-lfu", "memoryLimit": "2Gi", "memoryRequest": "1Gi"})
+    directives = _directives(render_redis_conf(settings))
+
+    expected = {
+        "port": "6379",
+        "cluster-enabled": "yes",
+        "cluster-config-file": "/data/nodes.conf",
+        "cluster-node-timeout": "7000",
+        "cluster-require-full-coverage": "no",
+        "cluster-migration-barrier": "1",
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "dir": "/data",
+        "protected-mode": "yes",
+        "maxmemory": str(maxmemory_bytes(2 * 2**30)),
+        "maxmemory-policy": "allkeys-lfu",
+        "include": "/etc/redis-secret/auth.conf",
+        "cluster-allow-reads-when-down": "no",
+        "logfile": '""',
+    }
+    for name, value in expected.items():
+        assert directives.get(name) == [value], f"{name}: {directives.get(name)}"
+    # A directive given twice silently takes the last value: each appears once.
+    duplicated = [name for name, values in directives.items() if len(values) > 1]
+    assert not duplicated
+
+
+def test_redis_conf_follows_the_paths_it_is_given() -> None:
+    paths = NodePaths(conf_dir="/x/conf", secret_dir="/x/secret", data_dir="/x/data")
+    directives = _directives(render_redis_conf(parse_settings({}), paths))
+    assert directives["dir"] == ["/x/data"]
+    assert directives["cluster-config-file"] == ["/x/data/nodes.conf"]
+    assert directives["include"] == ["/x/secret/auth.conf"]
+
+
+def test_bind_lines_only_for_the_sandbox() -> None:
+    settings = parse_settings({})
+    pod = _directives(render_redis_conf(settings))
+    assert "bind" not in pod and "bind-source-addr" not in pod
+    sandbox = _directives(render_redis_conf(settings, bind_address="127.0.10.7"))
+    assert sandbox["bind"] == ["127.0.10.7"]
+    assert sandbox["bind-source-addr"] == ["127.0.10.7"]
+    # Apart from the bind lines, the sandbox runs the pod's file.
+    without_bind = [line for line in render_redis_conf(settings, bind_address="127.0.10.7").splitlines() if not line.startswith("bind")]
+    assert [line for line in without_bind if not line.startswith("#")] == [
+        line for line in render_redis_conf(settings).splitlines() if not line.startswith("#")
+    ]
+
+
+def test_redis_conf_has_no_inline_comment() -> None:
+    conf = render_redis_conf(parse_settings({}), bind_address="127.0.10.1")
+    for line in conf.splitlines():
+        if not line.startswith("#"):
+            assert "#" not in line, f"Redis rejects a comment after a value: {line!r}"
+
+
+def test_no_password_in_anything_but_the_secret() -> None:
+    settings = parse_settings({"password": PASSWORD})
+    for name, content in config_files(settings, peers=["a", "b"]).items():
+        assert PASSWORD not in content, f"{name} holds the password"
+    directives = _directives(render_redis_conf(settings))
+    assert "requirepass" not in directives and "masterauth" not in directives
+
+
+def test_auth_conf() -> None:
+    assert render_auth_conf(PASSWORD) == f"requirepass {PASSWORD}\nmasterauth {PASSWORD}\n"
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "has#hash", 'quo"te', "new\nline"])
+def test_auth_conf_refuses_a_password_that_would_break_the_file(bad: str) -> None:
+    with pytest.raises(ValueError):
+        render_auth_conf(bad)
+
+
+@pytest.mark.parametrize(
+    "limit, expected_mib",
+    [
+        (2**30, 716),  # 1Gi * 0.7 = 716.8 MiB
+        (256 * MIB, 179),  # the smallest limit the settings allow: 179.2 MiB
+        (512 * MIB, 358),  # 358.4
+        (4 * 2**30, 2867),  # 2867.2
+        (1_500_000_000, 1001),  # a decimal quantity (1.5G): 1050000000 B = 1001.36 MiB
+    ],
+)
+def test_maxmemory_is_70_percent_of_the_limit_rounded_down_to_a_mib(limit: int, expected_mib: int) -> None:
+    assert maxmemory_bytes(limit) == expected_mib * MIB
+
+
+@pytest.mark.parametrize("limit", [256 * MIB, 300 * MIB + 12345, 2**30, 3 * 2**30 + 1, 64 * 2**30])
+def test_maxmemory_leaves_headroom_for_forks_and_buffers(limit: int) -> None:
+    value = maxmemory_bytes(limit)
+    assert value % MIB == 0
+    assert 0.69 * limit <= value <= 0.70 * limit
+    # The replica output buffer the file allows must fit in the headroom as well.
+    conf = _directives(render_redis_conf(parse_settings({"memoryLimit": f"{limit}", "memoryRequest": "256Mi"})))
+    _, hard, soft, _ = conf["client-output-buffer-limit"][0].split()
+    assert value + int(hard) < limit
+    assert int(soft) <= int(hard)
+
+
+def test_maxmemory_refuses_a_non_positive_limit() -> None:
+    with pytest.raises(ValueError):
+        maxmemory_bytes(0)
+
+
+def test_pod_dns_names() -> None:
+    assert pod_dns_names("redis-cluster", "redis-cluster-headless", "redis", 3) == [
+        "redis-cluster-0.redis-cluster-headless.redis.svc.cluster.local",
+        "redis-cluster-1.redis-cluster-headless.redis.svc.cluster.local",
+        "redis-cluster-2.redis-cluster-headless.redis.svc.cluster.local",
+    ]
+    assert pod_dns_names("s", "h", "n", 0) == []
+
+
+def test_peers_file() -> None:
+    assert render_peers(["10.0.0.1", "redis-1.h.ns.svc.cluster.local"]) == "10.0.0.1\nredis-1.h.ns.svc.cluster.local\n"
+    assert render_peers([]) == ""
+    with pytest.raises(ValueError):
+        render_peers(["two words"])
+
+
+def test_config_files_carry_redis_conf_the_scripts_and_peers() -> None:
+    settings = parse_settings({})
+    rendered = config_files(settings, peers=["p0", "p1"])
+    assert set(rendered) == {"redis.conf", "peers", *SCRIPT_NAMES}
+    assert rendered["redis.conf"] == render_redis_conf(settings)
+    assert rendered[files.PEERS_FILE] == "p0\np1\n"
+    assert {name: rendered[name] for name in SCRIPT_NAMES} == script_files()
+    # ConfigMap keys must be valid: [-._a-zA-Z0-9]+
+    assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", name) for name in rendered)
+
+
+def test_script_environment_points_at_the_paths() -> None:
+    assert script_environment() == {
+        "REDIS_PORT": "6379",
+        "REDIS_DATA_DIR": "/data",
+        "REDIS_CONF_DIR": "/conf",
+        "REDIS_PASSWORD_FILE": "/etc/redis-secret/password",
+        "REDIS_PEERS_FILE": "/conf/peers",
+        "REDIS_PRESTOP_TIMEOUT_SECONDS": str(PRESTOP_TIMEOUT_SECONDS),
+        "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(files.PEER_RECOVERY_TIMEOUT_SECONDS),
+        "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(files.PEER_RECOVERY_INTERVAL_SECONDS),
+    }
+    other = script_environment(NodePaths("/c", "/s", "/d"))
+    assert other["REDIS_PASSWORD_FILE"] == "/s/password" and other["REDIS_PEERS_FILE"] == "/c/peers"
+
+
+def test_script_defaults_match_the_pod_environment() -> None:
+    """A script run without the environment (e.g. by hand in a pod) behaves the same."""
+    environment = script_environment(POD_PATHS)
+    used = set()
+    for name, text in script_files().items():
+        for variable, default in re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", text):
+            if variable in environment:
+                assert default == environment[variable], f"{name}: {variable} defaults to {default!r}"
+                used.add(variable)
+    assert used == set(environment), f"variables no script reads: {set(environment) - used}"
+
+
+def test_prestop_bound_leaves_the_grace_period_meaningful() -> None:
+    assert 10 <= PRESTOP_TIMEOUT_SECONDS <= 300
+
+
+def test_scripts_are_posix_sh_and_never_put_the_password_in_argv() -> None:
+    for name, text in script_files().items():
+        assert text.startswith("#!/bin/sh\n"), name
+        for line in text.splitlines():
+            code = line.split("#", 1)[0]
+            if "redis-cli" in code:
+                assert not re.search(r"\s-a\s|--pass|--user|\bAUTH\b", code), f"{name}: {line.strip()}"
+        if "redis-cli" in text:
+            assert "export REDISCLI_AUTH" in text, f"{name} must pass the password through REDISCLI_AUTH"
+        # Nothing echoes the secret.
+        assert not re.search(r"echo[^\n]*REDISCLI_AUTH", text), name
+
+
+def test_shellcheck_passes_on_every_script() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed; CI installs it (apt-get install shellcheck) and so must you")
+    result = subprocess.run(
+        [shellcheck, "-s", "sh", "-S", "style", *[str(SCRIPTS_DIR / name) for name in SCRIPT_NAMES]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dash_parses_every_script() -> None:
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.fail("dash is not installed; the redis image runs the scripts with dash (apt-get install dash)")
+    for name in SCRIPT_NAMES:
+        result = subprocess.run([dash, "-n", str(SCRIPTS_DIR / name)], capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+def test_every_script_exists() -> None:
+    assert sorted(p.name for p in Path(SCRIPTS_DIR).glob("*.sh")) == sorted(SCRIPT_NAMES)

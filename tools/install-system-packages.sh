@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs the Debian packages the sandbox and the tests need, when this machine lacks them:
+# redis-server and redis-cli (real Redis on loopback), shellcheck and dash (the pods' /bin/sh).
+set -eu
+
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v dash >/dev/null 2>&1 || missing="$missing dash"
+[ -n "$missing" ] || exit 0
+
+echo "installing:$missing"
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+$sudo_cmd apt-get update -qq
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
