@@ -23,12 +23,11 @@ import pulumi
 import pulumi.dynamic
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from components.stack_settings import MAX_REPLICAS_PER_SHARD, MAX_SHARDS, MIN_SHARDS
+
 log = logging.getLogger(__name__)
 
 TRANSPORTS = ("kubernetes", "direct")
-MIN_SHARDS = 3
-MAX_SHARDS = 100
-MAX_REPLICAS_PER_SHARD = 5
 DEFAULT_READY_TIMEOUT = 600
 
 SECRET_FIELDS = ("password", "kubeconfig")

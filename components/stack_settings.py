@@ -55,6 +55,7 @@ GP3_THROUGHPUT_RANGE = (125, 2000)
 # Redis Cluster needs at least three masters to hold a majority through one failure.
 MIN_SHARDS = 3
 MAX_SHARDS = 100
+MAX_REPLICAS_PER_SHARD = 5
 
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -263,7 +264,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "storageThroughput": ("storage_throughput", _as_int(*GP3_THROUGHPUT_RANGE)),
     "namespace": ("namespace", _matching(_DNS_LABEL, "a DNS-1123 label: lower-case letters, digits and '-'")),
     "shards": ("shards", _as_int(MIN_SHARDS, MAX_SHARDS, "Redis Cluster needs at least 3 masters to elect a failover")),
-    "replicasPerShard": ("replicas_per_shard", _as_int(0, 5)),
+    "replicasPerShard": ("replicas_per_shard", _as_int(0, MAX_REPLICAS_PER_SHARD)),
     "image": ("image", _matching(_IMAGE, "an image reference pinned by tag or digest")),
     "nodeTimeoutMs": ("node_timeout_ms", _as_int(1000, 60000)),
     "maxmemoryPolicy": ("maxmemory_policy", _one_of(MAXMEMORY_POLICIES)),
