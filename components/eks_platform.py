@@ -119,13 +119,7 @@ class EksPlatform(pulumi.ComponentResource):
 
         # EKS takes a grant on this key with the permissions of whoever creates the cluster,
         # so pulumi-eks's own cluster role needs no KMS policy of ours.
-        secrets_key = aws.kms.Key(
-            f"{name}-secrets-key",
-            description=f"Envelope encryption of Kubernetes secrets in EKS cluster {name}",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            opts=child,
-        )
+        secrets_key = _kms_key(f"{name}-secrets-key", f"Envelope encryption of Kubernetes secrets in EKS cluster {name}", child)
         cluster = eks.Cluster(
             f"{name}-eks",
             eks.ClusterArgs(
@@ -208,12 +202,8 @@ class EksPlatform(pulumi.ComponentResource):
         if settings.storage_kms_key_arn:
             volume_key_arn = settings.storage_kms_key_arn
         else:
-            volume_key_arn = aws.kms.Key(
-                f"{name}-volumes-key",
-                description=f"Encryption of the Redis EBS volumes of EKS cluster {name}",
-                enable_key_rotation=True,
-                deletion_window_in_days=30,
-                opts=child,
+            volume_key_arn = _kms_key(
+                f"{name}-volumes-key", f"Encryption of the Redis EBS volumes of EKS cluster {name}", child
             ).arn
 
         ebs_csi_role = aws.iam.Role(
@@ -247,6 +237,11 @@ class EksPlatform(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group]),
         )
         return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon], volume_key_arn
+
+
+def _kms_key(name: str, description: str, opts: pulumi.ResourceOptions) -> aws.kms.Key:
+    # A month to notice and cancel a deletion: losing the key loses the data it encrypts.
+    return aws.kms.Key(name, description=description, enable_key_rotation=True, deletion_window_in_days=30, opts=opts)
 
 
 def _service_trust_policy(service: str) -> str:

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import redis
 from components.cluster_bootstrap import ensure_cluster, read_topology
 from components.redis_node_files import REDIS_PORT
 from components.stack_settings import NAMESPACE, StackSettings, parse_settings
-from sandbox.local_nodes import LocalNode, kill_session
+from sandbox.local_nodes import LocalNode, kill_session, ports_free
 from tools.render_manifests import load_stack_config
 
 DEFAULT_ROOT = Path(".sandbox")
@@ -353,7 +352,7 @@ class Sandbox:
         taken = {n.host for n in state.nodes}
         for host in range(1, 255):
             address = f"127.0.{state.third_octet}.{host}"
-            if address not in taken and _port_free(address):
+            if address not in taken and ports_free(address):
                 return address
         raise SandboxError(f"no free address left in 127.0.{state.third_octet}.0/24")
 
@@ -377,17 +376,6 @@ def _alive(record: NodeRecord) -> bool:
     except OSError:
         return False
     return b"redis-server" in cmdline
-
-
-def _port_free(address: str) -> bool:
-    for port in (REDIS_PORT, REDIS_PORT + 10000):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError:
-                return False
-    return True
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -82,7 +82,7 @@ class LoopbackAddresses:
                     if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
                         continue
                     raise
-                if _ports_free(address, self.ports):
+                if ports_free(address, self.ports):
                     self._locks[address] = lock
                     return address
                 os.close(lock)
@@ -107,7 +107,8 @@ class LoopbackAddresses:
         self.close()
 
 
-def _ports_free(address: str, ports: Sequence[int]) -> bool:
+def ports_free(address: str, ports: Sequence[int] = (REDIS_PORT, BUS_PORT)) -> bool:
+    """Whether a node could listen on `ports` of `address` now."""
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             # As redis-server does: a port lingering in TIME_WAIT is free to listen on.
