@@ -376,6 +376,78 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 
 
 # ---------------------------------------------------------------------------------------
+# The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
+# ---------------------------------------------------------------------------------------
+
+GUARD_FIELDS = ("shards", "replicas_per_shard", "password")
+PASSWORD_CHANGE_MESSAGE = (
+    "the password of a running Redis Cluster cannot change through a deployment: pods that "
+    "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
+    "first (CONFIG SET requirepass and masterauth on every node, see README, Operations), then "
+    "set the new password"
+)
+
+
+def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Changes that must not reach the pods: fewer shards or replicas, a new password."""
+    failures = scale_in_failures(olds, news)
+    old_password, new_password = olds.get("password"), news.get("password")
+    if (
+        old_password is not None
+        and not _is_unknown(old_password)
+        and not _is_unknown(new_password)
+        and _unwrap(old_password) != _unwrap(new_password)
+    ):
+        failures.append(("password", PASSWORD_CHANGE_MESSAGE))
+    return failures
+
+
+class ClusterChangeGuardProvider(pulumi.dynamic.ResourceProvider):
+    """Holds the cluster's shape and password, and fails `check` on a change that would
+    lose keys or split the cluster. The StatefulSet and the Secret depend on it, so the
+    refusal comes before they change, with or without a preview."""
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = unsafe_change_failures(olds or {}, news)
+        return CheckResult(news, [CheckFailure(p, r) for p, r in failures])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in GUARD_FIELDS if _is_unknown(news.get(k)) or _unwrap(olds.get(k)) != _unwrap(news.get(k))]
+        return DiffResult(changes=bool(changed))
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult("cluster-change-guard", _guard_outputs(props))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        failures = unsafe_change_failures(olds, news)
+        if failures:
+            raise ValueError(failures[0][1])
+        return UpdateResult(_guard_outputs(news))
+
+
+def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
+    outs = {key: props.get(key) for key in GUARD_FIELDS}
+    outs["password"] = _secret(_unwrap(outs["password"]))
+    return outs
+
+
+class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
+    """Refuses scale-in and password changes before anything is changed."""
+
+    def __init__(
+        self,
+        resource_name: str,
+        shards: pulumi.Input[int],
+        replicas_per_shard: pulumi.Input[int],
+        password: pulumi.Input[str],
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ) -> None:
+        props = {"shards": shards, "replicas_per_shard": replicas_per_shard, "password": pulumi.Output.secret(password)}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+        super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)
+
+
+# ---------------------------------------------------------------------------------------
 # Plain functions for the local sandbox: the provider's own logic, without an engine.
 # ---------------------------------------------------------------------------------------
 

@@ -59,7 +59,14 @@ class EksPlatform(pulumi.ComponentResource):
         self.cluster_name = cluster_name
         self.provider = k8s.Provider(
             f"{resource_name}-k8s",
-            k8s.ProviderArgs(kubeconfig=self.kubeconfig),
+            k8s.ProviderArgs(
+                kubeconfig=self.kubeconfig,
+                # Update the ConfigMap and Secret in place: replacing them (delete, then
+                # create, as their names are fixed) leaves a window where a restarting pod
+                # cannot mount them.
+                enable_config_map_mutable=True,
+                enable_secret_mutable=True,
+            ),
             opts=child,
         )
         storage_class = k8s.storage.v1.StorageClass(
@@ -136,6 +143,10 @@ class EksPlatform(pulumi.ComponentResource):
                 enabled_cluster_log_types=list(CONTROL_PLANE_LOG_TYPES),
                 endpoint_private_access=True,
                 endpoint_public_access=settings.endpoint_public_access,
+                # The VPC CNI ignores NetworkPolicy objects unless told to enforce them.
+                vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True),
+                # Leave standard support only on purpose: extended support costs extra.
+                upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
                 public_access_cidrs=list(settings.public_access_cidrs) if settings.endpoint_public_access else None,
                 tags={"Name": name},
             ),
@@ -202,8 +213,12 @@ class EksPlatform(pulumi.ComponentResource):
         if settings.storage_kms_key_arn:
             volume_key_arn = settings.storage_kms_key_arn
         else:
+            # The volumes outlive `pulumi destroy` (reclaim policy Retain); their key must too,
+            # or they could never be read again.
             volume_key_arn = _kms_key(
-                f"{name}-volumes-key", f"Encryption of the Redis EBS volumes of EKS cluster {name}", child
+                f"{name}-volumes-key",
+                f"Encryption of the Redis EBS volumes of EKS cluster {name}",
+                pulumi.ResourceOptions(parent=self, retain_on_delete=True),
             ).arn
 
         ebs_csi_role = aws.iam.Role(

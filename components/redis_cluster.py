@@ -16,7 +16,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import redis_node_files as files
-from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs
+from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard
 from components.stack_settings import StackSettings
 
 APP_NAME = "redis-cluster"
@@ -83,6 +83,17 @@ class RedisCluster(pulumi.ComponentResource):
             ).result
         self.password = pulumi.Output.secret(password)
 
+        # Registered before the Secret and the StatefulSet, which depend on it: its check
+        # refuses scale-in and a password change before either of them is touched, even
+        # on `pulumi up --skip-preview`.
+        guard = ClusterChangeGuard(
+            f"{resource_name}-change-guard",
+            shards=settings.shards,
+            replicas_per_shard=settings.replicas_per_shard,
+            password=self.password,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
         secret = k8s.core.v1.Secret(
             f"{resource_name}-auth",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=names.secret, namespace=ns, labels=labels),
@@ -90,7 +101,7 @@ class RedisCluster(pulumi.ComponentResource):
             string_data=self.password.apply(
                 lambda value: {"password": value, "auth.conf": files.render_auth_conf(value)}
             ),
-            opts=on_cluster,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[guard]),
         )
 
         peers = files.pod_dns_names(names.stateful_set, names.headless_service, settings.namespace, settings.pod_count)
@@ -136,7 +147,7 @@ class RedisCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=args.provider,
-                depends_on=[config_map, secret, headless],
+                depends_on=[guard, config_map, secret, headless],
                 # The bootstrap decides when the cluster is formed; Pulumi need not wait for
                 # every pod to be Ready itself (a fresh pod is Ready anyway).
                 custom_timeouts=pulumi.CustomTimeouts(create="20m", update="30m"),

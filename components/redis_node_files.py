@@ -124,13 +124,6 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         "# The AOF is the durable copy. Periodic RDB snapshots would be a second source of forks",
         "# (and copy-on-write) competing for the memory headroom below.",
         'save ""',
-        "# A full sync waits up to repl-diskless-sync-delay (5 s) for more replicas to share one",
-        "# fork, but no longer than until all replicas a shard has are there.",
-        *(
-            [f"repl-diskless-sync-max-replicas {settings.replicas_per_shard}"]
-            if settings.replicas_per_shard > 0
-            else []
-        ),
         "",
         f"# maxmemory = {MAXMEMORY_PERCENT_OF_LIMIT}% of the container memory limit ({limit} bytes), leaving",
         "# room for fragmentation, a replica's full-sync output buffer and the AOF-rewrite fork's",

@@ -114,9 +114,11 @@ class Sandbox:
     def save(self, state: SandboxState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state.to_json(self.root), indent=2) + "\n")
-        # The state holds the password, like the Secret it stands in for.
-        temporary.chmod(0o600)
+        temporary.unlink(missing_ok=True)
+        # The state holds the password, like the Secret it stands in for: private from the start.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(state.to_json(self.root), indent=2) + "\n")
         temporary.replace(self.state_path)
 
     def settings(self, state: SandboxState) -> StackSettings:

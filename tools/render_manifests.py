@@ -57,6 +57,7 @@ class RegisteredResource:
     parent: str
     provider: str
     dependencies: list[str]
+    retain_on_delete: bool = False
 
 
 @dataclass
@@ -151,6 +152,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     parent=request.parent,
                     provider=request.provider,
                     dependencies=list(request.dependencies),
+                    retain_on_delete=bool(request.retainOnDelete),
                 )
             )
         return response

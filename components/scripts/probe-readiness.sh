@@ -1,7 +1,12 @@
 #!/bin/sh
 # Readiness: PING answered with PONG and, once this node is part of a formed cluster (it
-# knows more than itself), cluster_state:ok. A fresh node is Ready: the bootstrap waits for
-# Ready pods before forming the cluster, so requiring a cluster here would deadlock it.
+# knows more than itself), cluster_state:ok; a replica also needs its link to the master up
+# and no sync running. A fresh node is Ready: the bootstrap waits for Ready pods before
+# forming the cluster, so requiring a cluster here would deadlock it.
+#
+# The replica condition paces rolling updates: the StatefulSet moves on to the next pod (it
+# may be this replica's master) only once this replica holds a full copy again, so the
+# master's preStop finds an in-sync replica to hand over to.
 #
 # Environment: POD_IP (required), REDIS_PORT (6379),
 # REDIS_PASSWORD_FILE (/etc/redis-secret/password).
@@ -36,7 +41,26 @@ if [ "$known_nodes" -le 1 ]; then
     exit 0
 fi
 case "$info" in
-    *cluster_state:ok*) exit 0 ;;
+    *cluster_state:ok*) ;;
+    *)
+        echo "readiness: in a cluster of $known_nodes known nodes whose state is not ok" >&2
+        exit 1
+        ;;
 esac
-echo "readiness: in a cluster of $known_nodes known nodes whose state is not ok" >&2
+replication=$(redis INFO replication)
+case "$replication" in
+    *role:slave*) ;;
+    *) exit 0 ;;
+esac
+case "$replication" in
+    *master_link_status:up*) ;;
+    *)
+        echo "readiness: replica whose link to its master is down" >&2
+        exit 1
+        ;;
+esac
+case "$replication" in
+    *master_sync_in_progress:0*) exit 0 ;;
+esac
+echo "readiness: replica still syncing with its master" >&2
 exit 1

@@ -504,3 +504,45 @@ def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed() -> None:
         assert client.get("busy") == b"mine" and client.get("{busy}2") == b"only-on-source"
         assert count_keys(nodes.nodes) == 2
         client.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The change guard, ahead of the Secret and the StatefulSet.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guard_blob() -> str:
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    from components.cluster_bootstrap import ClusterChangeGuardProvider
+
+    return serialize_provider(ClusterChangeGuardProvider())
+
+
+def guard_props(blob: str, shards: int = 3, replicas: int = 1, password: str = PASSWORD) -> dict:
+    return {"__provider": blob, "shards": shards, "replicas_per_shard": replicas, "password": secret(password)}
+
+
+def test_guard_refuses_scale_in_and_a_password_change_and_lets_scale_out_through(server: ProviderServer, guard_blob: str) -> None:
+    current = guard_props(guard_blob)
+    created = server.create(ProviderServer.from_struct(server.check({}, current).inputs))
+    state = ProviderServer.from_struct(created.properties)
+    assert state["password"] == secret(PASSWORD), "the stored password stays a secret"
+    assert_no_plain_password(created.properties)
+
+    assert list(server.check(state, guard_props(guard_blob, shards=4, replicas=2)).failures) == []
+    assert server.diff(created.id, state, guard_props(guard_blob, shards=4)).changes == 2  # DIFF_SOME
+
+    fewer = list(server.check(state, guard_props(guard_blob, shards=3, replicas=0)).failures)
+    assert [f.property for f in fewer] == ["replicas_per_shard"]
+    assert "cannot go from 1 to 0" in fewer[0].reason
+
+    rotated = list(server.check(state, guard_props(guard_blob, password="Another-Password-0123456789")).failures)
+    assert [f.property for f in rotated] == ["password"]
+    assert "CONFIG SET requirepass" in rotated[0].reason
+    assert "Another-Password" not in rotated[0].reason and PASSWORD not in rotated[0].reason
+
+    with pytest.raises(grpc.RpcError) as refused:
+        server.update(created.id, state, guard_props(guard_blob, shards=3, replicas=0))
+    assert "cannot go from 1 to 0" in refused.value.details()

@@ -292,15 +292,46 @@ def test_liveness_counts_a_loading_or_busy_server_as_alive_but_not_ready(
         assert readiness.returncode == 1, "a loading or busy node must not receive traffic"
 
 
+def _wait_all_ready(cluster: list[LocalNode], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        failing = {n.pod: p.stderr for n in cluster if (p := _probe(n, "probe-readiness.sh")).returncode != 0}
+        if not failing:
+            return
+        assert time.monotonic() < deadline, f"not Ready: {failing}"
+        time.sleep(0.2)
+
+
+def test_a_replica_without_a_working_link_to_its_master_is_not_ready(nodes: NodeFactory) -> None:
+    cluster = nodes.cluster()
+    _wait_all_ready(cluster)
+    _, replicas = masters_and_replicas(cluster)
+    replica = replicas[0]
+    client = replica.client()
+    # The replica can no longer authenticate to its master; the cluster bus is unaffected.
+    client.config_set("masterauth", "not-the-password")
+    client.execute_command("CLIENT", "KILL", "TYPE", "master")
+    deadline = time.monotonic() + 10
+    while client.info("replication")["master_link_status"] != "down":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert replica.cluster_info()["cluster_state"] == "ok"
+    readiness = _probe(replica, "probe-readiness.sh")
+    assert readiness.returncode == 1
+    assert "link to its master is down" in readiness.stderr
+    assert _probe(replica, "probe-liveness.sh").returncode == 0
+
+    client.config_set("masterauth", replica.password)
+    _wait_all_ready([replica])
+
+
 def test_probes_before_and_after_formation_and_when_the_cluster_is_down(nodes: NodeFactory) -> None:
     cluster = nodes.started(6)
     for node in cluster:
         assert _probe(node, "probe-readiness.sh").returncode == 0, f"{node.pod}: a fresh node must be Ready"
 
     create_cluster(cluster, replicas_per_shard=1)
-    for node in cluster:
-        readiness = _probe(node, "probe-readiness.sh")
-        assert readiness.returncode == 0, f"{node.pod}: {readiness.stderr}"
+    _wait_all_ready(cluster)
 
     # Two of three masters gone: the survivors are a minority, the cluster is down.
     masters, _ = masters_and_replicas(cluster)

@@ -160,7 +160,6 @@ def test_settings_reach_the_running_server(tmp_path: Path, loopback: LoopbackAdd
         assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
         assert running["maxmemory-policy"] == settings.maxmemory_policy
         assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
-        assert int(running["repl-diskless-sync-max-replicas"]) == settings.replicas_per_shard
 
 
 def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(tmp_path: Path, loopback: LoopbackAddresses) -> None:

@@ -136,6 +136,11 @@ def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer
     assert addon.urn in storage_class.dependencies
 
 
+def test_the_volume_key_outlives_a_destroy_like_the_volumes_it_encrypts(dev_stack):
+    assert named(dev_stack, "aws:kms/key:Key", "-volumes-key").retain_on_delete is True
+    assert named(dev_stack, "aws:kms/key:Key", "-secrets-key").retain_on_delete is False
+
+
 def test_a_configured_volume_key_replaces_the_created_one():
     arn = "arn:aws:kms:eu-west-1:123456789012:key/0000-my-key"
     run = build_stack("dev", storageKmsKeyArn=arn)
@@ -182,3 +187,19 @@ def test_stack_exports_cluster_name_storage_class_and_a_secret_kubeconfig(dev_st
     assert dev_stack.outputs["kubeconfig"].secret is True
     assert existing_stack.outputs["kubeconfig"].secret is True
     assert dev_stack.outputs["clusterName"].secret is False
+
+
+def test_network_policies_are_enforced_by_the_vpc_cni(dev_stack):
+    assert dev_stack.one(EKS_CLUSTER).inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
+
+
+def test_the_cluster_stays_in_standard_support(dev_stack):
+    assert dev_stack.one(EKS_CLUSTER).inputs["upgradePolicy"] == {"supportType": "STANDARD"}
+
+
+def test_config_map_and_secret_are_updated_in_place(dev_stack, existing_stack):
+    for run in (dev_stack, existing_stack):
+        provider = run.one("pulumi:providers:kubernetes").inputs
+        # Provider settings travel as strings.
+        assert provider["enableConfigMapMutable"] == "true"
+        assert provider["enableSecretMutable"] == "true"

@@ -140,6 +140,7 @@ def test_a_config_change_rolls_the_pods_but_a_scale_out_does_not():
     base = build_stack("dev")
     assert checksum(build_stack("dev", nodeTimeoutMs="7000")) != checksum(base)
     assert checksum(build_stack("dev", shards="4")) == checksum(base)
+    assert checksum(build_stack("dev", replicasPerShard="2")) == checksum(base)
 
 
 def test_headless_service_publishes_not_ready_pods_on_both_ports(dev_stack):
@@ -226,3 +227,12 @@ def test_bootstrap_runs_after_the_stateful_set_with_the_clusters_shape_and_secre
     assert inputs["ready_timeout_seconds"] == 900
     assert is_secret(inputs["password"])
     assert is_secret(inputs["kubeconfig"])
+
+
+def test_the_change_guard_comes_before_the_secret_and_the_stateful_set():
+    run = build_stack("dev", password="Configured-Password-0123456789")
+    guard = run.one("pulumi-python:dynamic/redis:ClusterChangeGuard")
+    assert (guard.inputs["shards"], guard.inputs["replicas_per_shard"]) == (3, 1)
+    assert is_secret(guard.inputs["password"]) and reveal(guard.inputs["password"]) == "Configured-Password-0123456789"
+    assert guard.urn in run.one(SECRET).dependencies
+    assert guard.urn in run.one(STATEFUL_SET).dependencies
