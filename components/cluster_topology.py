@@ -1092,6 +1092,35 @@ def _classify(cluster: Cluster) -> tuple[list[NodeView], list[NodeView]]:
     return members, fresh
 
 
+def _abandoned_formation(cluster: Cluster) -> bool:
+    """A formation that died half-way (a crashed `--cluster create`, a bootstrap killed
+    mid-create): only our nodes, not one key among them, and the cluster incomplete (slots
+    unassigned, or members that do not all know each other). Starting such a formation over
+    loses nothing. Fresh nodes beside a complete cluster are a scale-out, not this."""
+    views = cluster.views
+    if not views or any(not v.reachable or v.keys for v in views):
+        return False
+    members = [v for v in views if v.member]
+    if not members:
+        return False
+    ours = {v.myid for v in views}
+    if any(e.id not in ours for v in members for e in v.entries):
+        return False
+    member_ids = {v.myid for v in members}
+    covered = sum(v.me.slot_count for v in members if v.me is not None and v.me.is_master)
+    split = any({e.id for e in v.entries} != member_ids for v in members)
+    return covered < SLOTS or split
+
+
+def _start_formation_over(cluster: Cluster) -> None:
+    # CLUSTER RESET is refused by Redis itself on a master that holds keys: a second lock
+    # behind the zero-keys check above.
+    for view in cluster.views:
+        if view.member:
+            cluster.transport.client(view.node).execute_command("CLUSTER", "RESET", "HARD")
+    cluster.refresh()
+
+
 def ensure_cluster(
     transport: NodeTransport,
     shards: int,
@@ -1112,6 +1141,9 @@ def ensure_cluster(
     nodes = wait_ready(transport, count, timeout)
     cluster = Cluster(transport, nodes)
     cluster.refresh()
+    if _abandoned_formation(cluster):
+        log.warning("the nodes hold an unfinished, empty formation; starting it over")
+        _start_formation_over(cluster)
     members, fresh = _classify(cluster)
     if not members:
         cluster.create(shards, replicas_per_shard, timeout)

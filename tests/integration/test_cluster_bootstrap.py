@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import grpc
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 from components import cluster_topology
 from components.cluster_topology import Cluster, ensure_cluster, read_topology
@@ -546,3 +547,48 @@ def test_guard_refuses_scale_in_and_a_password_change_and_lets_scale_out_through
     with pytest.raises(grpc.RpcError) as refused:
         server.update(created.id, state, guard_props(guard_blob, shards=3, replicas=0))
     assert "cannot go from 1 to 0" in refused.value.details()
+
+
+def test_a_formation_that_died_half_way_is_started_over(server: ProviderServer, provider_blob: str) -> None:
+    """What a `--cluster create` killed mid-way leaves: some slots assigned, some nodes met."""
+    with RedisNodes.on_subnet(24, 6) as nodes:
+        first, second = nodes.nodes[0].client(), nodes.nodes[1].client()
+        first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 5460)
+        second.execute_command("CLUSTER", "ADDSLOTSRANGE", 5461, 10922)
+        first.execute_command("CLUSTER", "MEET", nodes.nodes[1].host, nodes.nodes[1].port)
+        deadline = time.monotonic() + 10
+        while b"cluster_known_nodes:2" not in second.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        created = server.create(props(provider_blob, nodes.inputs()))
+        outs = ProviderServer.from_struct(created.properties, unwrap=True)
+        assert outs["state"] == "ok"
+        assert len(outs["masters"]) == 3 and len(outs["replicas"]) == 3
+        for node in nodes.nodes:
+            info = node.client().execute_command("CLUSTER", "INFO")
+            assert b"cluster_state:ok" in info and b"cluster_known_nodes:6" in info
+
+
+def test_a_half_formed_cluster_holding_a_key_is_left_alone(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(25, 6) as nodes:
+        first = nodes.nodes[0].client()
+        first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 5460)
+        first.execute_command("CLUSTER", "MEET", nodes.nodes[1].host, nodes.nodes[1].port)
+        deadline = time.monotonic() + 10
+        while b"cluster_known_nodes:2" not in first.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Serving its slots without full coverage, the node takes a write meanwhile.
+        first.config_set("cluster-require-full-coverage", "no")
+        key = next(f"k{i}" for i in range(100000) if key_slot(f"k{i}".encode()) <= 5460)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in first.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.set(key, "kept")
+        before = cluster_nodes_snapshot(nodes)
+        with pytest.raises(grpc.RpcError):
+            server.create(props(provider_blob, nodes.inputs()))
+        assert cluster_nodes_snapshot(nodes) == before
+        assert first.get(key) == b"kept"
