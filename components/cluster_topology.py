@@ -1092,11 +1092,16 @@ def _classify(cluster: Cluster) -> tuple[list[NodeView], list[NodeView]]:
     return members, fresh
 
 
+# Gossip spreads a MEET to every node within a few node-timeout-independent rounds.
+MEMBERSHIP_SETTLE_SECONDS = 30.0
+
+
 def _abandoned_formation(cluster: Cluster) -> bool:
     """A formation that died half-way (a crashed `--cluster create`, a bootstrap killed
-    mid-create): only our nodes, not one key among them, and the cluster incomplete (slots
-    unassigned, or members that do not all know each other). Starting such a formation over
-    loses nothing. Fresh nodes beside a complete cluster are a scale-out, not this."""
+    mid-create): only our nodes, not one key among them, and slots left unassigned or
+    members that do not all know each other (once gossip has settled). Starting such a
+    formation over loses nothing. Fresh nodes beside a complete cluster are a scale-out,
+    not this."""
     views = cluster.views
     if not views or any(not v.reachable or v.keys for v in views):
         return False
@@ -1106,10 +1111,32 @@ def _abandoned_formation(cluster: Cluster) -> bool:
     ours = {v.myid for v in views}
     if any(e.id not in ours for v in members for e in v.entries):
         return False
-    member_ids = {v.myid for v in members}
     covered = sum(v.me.slot_count for v in members if v.me is not None and v.me.is_master)
-    split = any({e.id for e in v.entries} != member_ids for v in members)
-    return covered < SLOTS or split
+    return covered < SLOTS or not _members_agree(members)
+
+
+def _members_agree(members: Sequence[NodeView]) -> bool:
+    ids = {v.myid for v in members}
+    return all({e.id for e in v.entries} == ids and not any("handshake" in e.flags for e in v.entries) for v in members)
+
+
+def _wait_membership_settled(cluster: Cluster, timeout: float) -> None:
+    """Right after MEETs (an interrupted create, a scale-out cut short) the members still
+    disagree on who is in, for a few gossip rounds; judge the cluster once they agree, or
+    once nothing has moved for a second (nodes that were never introduced stay apart)."""
+    deadline = time.monotonic() + timeout
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        members = [v for v in cluster.views if v.member]
+        if _members_agree(members):
+            return
+        picture = sorted((v.myid, tuple(sorted((e.id, tuple(sorted(e.flags))) for e in v.entries))) for v in members)
+        if picture != last:
+            last, stable_since = picture, time.monotonic()
+        elif time.monotonic() - stable_since >= 1.0:
+            return
+        time.sleep(POLL_SECONDS)
+        cluster.refresh()
 
 
 def _start_formation_over(cluster: Cluster) -> None:
@@ -1141,6 +1168,7 @@ def ensure_cluster(
     nodes = wait_ready(transport, count, timeout)
     cluster = Cluster(transport, nodes)
     cluster.refresh()
+    _wait_membership_settled(cluster, min(timeout, MEMBERSHIP_SETTLE_SECONDS))
     if _abandoned_formation(cluster):
         log.warning("the nodes hold an unfinished, empty formation; starting it over")
         _start_formation_over(cluster)
