@@ -1139,6 +1139,22 @@ def _wait_membership_settled(cluster: Cluster, timeout: float) -> None:
         cluster.refresh()
 
 
+def _introduce_members(cluster: Cluster, timeout: float) -> None:
+    """Members that are all ours but were never all introduced (a create cut short between
+    its ADDSLOTS and its MEETs): finish the introductions instead of judging them apart.
+    A MEET among our own nodes changes no slot and no key."""
+    members = [v for v in cluster.views if v.member and v.reachable]
+    ours = {v.myid for v in cluster.views}
+    if len(members) < 2 or _members_agree(members) or any(e.id not in ours for v in members for e in v.entries):
+        return
+    log.warning("introducing %d cluster members that do not all know each other", len(members))
+    first = members[0]
+    for view in members[1:]:
+        cluster.transport.client(first.node).execute_command("CLUSTER", "MEET", view.node.host, view.node.port)
+    cluster.refresh()
+    _wait_membership_settled(cluster, timeout)
+
+
 def _start_formation_over(cluster: Cluster) -> None:
     # CLUSTER RESET is refused by Redis itself on a master that holds keys: a second lock
     # behind the zero-keys check above.
@@ -1169,6 +1185,7 @@ def ensure_cluster(
     cluster = Cluster(transport, nodes)
     cluster.refresh()
     _wait_membership_settled(cluster, min(timeout, MEMBERSHIP_SETTLE_SECONDS))
+    _introduce_members(cluster, min(timeout, MEMBERSHIP_SETTLE_SECONDS))
     if _abandoned_formation(cluster):
         log.warning("the nodes hold an unfinished, empty formation; starting it over")
         _start_formation_over(cluster)
