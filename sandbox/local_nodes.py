@@ -362,6 +362,21 @@ def kill_session(session_id: int) -> None:
         time.sleep(0.02)
 
 
+def replication_problems(pod: str, info: Mapping) -> list[str]:
+    """What keeps one node's replication from being settled, read from its INFO."""
+    problems = []
+    if info["role"] == "slave":
+        if info.get("master_link_status") != "up" or info.get("master_sync_in_progress"):
+            problems.append(f"{pod}: link {info.get('master_link_status')}")
+    else:
+        for i in range(info.get("connected_slaves", 0)):
+            if info[f"slave{i}"]["state"] != "online":
+                problems.append(f"{pod}: replica {info[f'slave{i}']}")
+    if info.get("aof_rewrite_in_progress") or info.get("loading"):
+        problems.append(f"{pod}: writing its AOF or loading")
+    return problems
+
+
 def stop_all(nodes: Sequence[LocalNode], timeout: float = 30.0) -> None:
     """Stops nodes together, as deleting every pod at once does: SIGTERM to all, then waits."""
     for node in nodes:
@@ -399,16 +414,7 @@ def wait_replicas_online(nodes: Sequence[LocalNode], timeout: float = 60.0, inte
         for node in nodes:
             if not node.is_running():
                 continue
-            info = node.client().info()
-            if info["role"] == "slave":
-                if info.get("master_link_status") != "up" or info.get("master_sync_in_progress"):
-                    pending.append(f"{node.pod}: link {info.get('master_link_status')}")
-            else:
-                for i in range(info.get("connected_slaves", 0)):
-                    if info[f"slave{i}"]["state"] != "online":
-                        pending.append(f"{node.pod}: replica {info[f'slave{i}']}")
-            if info.get("aof_rewrite_in_progress") or info.get("loading"):
-                pending.append(f"{node.pod}: writing its AOF")
+            pending += replication_problems(node.pod, node.client().info())
         if not pending:
             return
         if time.monotonic() > deadline:

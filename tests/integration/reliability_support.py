@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from components.redis_node_files import REDIS_PORT
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
-from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session
+from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session, replication_problems
 
 SLOTS = 16384
 TEST_OCTETS = range(40, 50)
@@ -501,15 +501,7 @@ def wait_replication_settled(sandbox: Sandbox, timeout: float = 60.0) -> None:
                 continue
             finally:
                 client.close()
-            if info["role"] == "slave":
-                if info.get("master_link_status") != "up" or info.get("master_sync_in_progress"):
-                    pending.append(f"{record.pod}: link {info.get('master_link_status')}")
-            else:
-                for i in range(info.get("connected_slaves", 0)):
-                    if info[f"slave{i}"]["state"] != "online":
-                        pending.append(f"{record.pod}: replica {info[f'slave{i}']}")
-            if info.get("aof_rewrite_in_progress") or info.get("loading"):
-                pending.append(f"{record.pod}: AOF rewrite or loading")
+            pending += replication_problems(record.pod, info)
         if not pending:
             return
         if time.monotonic() > deadline:
