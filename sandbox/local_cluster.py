@@ -261,8 +261,11 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=len(records)) as pool:
             list(pool.map(lambda r: self._stop(state, r, prestop=True), records))
         if new_ip:
+            # Never hand a pod the address another pod just left: a peer that still dials
+            # it would meet the wrong node and mark the right one noaddr for good.
+            left = {record.host for record in records}
             for record in records:
-                record.host = self._free_address(state)
+                record.host = self._free_address(state, avoid=left)
         self.save(state)
         # The peers file follows the addresses, as the headless Service's DNS would.
         for record in state.nodes:
@@ -350,8 +353,8 @@ class Sandbox:
         kill_session(record.pid)
         record.pid = None
 
-    def _free_address(self, state: SandboxState) -> str:
-        taken = {n.host for n in state.nodes}
+    def _free_address(self, state: SandboxState, avoid: frozenset[str] | set[str] = frozenset()) -> str:
+        taken = {n.host for n in state.nodes} | set(avoid)
         for host in range(1, 255):
             address = f"127.0.{state.third_octet}.{host}"
             if address not in taken and ports_free(address):

@@ -241,7 +241,11 @@ def test_all_pods_on_new_ips_without_peer_recovery_stay_down(make_sandbox):
             healthy_at.append(round(time.monotonic() - started, 1))
         time.sleep(0.5)
     assert not healthy_at, f"healthy without peer recovery at {healthy_at}s"
-    assert set(states_ok(sb).values()) == {"fail"}, states_ok(sb)
+    # On a loaded machine the last node may take a moment longer to give up on its peers.
+    deadline = time.monotonic() + 20
+    while set(states_ok(sb).values()) != {"fail"}:
+        assert time.monotonic() < deadline, states_ok(sb)
+        time.sleep(0.5)
     with pytest.raises(SandboxError, match="the cluster is fail"):
         sb.wait_ok(timeout=1)
     # A master refuses writes even to its own slots.
