@@ -1148,9 +1148,11 @@ def _introduce_members(cluster: Cluster, timeout: float) -> None:
     if len(members) < 2 or _members_agree(members) or any(e.id not in ours for v in members for e in v.entries):
         return
     log.warning("introducing %d cluster members that do not all know each other", len(members))
-    first = members[0]
-    for view in members[1:]:
-        cluster.transport.client(first.node).execute_command("CLUSTER", "MEET", view.node.host, view.node.port)
+    # Every member meets every other: no reliance on gossip to pass the introductions on.
+    for view in members:
+        for other in members:
+            if other is not view:
+                cluster.transport.client(view.node).execute_command("CLUSTER", "MEET", other.node.host, other.node.port)
     cluster.refresh()
     _wait_membership_settled(cluster, timeout)
 
