@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
+
 from redis.crc import key_slot  # noqa: E402
 
 from components.cluster_bootstrap import ensure_cluster  # noqa: E402
@@ -38,14 +40,7 @@ from tests.integration.bootstrap_support import PASSWORD, RedisNodes, count_keys
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
 
 

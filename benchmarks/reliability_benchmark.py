@@ -41,6 +41,8 @@ from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
+
 import redis  # noqa: E402
 
 from components.stack_settings import StackSettings, parse_settings  # noqa: E402
@@ -88,14 +90,7 @@ class SeedTimeoutSandbox(Sandbox):
 
 
 def machine() -> list[str]:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return [
