@@ -262,7 +262,9 @@ class Sandbox:
             list(pool.map(lambda r: self._stop(state, r, prestop=True), records))
         if new_ip:
             # Never hand a pod the address another pod just left: a peer that still dials
-            # it would meet the wrong node and mark the right one noaddr for good.
+            # it would meet the wrong node and mark the right one noaddr. peer-recovery.sh
+            # repairs that (tests/integration/test_node_scripts.py builds the case), but it
+            # costs extra MEET rounds that would blur the restart figures.
             left = {record.host for record in records}
             for record in records:
                 record.host = self._free_address(state, avoid=left)

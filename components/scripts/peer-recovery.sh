@@ -56,9 +56,15 @@ time_is_up() {
     [ "$(date +%s)" -ge "$deadline" ]
 }
 
-# Healthy: cluster_state:ok, and every other master holding slots is linked and not failing.
-# cluster_state alone is not enough: right after a start, before node-timeout has passed,
-# a node counts its unreachable peers as up and can report ok.
+# Healthy: cluster_state:ok, every other master holding slots linked and not failing, and
+# no peer without an address. cluster_state alone is not enough: right after a start, before
+# node-timeout has passed, a node counts its unreachable peers as up and can report ok.
+#
+# noaddr is what an IP handed out again leaves behind: dialling a peer's old address reached
+# another member, which answered with the wrong ID. Redis then never dials that peer again;
+# it only learns the new address when the peer pings it. Two nodes that did this to each
+# other (two replicas, say) stay blind to each other for good, so any such entry keeps the
+# recovery going: its CLUSTER MEET teaches this node the address again.
 cluster_healthy() {
     info=$(redis_at "$POD_IP" CLUSTER INFO)
     case "$info" in
@@ -70,6 +76,7 @@ cluster_healthy() {
     while read -r _id _addr flags _master _ping _pong _epoch link slots; do
         case "$flags" in
             *myself*) continue ;;
+            *noaddr*) return 1 ;;
             *master*) ;;
             *) continue ;;
         esac

@@ -462,6 +462,76 @@ def test_all_pods_back_on_new_ips_recover_through_the_peers_file(nodes: NodeFact
     )
 
 
+def test_all_pods_back_on_each_others_old_ips_end_with_no_stale_entry(nodes: NodeFactory) -> None:
+    """The VPC CNI hands freed IPs out again: after a restart of every pod, a node that dials
+    a peer's old address may reach another member, which answers with the wrong node ID.
+    Redis then marks that peer `noaddr` and stops dialling it; two nodes that did this to
+    each other stay blind to each other for good unless something introduces them again."""
+    cluster = nodes.cluster()
+    expected = _write_keys(cluster, 1000)
+    _wait_replicas_in_sync(cluster)
+    ids = {node.pod: node.myself()[0] for node in cluster}
+    old_ips = [node.ip for node in cluster]
+    # Every pod gets the address its neighbour had: every stale entry now leads to a member.
+    recycled = old_ips[1:] + old_ips[:1]
+    _restart_all_on_new_ips(cluster, recycled, peers=recycled)
+    wait_cluster_ok(cluster, timeout=90)
+
+    for node in cluster:
+        assert node.myself()[0] == ids[node.pod]
+        seen = {fields[0]: fields[1].split(":")[0] for fields in node.cluster_nodes()}
+        assert seen == {ids[peer.pod]: peer.ip for peer in cluster}, f"{node.pod} sees {seen}"
+    client = _cluster_client(cluster)
+    try:
+        keys = list(expected)
+        assert client.mget_nonatomic(keys) == [expected[key] for key in keys]
+    finally:
+        client.close()
+    # Recovery ended on its own: nothing is left for it to repair.
+    deadline = time.monotonic() + 15
+    for node in cluster:
+        while "peer-recovery: the cluster is healthy" not in node.log_tail(10**7):
+            assert time.monotonic() < deadline, node.log_tail()
+            time.sleep(0.2)
+
+
+def _peers_without_address(node: LocalNode) -> list[str]:
+    return [fields[0] for fields in node.cluster_nodes() if "noaddr" in fields[2].split(",")]
+
+
+def test_peer_recovery_repairs_two_replicas_that_lost_each_others_address(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
+    cluster = nodes.cluster()
+    _, replicas = masters_and_replicas(cluster)
+    first, second = replicas[0], replicas[1]
+    stop_all([first, second])
+    # Other pods now hold their old IPs and answer on the cluster bus with their own IDs.
+    for replica in (first, second):
+        nodes.new(pod=f"new-owner-of-{replica.ip}", ip=replica.ip).start()
+    # Back on new IPs, without a peers list: the state a recovery that ended too early leaves.
+    for replica in (first, second):
+        replica.ip = loopback.allocate()
+        replica.peers = ()
+        replica.start()
+    ids = {node.pod: node.myself()[0] for node in cluster}
+    deadline = time.monotonic() + 20
+    while _peers_without_address(first) != [ids[second.pod]] or _peers_without_address(second) != [ids[first.pod]]:
+        assert time.monotonic() < deadline, f"{_peers_without_address(first)} {_peers_without_address(second)}"
+        time.sleep(0.2)
+    # Redis does not repair this by itself: each waits for the other to ping it.
+    time.sleep(5)
+    assert _peers_without_address(first) == [ids[second.pod]]
+    assert _peers_without_address(second) == [ids[first.pod]]
+    assert first.cluster_info()["cluster_state"] == "ok", "noaddr hides from cluster_state"
+
+    for node in cluster:
+        node.peers = tuple(peer.ip for peer in cluster)
+        node.write_files()
+    recovery = first.run_script("peer-recovery.sh", env={"REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "30"}, timeout=60)
+    assert recovery.returncode == 0, recovery.stdout
+    assert "sent CLUSTER MEET" in recovery.stdout, "a node with a noaddr peer called itself healthy"
+    wait_cluster_ok(cluster, timeout=30)
+
+
 def test_without_peers_all_pods_on_new_ips_stay_down_as_in_the_seed(nodes: NodeFactory, loopback: LoopbackAddresses) -> None:
     cluster = nodes.cluster()
     new_ips = loopback.allocate_many(len(cluster))
