@@ -43,7 +43,9 @@ INPUT_FIELDS = (
     "nodes",
     "ready_timeout_seconds",
 )
-OUTPUT_FIELDS = ("state", "node_count", "masters", "replicas", "placement", "problems")
+# node_ids (node ID -> pod, for every ID the members list) outlives a pod's identity: after
+# a pod lost its volume, it is what ties the old ID, still listed as failed, to that pod.
+OUTPUT_FIELDS = ("state", "node_count", "masters", "replicas", "placement", "problems", "node_ids")
 # Pointing the resource at other pods means another cluster: replace, never reshape.
 REPLACE_FIELDS = ("transport", "namespace", "stateful_set_name")
 
@@ -251,7 +253,8 @@ def _scrubbed(*secrets: Optional[str]) -> Iterator[None]:
 
 def _known_pods(props: Mapping[str, Any]) -> dict[str, str]:
     """Node ID -> pod from the stored outputs, to name nodes that are down now."""
-    found = {}
+    node_ids = _unwrap(props.get("node_ids"))
+    found = {str(k): str(v) for k, v in node_ids.items()} if isinstance(node_ids, Mapping) else {}
     for group in ("masters", "replicas"):
         for item in _unwrap(props.get(group)) or []:
             if isinstance(item, Mapping) and item.get("id") and item.get("pod"):
@@ -306,7 +309,12 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         spec = BootstrapSpec.from_props(news)
         with _scrubbed(spec.password, spec.kubeconfig), make_transport(spec) as transport:
             topology = ensure_cluster(
-                transport, spec.shards, spec.replicas_per_shard, spec.ready_timeout_seconds, mode="update"
+                transport,
+                spec.shards,
+                spec.replicas_per_shard,
+                spec.ready_timeout_seconds,
+                mode="update",
+                known_pods=_known_pods(olds),
             )
         return UpdateResult(_outputs(news, topology))
 
@@ -329,6 +337,7 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
                 "replicas": [],
                 "placement": _unwrap(props.get("placement")) or {},
                 "problems": [f"cannot read the cluster: {message}"],
+                "node_ids": _known_pods(props),
             }
         return ReadResult(id_, _outputs(props, topology))
 
@@ -347,6 +356,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
     replicas: pulumi.Output[list]
     placement: pulumi.Output[dict]
     problems: pulumi.Output[list]
+    node_ids: pulumi.Output[dict]
 
     def __init__(
         self,

@@ -644,6 +644,7 @@ class Cluster:
             else:
                 problems.append(f"{pod}: master without slots")
         layout = self.live_layout()
+        listed = {e.id for v in reachable for e in v.entries} | {e.id for e in entries}
         return {
             "state": state,
             "node_count": len({e.id for e in entries}) if entries else 0,
@@ -651,6 +652,7 @@ class Cluster:
             "replicas": replicas,
             "placement": placement_report(layout, zones),
             "problems": sorted(set(problems), key=problems.index),
+            "node_ids": {node_id: pods[node_id] for node_id in sorted(listed) if node_id in pods},
         }
 
     # -- create --------------------------------------------------------------------------
@@ -1077,8 +1079,15 @@ def _classify(cluster: Cluster) -> tuple[list[NodeView], list[NodeView]]:
             f"{pod} knows {len(es)} node(s) outside this StatefulSet (e.g. {es[0].host}:{es[0].port})"
             for pod, es in sorted(foreign.items(), key=lambda kv: pod_ordinal(kv[0]))
         )
+        failed_only = all(e.flags & {"fail", "noaddr"} for es in foreign.values() for e in es)
+        hint = (
+            "; they are all failed: if a pod lost its volume, `pulumi up` joins it again once its"
+            " replica has taken over (see README, the bootstrap)"
+            if failed_only
+            else ""
+        )
         raise BootstrapError(
-            "refusing to touch nodes that belong to another cluster (never reset): " + detail
+            "refusing to touch nodes that belong to another cluster (never reset): " + detail + hint
         )
     if members:
         member_ids = {v.myid for v in members}
@@ -1157,6 +1166,58 @@ def _introduce_members(cluster: Cluster, timeout: float) -> None:
     _wait_membership_settled(cluster, timeout)
 
 
+def lost_identities(cluster: Cluster, known_pods: Mapping[str, str]) -> dict[str, str]:
+    """Old node ID -> pod, for pods that came back empty after losing their volume.
+
+    Such a pod starts as a fresh node under a new ID, while the members still list its old
+    ID, which no pod answers for any more. Only the case that can be told apart for sure
+    counts, and it is all or nothing: every unknown ID the members list was, by the
+    earlier outputs, the ID of a pod that is fresh and empty now, and every member that
+    lists it sees it failed or without an address and holding no slot. Anything else (a
+    foreign node, an old ID still holding slots) is left to the refusal in `_classify`.
+    """
+    views = cluster.views
+    if not known_pods or any(not v.reachable for v in views):
+        return {}
+    ours = {v.myid for v in views}
+    members = [v for v in views if v.member]
+    empty_fresh = {v.node.pod for v in views if not v.member and not v.keys}
+    entries_by_id: dict[str, list[NodeEntry]] = {}
+    for view in members:
+        for entry in view.entries:
+            if entry.id not in ours:
+                entries_by_id.setdefault(entry.id, []).append(entry)
+    lost: dict[str, str] = {}
+    for old_id, entries in entries_by_id.items():
+        pod = known_pods.get(old_id)
+        if pod not in empty_fresh or pod in lost.values():
+            return {}
+        if any(e.slots or e.migrating or e.importing or not e.flags & {"fail", "noaddr"} for e in entries):
+            return {}
+        lost[old_id] = pod
+    return lost
+
+
+def _forget_lost_identities(cluster: Cluster, lost: Mapping[str, str]) -> None:
+    """Every member forgets the old IDs; the fresh pods then join like a scale-out. A
+    forgotten ID held no slot and no pod answers for it: nothing that holds a key goes."""
+    for old_id, pod in sorted(lost.items(), key=lambda kv: pod_ordinal(kv[1])):
+        log.warning("%s lost its volume: forgetting its old node ID %s and joining it again", pod, old_id)
+    for view in cluster.views:
+        if not view.member:
+            continue
+        client = cluster.transport.client(view.node)
+        for entry in view.entries:
+            if entry.id in lost:
+                try:
+                    client.execute_command("CLUSTER", "FORGET", entry.id)
+                except redis.ResponseError as error:
+                    raise BootstrapError(
+                        f"{view.node.pod} refused to forget {entry.id}, the old ID of {lost[entry.id]}: {error}"
+                    ) from None
+    cluster.refresh()
+
+
 def _start_formation_over(cluster: Cluster) -> None:
     # CLUSTER RESET is refused by Redis itself on a master that holds keys: a second lock
     # behind the zero-keys check above.
@@ -1173,6 +1234,7 @@ def ensure_cluster(
     timeout: float,
     *,
     mode: str = "create",
+    known_pods: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """Brings the first shards*(1+replicas) pods to a converged cluster and returns its
     topology.
@@ -1180,17 +1242,23 @@ def ensure_cluster(
     mode "create": fresh nodes are formed into a cluster; nodes that already form exactly
     the expected cluster are adopted unchanged; anything else is refused.
     mode "update": additionally scales an existing cluster out (new masters, new
-    replicas, slots onto the new masters) and finishes interrupted slot moves.
+    replicas, slots onto the new masters), finishes interrupted slot moves, and joins
+    again the pods that lost their volume (`lost_identities`, from `known_pods`: node ID ->
+    pod as the last outputs named them).
     """
     count = shards * (1 + replicas_per_shard)
     nodes = wait_ready(transport, count, timeout)
-    cluster = Cluster(transport, nodes)
+    cluster = Cluster(transport, nodes, known_pods)
     cluster.refresh()
     _wait_membership_settled(cluster, min(timeout, MEMBERSHIP_SETTLE_SECONDS))
     _introduce_members(cluster, min(timeout, MEMBERSHIP_SETTLE_SECONDS))
     if _abandoned_formation(cluster):
         log.warning("the nodes hold an unfinished, empty formation; starting it over")
         _start_formation_over(cluster)
+    if mode == "update":
+        lost = lost_identities(cluster, known_pods or {})
+        if lost:
+            _forget_lost_identities(cluster, lost)
     members, fresh = _classify(cluster)
     if not members:
         cluster.create(shards, replicas_per_shard, timeout)

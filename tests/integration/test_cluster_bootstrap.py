@@ -346,6 +346,70 @@ def test_scale_out_under_load_and_scale_in_refused(server: ProviderServer, provi
         client.close()
 
 
+def _wait_replicas_caught_up(nodes: RedisNodes, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    for node in nodes.nodes:
+        while True:
+            info = node.client().info("replication")
+            if info["role"] != "master" or all(
+                info[f"slave{i}"]["offset"] == info["master_repl_offset"] for i in range(info["connected_slaves"])
+            ):
+                break
+            assert time.monotonic() < deadline, f"replicas of {node.pod} lag: {info}"
+            time.sleep(0.05)
+
+
+def test_a_pod_that_lost_its_volume_joins_again_on_update(server: ProviderServer, provider_blob: str) -> None:
+    with RedisNodes.on_subnet(30, 6) as nodes:
+        inputs = props(provider_blob, nodes.inputs())
+        created = server.create(inputs)
+        outs = ProviderServer.from_struct(created.properties, unwrap=True)
+        client = RedisCluster(startup_nodes=[ClusterNode(nodes.nodes[0].host, 6379)], password=PASSWORD)
+        pipe = client.pipeline()
+        for i in range(5000):
+            pipe.set(f"kept:{i}", i)
+        pipe.execute()
+        client.close()
+        _wait_replicas_caught_up(nodes)
+
+        # A master's pod is rescheduled with an empty volume: its replica takes over, and
+        # the pod comes back on a new IP as a fresh node under a new ID.
+        lost_master = outs["masters"][0]
+        pod, old_id = nodes.by_pod(lost_master["pod"]), lost_master["id"]
+        successor = nodes.by_pod(lost_master["replicas"][0])
+        nodes.kill(pod)
+        deadline = time.monotonic() + 30
+        while successor.client().info("replication")["role"] != "master":
+            assert time.monotonic() < deadline, "the replica never took over"
+            time.sleep(0.2)
+        pod.host = "127.0.30.99"
+        nodes.start([pod])
+
+        news = props(provider_blob, nodes.inputs())
+        read = server.read(created.id, ProviderServer.from_struct(created.properties))
+        assert ProviderServer.from_struct(read.properties, unwrap=True)["state"] != "ok"
+        state = ProviderServer.from_struct(read.properties)
+        assert server.diff(created.id, state, news).changes == 2  # DIFF_SOME: the update repairs
+        # A create (lost state: nothing names the old ID) still refuses, and says what to do.
+        before = cluster_nodes_snapshot(nodes)
+        with pytest.raises(grpc.RpcError) as refused:
+            server.create(news)
+        assert "lost its volume" in refused.value.details()
+        assert cluster_nodes_snapshot(nodes) == before
+        updated = server.update(created.id, state, news)
+
+        after = ProviderServer.from_struct(updated.properties, unwrap=True)
+        assert after["state"] == "ok", after["problems"]
+        assert len(after["masters"]) == 3 and len(after["replicas"]) == 3
+        rejoined = next(r for r in after["replicas"] if r["pod"] == pod.pod)
+        assert rejoined["id"] != old_id and rejoined["master"] == successor.pod
+        for node in nodes.nodes:
+            listed = node.client().execute_command("CLUSTER", "NODES").decode()
+            assert old_id not in listed, f"{node.pod} still lists the old ID"
+        assert count_keys(nodes.nodes) == 5000
+        assert_no_plain_password(updated.properties)
+
+
 # ---------------------------------------------------------------------------------------
 # The Kubernetes transport against the same real nodes: a fake CoreV1Api, redis-cli run
 # locally with the very argv the pod would get, port-forward replaced by a local socket.

@@ -22,6 +22,7 @@ from components.cluster_topology import (
     expand_ranges,
     format_ranges,
     ideal_slot_counts,
+    lost_identities,
     parse_cluster_nodes,
     placement_report,
     plan_layout,
@@ -219,6 +220,7 @@ def test_topology_output_shape() -> None:
         "status": "ok",
     }
     assert topology["placement"]["zone_aware"] is True
+    assert topology["node_ids"] == {f"id{i}": f"redis-cluster-{i}" for i in range(6)}
 
 
 def test_topology_reports_an_unreachable_node() -> None:
@@ -226,6 +228,75 @@ def test_topology_reports_an_unreachable_node() -> None:
     assert topology["state"] == "degraded"
     assert any("redis-cluster-4" in p and "unreachable" in p for p in topology["problems"])
     assert next(r for r in topology["replicas"] if r["pod"] == "redis-cluster-4")["status"] == "unreachable"
+
+
+# -- a pod that lost its volume ---------------------------------------------------------
+
+
+def cluster_after_volume_loss(
+    old_line: str = "old3 10.0.0.9:6379@16379 slave,fail id1 0 0 1 disconnected",
+    fresh_keys: int = 0,
+    extra_line: str = "",
+) -> Cluster:
+    """fake_cluster, with redis-cluster-3 back empty under the new ID new3 while the
+    members still list its old ID as `old_line`."""
+    cluster = fake_cluster()
+    for view in cluster.views:
+        if view.node.pod == "redis-cluster-3":
+            view.myid = "new3"
+            view.entries = parse_cluster_nodes("new3 10.0.0.4:6379@16379 myself,master - 0 0 0 connected")
+            view.info = {"cluster_state": "fail", "cluster_known_nodes": "1"}
+            view.replication = {"role": "master"}
+            view.keys = fresh_keys
+        else:
+            kept = [e for e in view.entries if e.id != "id3"]
+            view.entries = kept + parse_cluster_nodes("\n".join(filter(None, [old_line, extra_line])))
+    return cluster
+
+
+KNOWN_BEFORE = {f"id{i}": f"redis-cluster-{i}" for i in range(6)} | {"old3": "redis-cluster-3"}
+
+
+def test_a_pod_back_empty_under_a_new_id_is_recognised_by_its_old_id() -> None:
+    assert lost_identities(cluster_after_volume_loss(), KNOWN_BEFORE) == {"old3": "redis-cluster-3"}
+    noaddr = cluster_after_volume_loss(old_line="old3 :0@0 slave,noaddr id1 0 0 1 disconnected")
+    assert lost_identities(noaddr, KNOWN_BEFORE) == {"old3": "redis-cluster-3"}
+
+
+def test_the_outputs_keep_naming_the_old_id_until_the_members_forget_it() -> None:
+    cluster = cluster_after_volume_loss()
+    cluster._known_pods = dict(KNOWN_BEFORE)
+    node_ids = cluster.topology(3, 1)["node_ids"]
+    assert node_ids["old3"] == "redis-cluster-3" and node_ids["new3"] == "redis-cluster-3"
+    assert "id3" not in node_ids, "an ID no member lists any more is dropped"
+    # The next update reads its known pods back from these outputs.
+    assert cb._known_pods({"node_ids": node_ids, "masters": [], "replicas": []})["old3"] == "redis-cluster-3"
+
+
+@pytest.mark.parametrize(
+    "case, cluster, known",
+    [
+        ("no earlier outputs name the old ID", cluster_after_volume_loss(), {}),
+        (
+            "the old ID still holds slots",
+            cluster_after_volume_loss(old_line="old3 10.0.0.9:6379@16379 master,fail - 0 0 1 disconnected 0-5460"),
+            KNOWN_BEFORE,
+        ),
+        (
+            "the members do not see the old ID as failed",
+            cluster_after_volume_loss(old_line="old3 10.0.0.9:6379@16379 slave id1 0 0 1 connected"),
+            KNOWN_BEFORE,
+        ),
+        ("the new node holds keys", cluster_after_volume_loss(fresh_keys=3), KNOWN_BEFORE),
+        (
+            "a node nobody can account for is listed too",
+            cluster_after_volume_loss(extra_line="zz99 10.9.9.9:6379@16379 slave,fail id1 0 0 1 disconnected"),
+            KNOWN_BEFORE,
+        ),
+    ],
+)
+def test_anything_but_a_clear_volume_loss_is_left_alone(case: str, cluster: Cluster, known: dict) -> None:
+    assert lost_identities(cluster, known) == {}, case
 
 
 # -- provider inputs --------------------------------------------------------------------
