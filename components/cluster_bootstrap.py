@@ -42,6 +42,7 @@ INPUT_FIELDS = (
     "pod_selector",
     "nodes",
     "ready_timeout_seconds",
+    "accept_manual_change",
 )
 # node_ids (node ID -> pod, for every ID the members list) outlives a pod's identity: after
 # a pod lost its volume, it is what ties the old ID, still listed as failed, to that pod.
@@ -62,6 +63,9 @@ class ClusterBootstrapArgs:
     pod_selector: Optional[pulumi.Input[str]] = None
     nodes: Optional[Sequence[Mapping[str, Any]]] = None  # direct transport
     ready_timeout_seconds: pulumi.Input[int] = DEFAULT_READY_TIMEOUT
+    # The operator's explicit opt-in (stack setting acceptManualChange) after a scale-in
+    # done by hand: the smaller shape is adopted instead of refused.
+    accept_manual_change: pulumi.Input[bool] = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,9 +191,15 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     return failures
 
 
+def manual_change_accepted(news: Mapping[str, Any]) -> bool:
+    return _unwrap(news.get("accept_manual_change")) is True
+
+
 def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     from components.cluster_topology import scale_in_message
 
+    if manual_change_accepted(news):
+        return []
     failures = []
     for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
         old, new = _unwrap(olds.get(key)), _unwrap(news.get(key))
@@ -281,8 +291,11 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
             raise ValueError(refused[0][1])
         changed = []
         for key in INPUT_FIELDS:
-            new = news.get(key)
-            if _is_unknown(new) or _unwrap(olds.get(key)) != _unwrap(new):
+            new, old = news.get(key), olds.get(key)
+            if key == "accept_manual_change":
+                # A state from before the setting existed holds None: the same as false.
+                old, new = bool(_unwrap(old)), new if _is_unknown(new) else bool(_unwrap(new))
+            if _is_unknown(new) or _unwrap(old) != _unwrap(new):
                 changed.append(key)
         replaces = [k for k in changed if k in REPLACE_FIELDS and olds.get(k) is not None]
         # Drift seen by refresh (a failed node, a lost replica, open slots) makes
@@ -377,6 +390,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
             if args.nodes is None or isinstance(args.nodes, pulumi.Output)
             else [dict(n) for n in args.nodes],
             "ready_timeout_seconds": args.ready_timeout_seconds,
+            "accept_manual_change": args.accept_manual_change,
         }
         props.update({key: None for key in OUTPUT_FIELDS})
         opts = pulumi.ResourceOptions.merge(
@@ -394,7 +408,8 @@ PASSWORD_CHANGE_MESSAGE = (
     "the password of a running Redis Cluster cannot change through a deployment: pods that "
     "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
     "first (CONFIG SET requirepass and masterauth on every node, see README, Operations), then "
-    "set the new password"
+    "set the new password together with `redis-eks:acceptManualChange true` for that one "
+    "`pulumi up`, and remove the setting afterwards"
 )
 
 
@@ -403,7 +418,8 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     failures = scale_in_failures(olds, news)
     old_password, new_password = olds.get("password"), news.get("password")
     if (
-        old_password is not None
+        not manual_change_accepted(news)
+        and old_password is not None
         and not _is_unknown(old_password)
         and not _is_unknown(new_password)
         and _unwrap(old_password) != _unwrap(new_password)
@@ -442,7 +458,8 @@ def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
-    """Refuses scale-in and password changes before anything is changed."""
+    """Refuses scale-in and password changes before anything is changed, unless the
+    operator accepts one they made by hand (`accept_manual_change`)."""
 
     def __init__(
         self,
@@ -450,9 +467,15 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         shards: pulumi.Input[int],
         replicas_per_shard: pulumi.Input[int],
         password: pulumi.Input[str],
+        accept_manual_change: pulumi.Input[bool] = False,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
-        props = {"shards": shards, "replicas_per_shard": replicas_per_shard, "password": pulumi.Output.secret(password)}
+        props = {
+            "shards": shards,
+            "replicas_per_shard": replicas_per_shard,
+            "password": pulumi.Output.secret(password),
+            "accept_manual_change": accept_manual_change,
+        }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)
 

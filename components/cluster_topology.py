@@ -874,9 +874,9 @@ def scale_in_message(current: int, wanted: int, what: str) -> str:
         "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
         "pods with the highest ordinals (they are removed first) hold no slots, failing over "
         "with `CLUSTER FAILOVER` where needed; (3) remove them with `redis-cli --cluster "
-        "del-node`; (4) `pulumi state delete` this ClusterBootstrap resource (its delete only "
-        "forgets, nodes are untouched); (5) set the new shards/replicasPerShard and run "
-        "`pulumi up`: the StatefulSet shrinks and the bootstrap adopts the smaller cluster."
+        "del-node`; (4) set the new shards/replicasPerShard together with "
+        "`redis-eks:acceptManualChange true` and run `pulumi up`: the StatefulSet shrinks and "
+        "the bootstrap adopts the smaller cluster; (5) remove acceptManualChange again."
     )
 
 

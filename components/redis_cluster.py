@@ -91,6 +91,7 @@ class RedisCluster(pulumi.ComponentResource):
             shards=settings.shards,
             replicas_per_shard=settings.replicas_per_shard,
             password=self.password,
+            accept_manual_change=settings.accept_manual_change,
             opts=pulumi.ResourceOptions(parent=self),
         )
 
@@ -176,6 +177,7 @@ class RedisCluster(pulumi.ComponentResource):
                 shards=settings.shards,
                 replicas_per_shard=settings.replicas_per_shard,
                 password=self.password,
+                accept_manual_change=settings.accept_manual_change,
                 transport="kubernetes",
                 kubeconfig=pulumi.Output.secret(args.kubeconfig),
                 namespace=ns,

@@ -123,6 +123,8 @@ class StackSettings:
     client_pod_labels: tuple[tuple[str, str], ...] = (("redis-client", "true"),)
     client_namespace_labels: tuple[tuple[str, str], ...] = ()
     bootstrap_timeout_seconds: int = 600
+    # The one-off opt-in after a scale-in or password rotation done by hand on the nodes.
+    accept_manual_change: bool = False
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -275,6 +277,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "clientPodLabels": ("client_pod_labels", _as_labels),
     "clientNamespaceLabels": ("client_namespace_labels", _as_labels),
     "bootstrapTimeoutSeconds": ("bootstrap_timeout_seconds", _as_int(30, 3600)),
+    "acceptManualChange": ("accept_manual_change", _as_bool),
 }
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)

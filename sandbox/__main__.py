@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the pods and form the cluster")
-    up.add_argument("--shards", type=int, default=3)
-    up.add_argument("--replicas-per-shard", type=int, default=1)
+    # No default here: a running sandbox keeps its shape unless told otherwise.
+    up.add_argument("--shards", type=int, help="masters (default: what the sandbox runs, or 3)")
+    up.add_argument("--replicas-per-shard", type=int, help="replicas per master (default: what it runs, or 1)")
     up.add_argument("--timeout", type=float, default=120.0)
     status = commands.add_parser("status", help="the state of every node")
     status.add_argument("--json", action="store_true")

@@ -144,9 +144,16 @@ class Sandbox:
 
     # -- commands ---------------------------------------------------------------------
 
-    def up(self, shards: int = 3, replicas_per_shard: int = 1, timeout: float = 120.0) -> dict[str, Any]:
-        """Starts whatever pod is not running and forms (or adopts, or scales out) the cluster."""
+    def up(
+        self, shards: Optional[int] = None, replicas_per_shard: Optional[int] = None, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Starts whatever pod is not running and forms (or adopts, or scales out) the cluster.
+        A shape left out is the one the sandbox runs (3 shards, 1 replica each at first)."""
         state = self.load()
+        if shards is None:
+            shards = state.shards if state is not None else 3
+        if replicas_per_shard is None:
+            replicas_per_shard = state.replicas_per_shard if state is not None else 1
         if state is None:
             state = SandboxState(
                 password=secrets.token_urlsafe(30),

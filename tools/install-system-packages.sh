@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the sandbox and the tests need, when this machine lacks them:
-# redis-server and redis-cli (real Redis on loopback), shellcheck and dash (the pods' /bin/sh).
+# redis-server and redis-cli (real Redis on loopback), shellcheck and dash (the pods' /bin/sh),
+# and on a bare image make, python3 and its venv module (the Makefile builds .venv).
 set -eu
 
 missing=""
@@ -8,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v dash >/dev/null 2>&1 || missing="$missing dash"
+command -v make >/dev/null 2>&1 || missing="$missing make"
+python3 -m venv --help >/dev/null 2>&1 || missing="$missing python3 python3-venv"
 [ -n "$missing" ] || exit 0
 
 echo "installing:$missing"

@@ -284,7 +284,7 @@ class Writer(threading.Thread):
                 i += 1
 
 
-def test_scale_out_under_load_and_scale_in_refused(server: ProviderServer, provider_blob: str) -> None:
+def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(server: ProviderServer, provider_blob: str) -> None:
     with RedisNodes.on_subnet(25, 8) as nodes:
         six = props(provider_blob, [n.as_input() for n in nodes.nodes[:6]])
         created = server.create(six)
@@ -333,7 +333,7 @@ def test_scale_out_under_load_and_scale_in_refused(server: ProviderServer, provi
         fewer = props(provider_blob, nodes.inputs(), shards=3)
         failures = list(server.check(eight, fewer).failures)
         assert failures and failures[0].property == "shards"
-        assert "redis-cli --cluster" in failures[0].reason and "pulumi state delete" in failures[0].reason
+        assert "redis-cli --cluster" in failures[0].reason and "acceptManualChange" in failures[0].reason
         with pytest.raises(grpc.RpcError):
             server.diff(created.id, state, fewer)
         before = cluster_nodes_snapshot(nodes)
@@ -343,6 +343,37 @@ def test_scale_out_under_load_and_scale_in_refused(server: ProviderServer, provi
         assert cluster_nodes_snapshot(nodes) == before
         replicas_down = props(provider_blob, nodes.inputs(), shards=4, replicas=0)
         assert [f.property for f in server.check(eight, replicas_down).failures] == ["replicas_per_shard"]
+
+        # The procedure the refusal spells out, by hand: drain the highest-ordinal shard,
+        # del-node its pods, then the smaller shape with the one-off opt-in.
+        leaving = {m["pod"]: m for m in outs["masters"] if m["pod"] in ("redis-cluster-6", "redis-cluster-7")}
+        assert len(leaving) == 1, outs["masters"]
+        (leaving_master,) = leaving.values()
+        assert leaving_master["replicas"] == sorted({"redis-cluster-6", "redis-cluster-7"} - set(leaving)), outs
+        cli_env = {**os.environ, "REDISCLI_AUTH": PASSWORD}
+        entry = f"{nodes.nodes[0].host}:6379"
+        for argv in (
+            ["rebalance", entry, "--cluster-weight", f"{leaving_master['id']}=0"],
+            *(["del-node", entry, r["id"]] for r in outs["replicas"] if r["pod"] in ("redis-cluster-6", "redis-cluster-7")),
+            ["del-node", entry, leaving_master["id"]],
+        ):
+            done = subprocess.run(["redis-cli", "--cluster", *argv], env=cli_env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+        for node in nodes.nodes[6:]:
+            nodes.kill(node)  # the StatefulSet removes the two pods
+        six_again = props(provider_blob, [n.as_input() for n in nodes.nodes[:6]], shards=3, accept_manual_change=True)
+        assert list(server.check(eight, six_again).failures) == []
+        shrunk = server.update(created.id, state, six_again)
+        final = ProviderServer.from_struct(shrunk.properties, unwrap=True)
+        assert final["state"] == "ok", final["problems"]
+        assert len(final["masters"]) == 3 and len(final["replicas"]) == 3
+        assert sum(m["slot_count"] for m in final["masters"]) == cluster_topology.SLOTS
+        assert count_keys(nodes.nodes[:6]) >= 20000 + len(writer.acked)
+        client.close()
+        client = RedisCluster(startup_nodes=[ClusterNode(nodes.nodes[0].host, 6379)], password=PASSWORD)
+        assert all(client.mget_nonatomic([f"pre:{i}" for i in range(20000)]))
+        values = client.mget_nonatomic(list(writer.acked))
+        assert [v.decode() if v else None for v in values] == list(writer.acked.values())
         client.close()
 
 
@@ -606,6 +637,7 @@ def test_guard_refuses_scale_in_and_a_password_change_and_lets_scale_out_through
     rotated = list(server.check(state, guard_props(guard_blob, password="Another-Password-0123456789")).failures)
     assert [f.property for f in rotated] == ["password"]
     assert "CONFIG SET requirepass" in rotated[0].reason
+    assert "acceptManualChange" in rotated[0].reason
     assert "Another-Password" not in rotated[0].reason and PASSWORD not in rotated[0].reason
 
     with pytest.raises(grpc.RpcError) as refused:

@@ -338,6 +338,9 @@ def test_scale_out_under_load_loses_nothing_and_scale_in_is_refused(make_sandbox
     )
     assert cli.returncode == 1 and cli.stderr.startswith("error: the sandbox runs 4 shards"), cli
     assert sb.state_path.read_text() == state_file
+    # A plain `up` keeps the shape the sandbox runs instead of asking for the first one.
+    again = sb.up()
+    assert again["state"] == "ok" and len(again["masters"]) == 4 and len(again["replicas"]) == 4
     assert snapshot(sb) == facts
     _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
 

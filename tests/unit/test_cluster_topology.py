@@ -335,9 +335,28 @@ def test_check_and_diff_refuse_scale_in_with_the_procedure() -> None:
     provider = cb.ClusterBootstrapProvider()
     checked = provider.check(direct_props(shards=4, nodes=direct_props()["nodes"] * 2), direct_props())
     assert [f.property for f in checked.failures] == ["shards"]
-    assert "del-node" in checked.failures[0].reason and "pulumi state delete" in checked.failures[0].reason
+    assert "del-node" in checked.failures[0].reason and "acceptManualChange" in checked.failures[0].reason
     with pytest.raises(ValueError):
         provider.diff("id", direct_props(replicas_per_shard=2), direct_props())
+
+
+def test_an_accepted_manual_change_lets_the_smaller_shape_through() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    four = direct_props(shards=4, nodes=direct_props()["nodes"] * 2)
+    accepted = direct_props(accept_manual_change=True)
+    assert list(provider.check(four, accepted).failures) == []
+    assert provider.diff("id", {**four, "state": "ok"}, accepted).changes is True
+    guard = cb.ClusterChangeGuardProvider()
+    rotated = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
+    olds = {"shards": 4, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
+    assert [f.property for f in guard.check(olds, rotated).failures] == ["shards", "password"]
+    assert list(guard.check(olds, {**rotated, "accept_manual_change": True}).failures) == []
+
+
+def test_a_state_from_before_the_opt_in_existed_shows_no_change() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    olds = {key: value for key, value in direct_props().items() if key != "accept_manual_change"}
+    assert provider.diff("id", {**olds, "state": "ok"}, direct_props(accept_manual_change=False)).changes is False
 
 
 def test_diff_replaces_on_other_pods_and_updates_on_drift() -> None:
