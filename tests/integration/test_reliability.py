@@ -10,6 +10,9 @@ What is proven:
 * kill -9 of a master: its replica takes over, no write acknowledged by `WAIT 1` is lost,
   and the writer gets through to those slots again without help; the dead pod comes back
   as a replica.
+* every pod of one zone killed at once: the survivors serve all 16384 slots (replicas sit
+  in other zones than their masters), nothing acknowledged by `WAIT 1` is lost, and the
+  zone's pods rejoin when they come back.
 * one pod restarted on a new IP: it is back with the same node ID at its new address,
   every node is ok and knows exactly the six nodes, nothing acknowledged is lost.
 * every pod restarted at once on new IPs: the cluster heals on its own and every key is
@@ -67,7 +70,7 @@ from tools.render_manifests import PROJECT_DIR
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; the suite owns 40..49 (the benchmark 50..59).
-KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, SCALE, UP_TWICE, PARTIAL, KILLED_UP = range(40, 49)
+KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, SCALE, UP_TWICE, PARTIAL, KILLED_UP, ZONE = range(40, 50)
 
 
 @pytest.fixture
@@ -138,6 +141,46 @@ def test_kill_9_of_a_master_fails_over_without_losing_wait_acknowledged_writes(m
     back = snapshot(sb)
     assert back[victim].role == "slave" and back[victim].master_id == back[heir].id
     assert back[victim].id == facts.id
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
+
+
+def test_losing_every_pod_of_one_zone_keeps_every_slot_served_and_loses_nothing_acknowledged(make_sandbox):
+    sb = make_sandbox(ZONE).sandbox
+    placement = sb.up()["placement"]
+    assert placement["zone_aware"] and placement["replicas_in_master_zone"] == []
+    state = sb.load()
+    owners = masters(sb)
+    zone = next(r.zone for r in state.nodes if r.pod == sorted(owners)[0])
+    doomed = [r.pod for r in state.nodes if r.zone == zone]
+    survivors = [r.pod for r in state.nodes if r.zone != zone]
+    killed_slots = set().union(*(slots_of(owners[pod]) for pod in doomed if pod in owners))
+    assert killed_slots, "the zone held no master: the test would prove nothing"
+
+    plain = Writer(sb, "plain").start()
+    durable = Writer(sb, "durable", mode="wait").start()
+    try:
+        time.sleep(1.5)
+        for pod in doomed:  # a zone outage: every pod of the zone at once, no preStop
+            sb.kill(pod)
+        killed_at = time.monotonic()
+        plain.wait_for_success_after(killed_at, killed_slots, timeout=60)
+        time.sleep(0.5)
+    finally:
+        plain.stop()
+        durable.stop()
+    print(plain.summary(), durable.summary(), sep="\n")
+
+    # The survivors serve every slot: each master's replica was in another zone.
+    states = states_ok(sb)
+    assert all(states[pod] == "ok" for pod in survivors), states
+    after = masters(sb)
+    assert set(after) <= set(survivors) and len(after) == len(owners)
+    assert sum(len(slots_of(facts)) for facts in after.values()) == 16384
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
+
+    # The zone comes back: its pods rejoin as replicas, and still nothing is lost.
+    sb.restart(doomed)
+    wait_healthy(sb)
     _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
 
 
