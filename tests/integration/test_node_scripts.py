@@ -410,6 +410,24 @@ def _wait_replicas_in_sync(cluster: list[LocalNode], timeout: float = 10.0) -> N
             time.sleep(0.05)
 
 
+def _assert_keys_intact(cluster: list[LocalNode], expected: dict[str, str]) -> None:
+    client = _cluster_client(cluster)
+    try:
+        keys = list(expected)
+        assert client.mget_nonatomic(keys) == [expected[key] for key in keys]
+    finally:
+        client.close()
+
+
+def _wait_peer_recovery_ended(cluster: list[LocalNode], timeout: float = 15.0) -> None:
+    """Until every node's peer-recovery has said the cluster is healthy and ended."""
+    deadline = time.monotonic() + timeout
+    for node in cluster:
+        while "peer-recovery: the cluster is healthy" not in node.log_tail(10**7):
+            assert time.monotonic() < deadline, node.log_tail()
+            time.sleep(0.2)
+
+
 def _restart_all_on_new_ips(cluster: list[LocalNode], new_ips: list[str], peers: list[str]) -> None:
     stop_all(cluster)
     for node, ip in zip(cluster, new_ips):
@@ -441,20 +459,12 @@ def test_all_pods_back_on_new_ips_recover_through_the_peers_file(nodes: NodeFact
         assert addresses == set(new_ips), f"{node.pod} still knows old addresses: {addresses}"
         assert node.ip != old_ips[node.pod]
 
-    client = _cluster_client(cluster)
-    try:
-        keys = list(expected)
-        assert client.mget_nonatomic(keys) == [expected[key] for key in keys]
-        assert sum(node.client().dbsize() for node in masters_and_replicas(cluster)[0]) == len(expected)
-    finally:
-        client.close()
+    _assert_keys_intact(cluster, expected)
+    assert sum(node.client().dbsize() for node in masters_and_replicas(cluster)[0]) == len(expected)
 
     # peer-recovery notices within one interval (3 s) and ends; it printed no secret.
-    deadline = time.monotonic() + 15
+    _wait_peer_recovery_ended(cluster)
     for node in cluster:
-        while "peer-recovery: the cluster is healthy" not in node.log_tail(10**7):
-            assert time.monotonic() < deadline, node.log_tail()
-            time.sleep(0.2)
         assert node.password not in node.log_tail(10**7)
     print(
         f"\nall-new-IP recovery: cluster_state:ok on all 6 nodes {recovered_after:.1f}s after the first"
@@ -481,18 +491,9 @@ def test_all_pods_back_on_each_others_old_ips_end_with_no_stale_entry(nodes: Nod
         assert node.myself()[0] == ids[node.pod]
         seen = {fields[0]: fields[1].split(":")[0] for fields in node.cluster_nodes()}
         assert seen == {ids[peer.pod]: peer.ip for peer in cluster}, f"{node.pod} sees {seen}"
-    client = _cluster_client(cluster)
-    try:
-        keys = list(expected)
-        assert client.mget_nonatomic(keys) == [expected[key] for key in keys]
-    finally:
-        client.close()
+    _assert_keys_intact(cluster, expected)
     # Recovery ended on its own: nothing is left for it to repair.
-    deadline = time.monotonic() + 15
-    for node in cluster:
-        while "peer-recovery: the cluster is healthy" not in node.log_tail(10**7):
-            assert time.monotonic() < deadline, node.log_tail()
-            time.sleep(0.2)
+    _wait_peer_recovery_ended(cluster)
 
 
 def _peers_without_address(node: LocalNode) -> list[str]:
@@ -624,10 +625,7 @@ def test_one_crashed_master_back_on_a_new_ip_rejoins_as_a_replica(nodes: NodeFac
 
     assert crashed.myself()[0] == crashed_id, "the node must keep its identity (nodes.conf)"
     assert crashed.myself()[2] == "myself,slave" and crashed.myself()[3] == successor.myself()[0]
-    deadline = time.monotonic() + 15
-    while "peer-recovery: the cluster is healthy" not in crashed.log_tail(10**6):
-        assert time.monotonic() < deadline, crashed.log_tail()
-        time.sleep(0.2)
+    _wait_peer_recovery_ended([crashed])
     print(f"\none pod back on a new IP: healthy {took:.1f}s after its start")
 
 
