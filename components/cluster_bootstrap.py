@@ -64,8 +64,8 @@ class ClusterBootstrapArgs:
     nodes: Optional[Sequence[Mapping[str, Any]]] = None  # direct transport
     ready_timeout_seconds: pulumi.Input[int] = DEFAULT_READY_TIMEOUT
     # The operator's explicit opt-in (stack setting acceptManualChange) after a scale-in
-    # done by hand: the smaller shape is adopted instead of refused.
-    accept_manual_change: pulumi.Input[bool] = False
+    # done by hand, e.g. ["shards=3"]: exactly that smaller shape is adopted, not refused.
+    accept_manual_change: pulumi.Input[Sequence[str]] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,21 +191,25 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     return failures
 
 
-def manual_change_accepted(news: Mapping[str, Any]) -> bool:
-    return _unwrap(news.get("accept_manual_change")) is True
+def accepted_changes(news: Mapping[str, Any]) -> set[str]:
+    """What the operator's acceptManualChange names, e.g. {"shards=3", "password"}."""
+    accepted = _unwrap(news.get("accept_manual_change"))
+    if _is_unknown(accepted) or not isinstance(accepted, (list, tuple)):
+        return set()
+    return {str(item) for item in accepted}
 
 
 def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     from components.cluster_topology import scale_in_message
 
-    if manual_change_accepted(news):
-        return []
     failures = []
+    accepted = accepted_changes(news)
     for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
         old, new = _unwrap(olds.get(key)), _unwrap(news.get(key))
         if _is_unknown(old) or _is_unknown(new) or _whole(old) is None or _whole(new) is None:
             continue
-        if _whole(new) < _whole(old):
+        # Only the very shape named: a value left set cannot let a later scale-in through.
+        if _whole(new) < _whole(old) and f"{label}={_whole(new)}" not in accepted:
             failures.append((key, scale_in_message(_whole(old), _whole(new), label)))
     return failures
 
@@ -262,13 +266,16 @@ def _scrubbed(*secrets: Optional[str]) -> Iterator[None]:
 
 
 def _known_pods(props: Mapping[str, Any]) -> dict[str, str]:
-    """Node ID -> pod from the stored outputs, to name nodes that are down now."""
-    node_ids = _unwrap(props.get("node_ids"))
-    found = {str(k): str(v) for k, v in node_ids.items()} if isinstance(node_ids, Mapping) else {}
+    """Node ID -> pod from the stored outputs, to name nodes that are down now. node_ids
+    (what each node said of itself) wins over the masters/replicas lists."""
+    found = {}
     for group in ("masters", "replicas"):
         for item in _unwrap(props.get(group)) or []:
             if isinstance(item, Mapping) and item.get("id") and item.get("pod"):
                 found[str(item["id"])] = str(item["pod"])
+    node_ids = _unwrap(props.get("node_ids"))
+    if isinstance(node_ids, Mapping):
+        found.update({str(k): str(v) for k, v in node_ids.items()})
     return found
 
 
@@ -291,11 +298,11 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
             raise ValueError(refused[0][1])
         changed = []
         for key in INPUT_FIELDS:
-            new, old = news.get(key), olds.get(key)
             if key == "accept_manual_change":
-                # A state from before the setting existed holds None: the same as false.
-                old, new = bool(_unwrap(old)), new if _is_unknown(new) else bool(_unwrap(new))
-            if _is_unknown(new) or _unwrap(old) != _unwrap(new):
+                # Only a permission: setting or clearing it changes nothing on the nodes.
+                continue
+            new = news.get(key)
+            if _is_unknown(new) or _unwrap(olds.get(key)) != _unwrap(new):
                 changed.append(key)
         replaces = [k for k in changed if k in REPLACE_FIELDS and olds.get(k) is not None]
         # Drift seen by refresh (a failed node, a lost replica, open slots) makes
@@ -390,7 +397,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
             if args.nodes is None or isinstance(args.nodes, pulumi.Output)
             else [dict(n) for n in args.nodes],
             "ready_timeout_seconds": args.ready_timeout_seconds,
-            "accept_manual_change": args.accept_manual_change,
+            "accept_manual_change": list(args.accept_manual_change),
         }
         props.update({key: None for key in OUTPUT_FIELDS})
         opts = pulumi.ResourceOptions.merge(
@@ -408,7 +415,7 @@ PASSWORD_CHANGE_MESSAGE = (
     "the password of a running Redis Cluster cannot change through a deployment: pods that "
     "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
     "first (CONFIG SET requirepass and masterauth on every node, see README, Operations), then "
-    "set the new password together with `redis-eks:acceptManualChange true` for that one "
+    "set the new password together with `redis-eks:acceptManualChange password` for that one "
     "`pulumi up`, and remove the setting afterwards"
 )
 
@@ -418,7 +425,7 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     failures = scale_in_failures(olds, news)
     old_password, new_password = olds.get("password"), news.get("password")
     if (
-        not manual_change_accepted(news)
+        "password" not in accepted_changes(news)
         and old_password is not None
         and not _is_unknown(old_password)
         and not _is_unknown(new_password)
@@ -467,14 +474,14 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         shards: pulumi.Input[int],
         replicas_per_shard: pulumi.Input[int],
         password: pulumi.Input[str],
-        accept_manual_change: pulumi.Input[bool] = False,
+        accept_manual_change: pulumi.Input[Sequence[str]] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
             "shards": shards,
             "replicas_per_shard": replicas_per_shard,
             "password": pulumi.Output.secret(password),
-            "accept_manual_change": accept_manual_change,
+            "accept_manual_change": list(accept_manual_change),
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

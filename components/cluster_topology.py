@@ -644,7 +644,9 @@ class Cluster:
             else:
                 problems.append(f"{pod}: master without slots")
         layout = self.live_layout()
+        # Only what a node said of itself, now or in earlier outputs; never a guess by address.
         listed = {e.id for v in reachable for e in v.entries} | {e.id for e in entries}
+        named = {**{i: p for i, p in self._known_pods.items() if i in listed}, **{v.myid: v.node.pod for v in reachable}}
         return {
             "state": state,
             "node_count": len({e.id for e in entries}) if entries else 0,
@@ -652,7 +654,7 @@ class Cluster:
             "replicas": replicas,
             "placement": placement_report(layout, zones),
             "problems": sorted(set(problems), key=problems.index),
-            "node_ids": {node_id: pods[node_id] for node_id in sorted(listed) if node_id in pods},
+            "node_ids": dict(sorted(named.items())),
         }
 
     # -- create --------------------------------------------------------------------------
@@ -874,9 +876,9 @@ def scale_in_message(current: int, wanted: int, what: str) -> str:
         "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
         "pods with the highest ordinals (they are removed first) hold no slots, failing over "
         "with `CLUSTER FAILOVER` where needed; (3) remove them with `redis-cli --cluster "
-        "del-node`; (4) set the new shards/replicasPerShard together with "
-        "`redis-eks:acceptManualChange true` and run `pulumi up`: the StatefulSet shrinks and "
-        "the bootstrap adopts the smaller cluster; (5) remove acceptManualChange again."
+        f"del-node`; (4) set {what} to {wanted} together with `redis-eks:acceptManualChange "
+        f"{what}={wanted}` and run `pulumi up`: the StatefulSet shrinks and the bootstrap adopts "
+        "the smaller cluster; (5) remove acceptManualChange again."
     )
 
 
@@ -1079,11 +1081,11 @@ def _classify(cluster: Cluster) -> tuple[list[NodeView], list[NodeView]]:
             f"{pod} knows {len(es)} node(s) outside this StatefulSet (e.g. {es[0].host}:{es[0].port})"
             for pod, es in sorted(foreign.items(), key=lambda kv: pod_ordinal(kv[0]))
         )
-        failed_only = all(e.flags & {"fail", "noaddr"} for es in foreign.values() for e in es)
+        failed_slotless = all(e.flags & {"fail", "noaddr"} and not e.slots for es in foreign.values() for e in es)
         hint = (
-            "; they are all failed: if a pod lost its volume, `pulumi up` joins it again once its"
-            " replica has taken over (see README, the bootstrap)"
-            if failed_only
+            "; they are all failed and hold no slots: if a pod lost its volume, `pulumi refresh` and"
+            " then `pulumi up` join it again (see README, the bootstrap)"
+            if failed_slotless
             else ""
         )
         raise BootstrapError(
@@ -1192,9 +1194,17 @@ def lost_identities(cluster: Cluster, known_pods: Mapping[str, str]) -> dict[str
         pod = known_pods.get(old_id)
         if pod not in empty_fresh or pod in lost.values():
             return {}
-        if any(e.slots or e.migrating or e.importing or not e.flags & {"fail", "noaddr"} for e in entries):
+        if any(e.slots or not e.flags & {"fail", "noaddr"} for e in entries):
             return {}
         lost[old_id] = pod
+    # Forgetting would also drop a member's open slot toward an old ID (keys half moved)
+    # and Redis refuses it on a replica of that ID, after the others forgot already.
+    for view in members:
+        me = view.me
+        if me is None:
+            continue
+        if me.master_id in lost or any(target in lost for _, target in (*me.migrating, *me.importing)):
+            return {}
     return lost
 
 

@@ -123,8 +123,9 @@ class StackSettings:
     client_pod_labels: tuple[tuple[str, str], ...] = (("redis-client", "true"),)
     client_namespace_labels: tuple[tuple[str, str], ...] = ()
     bootstrap_timeout_seconds: int = 600
-    # The one-off opt-in after a scale-in or password rotation done by hand on the nodes.
-    accept_manual_change: bool = False
+    # The one-off opt-in after a scale-in or password rotation done by hand on the nodes,
+    # naming what it accepts ("shards=3", "replicasPerShard=1", "password").
+    accept_manual_change: tuple[str, ...] = ()
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -213,6 +214,14 @@ def _as_string_list(item_check):
     return parse
 
 
+_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|password)$")
+
+
+def _manual_change(item: str) -> None:
+    if not _MANUAL_CHANGE.match(item):
+        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n> or password; {item!r} is not one")
+
+
 def _subnet_id(item: str) -> None:
     if not re.match(r"^subnet-[0-9a-f]{8,17}$", item):
         raise ValueError(f"a list of subnet IDs (subnet-...); {item!r} is not one")
@@ -277,7 +286,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "clientPodLabels": ("client_pod_labels", _as_labels),
     "clientNamespaceLabels": ("client_namespace_labels", _as_labels),
     "bootstrapTimeoutSeconds": ("bootstrap_timeout_seconds", _as_int(30, 3600)),
-    "acceptManualChange": ("accept_manual_change", _as_bool),
+    "acceptManualChange": ("accept_manual_change", _as_string_list(_manual_change)),
 }
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)

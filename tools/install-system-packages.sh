@@ -10,7 +10,8 @@ command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v dash >/dev/null 2>&1 || missing="$missing dash"
 command -v make >/dev/null 2>&1 || missing="$missing make"
-python3 -m venv --help >/dev/null 2>&1 || missing="$missing python3 python3-venv"
+# Debian ships the venv module without ensurepip; `python3 -m venv` needs both.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3 python3-venv"
 [ -n "$missing" ] || exit 0
 
 echo "installing:$missing"

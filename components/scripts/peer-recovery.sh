@@ -82,7 +82,7 @@ cluster_healthy() {
         esac
         [ -n "$slots" ] || continue
         case "$flags" in
-            *fail* | *noaddr* | *handshake*) return 1 ;;
+            *fail* | *handshake*) return 1 ;;
         esac
         [ "$link" = connected ] || return 1
     done <<NODES

@@ -361,7 +361,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(server: P
             assert done.returncode == 0, done.stdout + done.stderr
         for node in nodes.nodes[6:]:
             nodes.kill(node)  # the StatefulSet removes the two pods
-        six_again = props(provider_blob, [n.as_input() for n in nodes.nodes[:6]], shards=3, accept_manual_change=True)
+        six_again = props(provider_blob, [n.as_input() for n in nodes.nodes[:6]], shards=3, accept_manual_change=["shards=3"])
         assert list(server.check(eight, six_again).failures) == []
         shrunk = server.update(created.id, state, six_again)
         final = ProviderServer.from_struct(shrunk.properties, unwrap=True)
@@ -420,7 +420,8 @@ def test_a_pod_that_lost_its_volume_joins_again_on_update(server: ProviderServer
         read = server.read(created.id, ProviderServer.from_struct(created.properties))
         assert ProviderServer.from_struct(read.properties, unwrap=True)["state"] != "ok"
         state = ProviderServer.from_struct(read.properties)
-        assert server.diff(created.id, state, news).changes == 2  # DIFF_SOME: the update repairs
+        # DIFF_SOME from the drift alone (the same inputs as at create), so refresh + up repairs.
+        assert server.diff(created.id, state, inputs).changes == 2
         # A create (lost state: nothing names the old ID) still refuses, and says what to do.
         before = cluster_nodes_snapshot(nodes)
         with pytest.raises(grpc.RpcError) as refused:

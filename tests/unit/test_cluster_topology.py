@@ -299,6 +299,27 @@ def test_anything_but_a_clear_volume_loss_is_left_alone(case: str, cluster: Clus
     assert lost_identities(cluster, known) == {}, case
 
 
+def _with_own_line(cluster: Cluster, pod: str, line: str) -> Cluster:
+    view = next(v for v in cluster.views if v.node.pod == pod)
+    view.entries = [e for e in view.entries if e.id != view.myid] + parse_cluster_nodes(line)
+    return cluster
+
+
+def test_an_old_id_a_member_still_points_at_is_left_alone() -> None:
+    # A member replicating the old ID: Redis would refuse to forget it, after the others.
+    replica = _with_own_line(
+        cluster_after_volume_loss(), "redis-cluster-4", "id4 10.0.0.5:6379@16379 myself,slave old3 0 0 1 connected"
+    )
+    assert lost_identities(replica, KNOWN_BEFORE) == {}
+    # A slot half moved toward the old ID: forgetting would drop the open slot silently.
+    migrating = _with_own_line(
+        cluster_after_volume_loss(),
+        "redis-cluster-0",
+        "id0 10.0.0.1:6379@16379 myself,master - 0 0 1 connected 0-5460 [100->-old3]",
+    )
+    assert lost_identities(migrating, KNOWN_BEFORE) == {}
+
+
 # -- provider inputs --------------------------------------------------------------------
 
 
@@ -340,23 +361,31 @@ def test_check_and_diff_refuse_scale_in_with_the_procedure() -> None:
         provider.diff("id", direct_props(replicas_per_shard=2), direct_props())
 
 
-def test_an_accepted_manual_change_lets_the_smaller_shape_through() -> None:
+def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> None:
     provider = cb.ClusterBootstrapProvider()
-    four = direct_props(shards=4, nodes=direct_props()["nodes"] * 2)
-    accepted = direct_props(accept_manual_change=True)
-    assert list(provider.check(four, accepted).failures) == []
-    assert provider.diff("id", {**four, "state": "ok"}, accepted).changes is True
+    pods = [{"pod": f"redis-cluster-{i}", "host": f"127.0.20.{i + 1}", "port": 6379} for i in range(10)]
+    five = direct_props(shards=5, nodes=pods)
+    four = direct_props(shards=4, nodes=pods[:8])
+    assert list(provider.check(five, {**four, "accept_manual_change": ["shards=4"]}).failures) == []
+    assert provider.diff("id", {**five, "state": "ok"}, {**four, "accept_manual_change": ["shards=4"]}).changes is True
+    # Left set after that change, the same value lets no further scale-in through.
+    still_set = {**direct_props(), "accept_manual_change": ["shards=4"]}
+    assert [f.property for f in provider.check(four, still_set).failures] == ["shards"]
+
     guard = cb.ClusterChangeGuardProvider()
     rotated = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
     olds = {"shards": 4, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
     assert [f.property for f in guard.check(olds, rotated).failures] == ["shards", "password"]
-    assert list(guard.check(olds, {**rotated, "accept_manual_change": True}).failures) == []
+    assert [f.property for f in guard.check(olds, {**rotated, "accept_manual_change": ["password"]}).failures] == ["shards"]
+    both = {**rotated, "accept_manual_change": ["shards=3", "password"]}
+    assert list(guard.check(olds, both).failures) == []
 
 
-def test_a_state_from_before_the_opt_in_existed_shows_no_change() -> None:
+def test_the_opt_in_alone_is_no_change_to_the_cluster() -> None:
     provider = cb.ClusterBootstrapProvider()
     olds = {key: value for key, value in direct_props().items() if key != "accept_manual_change"}
-    assert provider.diff("id", {**olds, "state": "ok"}, direct_props(accept_manual_change=False)).changes is False
+    news = direct_props(accept_manual_change=["shards=3"])
+    assert provider.diff("id", {**olds, "state": "ok"}, news).changes is False
 
 
 def test_diff_replaces_on_other_pods_and_updates_on_drift() -> None:

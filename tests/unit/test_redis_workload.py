@@ -236,10 +236,10 @@ def test_the_change_guard_comes_before_the_secret_and_the_stateful_set():
     assert is_secret(guard.inputs["password"]) and reveal(guard.inputs["password"]) == "Configured-Password-0123456789"
     assert guard.urn in run.one(SECRET).dependencies
     assert guard.urn in run.one(STATEFUL_SET).dependencies
-    assert guard.inputs["accept_manual_change"] is False
+    assert guard.inputs["accept_manual_change"] == []
 
 
 def test_the_manual_change_opt_in_reaches_the_guard_and_the_bootstrap():
-    run = build_stack("dev", acceptManualChange="true")
-    assert run.one("pulumi-python:dynamic/redis:ClusterChangeGuard").inputs["accept_manual_change"] is True
-    assert run.one("pulumi-python:dynamic/redis:ClusterBootstrap").inputs["accept_manual_change"] is True
+    run = build_stack("dev", acceptManualChange='["shards=3", "password"]')
+    for token in ("pulumi-python:dynamic/redis:ClusterChangeGuard", "pulumi-python:dynamic/redis:ClusterBootstrap"):
+        assert run.one(token).inputs["accept_manual_change"] == ["shards=3", "password"]
