@@ -425,21 +425,25 @@ def wait_replicas_online(nodes: Sequence[LocalNode], timeout: float = 60.0, inte
 def cluster_problems(nodes: Sequence[LocalNode]) -> dict[str, str]:
     """What keeps the cluster of `nodes` from being healthy, per pod (empty when healthy).
 
-    Healthy: every node reports cluster_state:ok and sees every other node at its current
-    address, linked and without a fail flag. cluster_state alone can read ok for a moment
-    after a restart, before a node has noticed that its peers are unreachable.
+    Healthy: every node reports cluster_state:ok, serves all 16384 slots and sees every
+    other node at its current address, linked and without a fail flag. cluster_state alone
+    can read ok for a moment after a restart, before a node has noticed that its peers are
+    unreachable.
     """
     addresses = {f"{node.ip}:{node.port}" for node in nodes}
     problems: dict[str, str] = {}
     for node in nodes:
         try:
-            state = node.cluster_info().get("cluster_state")
-            if state != "ok":
-                problems[node.pod] = f"cluster_state:{state}"
+            info = node.cluster_info()
+            if info.get("cluster_state") != "ok":
+                problems[node.pod] = f"cluster_state:{info.get('cluster_state')}"
+                continue
+            if info.get("cluster_slots_ok") != "16384":
+                problems[node.pod] = f"{info.get('cluster_slots_ok')} slots ok"
                 continue
             seen = {}
             for fields in node.cluster_nodes():
-                seen[fields[1].split("@")[0]] = fields
+                seen[fields[1].split("@")[0].split(",")[0]] = fields
             if set(seen) != addresses:
                 problems[node.pod] = f"knows {sorted(seen)}"
                 continue
@@ -450,7 +454,7 @@ def cluster_problems(nodes: Sequence[LocalNode]) -> dict[str, str]:
                 if fields[7] != "connected" or {"fail", "fail?", "handshake", "noaddr"} & set(flags):
                     problems[node.pod] = f"{address} is {fields[2]}/{fields[7]}"
                     break
-        except redis.RedisError as error:
+        except (redis.RedisError, OSError) as error:
             problems[node.pod] = f"error: {error}"
     return problems
 

@@ -27,12 +27,11 @@ from redis.retry import Retry
 
 from components.redis_node_files import REDIS_PORT
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
-from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session, replication_problems
+from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session, replication_problems, wait_cluster_ok
+from sandbox.local_nodes import cluster_problems as node_cluster_problems
 
-SLOTS = 16384
 TEST_OCTETS = range(40, 50)
 BENCHMARK_OCTETS = range(50, 60)
-BAD_FLAGS = {"fail", "fail?", "handshake", "noaddr"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,58 +415,16 @@ def lost_keys(sandbox: Sandbox, expected: Mapping[str, str]) -> list[str]:
 
 
 def cluster_problems(sandbox: Sandbox) -> dict[str, str]:
-    """What keeps the cluster from being healthy, per pod; empty when healthy.
-
-    Healthy is more than every node saying cluster_state:ok: right after a start a node
-    counts peers it cannot reach as up until cluster-node-timeout has passed, so it can say
-    ok while nobody reaches anybody. Here every node must also serve all 16384 slots, know
-    every node at its current address, and have a connected bus link to each, none flagged
-    fail, pfail, handshake or noaddr.
-    """
+    """`local_nodes.cluster_problems` over the sandbox's recorded pods: every node ok, all
+    slots served, every other node known at its current address, linked, no fail flag."""
     state = _state(sandbox)
-    addresses = {f"{n.host}:{n.port}" for n in state.nodes}
-    problems: dict[str, str] = {}
-    for record in state.nodes:
-        client = node_client(state, record)
-        try:
-            info = client.execute_command("CLUSTER INFO")
-            if info["cluster_state"] != "ok":
-                problems[record.pod] = f"cluster_state:{info['cluster_state']}"
-                continue
-            if int(info["cluster_slots_ok"]) != SLOTS:
-                problems[record.pod] = f"{info['cluster_slots_ok']} slots ok"
-                continue
-            seen = {}
-            for line in client.execute_command("CLUSTER", "NODES").splitlines():
-                fields = line.split()
-                seen[fields[1].split("@")[0].split(",")[0]] = fields
-            if set(seen) != addresses:
-                problems[record.pod] = f"knows {sorted(seen)}, not {sorted(addresses)}"
-                continue
-            for address, fields in seen.items():
-                flags = set(fields[2].split(","))
-                if "myself" in flags:
-                    continue
-                if fields[7] != "connected" or flags & BAD_FLAGS:
-                    problems[record.pod] = f"sees {address} as {fields[2]}/{fields[7]}"
-                    break
-        except (redis.RedisError, OSError) as error:
-            problems[record.pod] = _describe(error)
-        finally:
-            client.close()
-    return problems
+    return node_cluster_problems([sandbox.local_node(state, record) for record in state.nodes])
 
 
 def wait_healthy(sandbox: Sandbox, timeout: float = 60.0) -> float:
     """Waits until `cluster_problems` is empty; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        problems = cluster_problems(sandbox)
-        if not problems:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"cluster not healthy after {timeout:.0f}s: {problems}")
-        time.sleep(0.1)
+    state = _state(sandbox)
+    return wait_cluster_ok([sandbox.local_node(state, record) for record in state.nodes], timeout)
 
 
 def states_ok(sandbox: Sandbox) -> dict[str, str]:
