@@ -12,7 +12,6 @@ import dataclasses
 import fcntl
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from components.redis_node_files import REDIS_PORT
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
-from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session, replication_problems, wait_cluster_ok
+from sandbox.local_nodes import LOCK_DIR, LocalNode, kill_session, ports_free, replication_problems, wait_cluster_ok
 from sandbox.local_nodes import cluster_problems as node_cluster_problems
 
 TEST_OCTETS = range(40, 50)
@@ -599,22 +597,11 @@ def fresh_addresses(state: SandboxState, count: int) -> list[str]:
     found = []
     for host in range(1, 255):
         address = f"127.0.{state.third_octet}.{host}"
-        if address not in taken and _ports_free(address):
+        if address not in taken and ports_free(address):
             found.append(address)
             if len(found) == count:
                 return found
     raise RuntimeError(f"not {count} free addresses left in 127.0.{state.third_octet}.0/24")
-
-
-def _ports_free(address: str) -> bool:
-    for port in (REDIS_PORT, REDIS_PORT + 10000):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError:
-                return False
-    return True
 
 
 def _is_redis(pid: int) -> bool:
