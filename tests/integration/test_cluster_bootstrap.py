@@ -30,6 +30,7 @@ from components.node_transports import (
 from tests.integration.bootstrap_support import (
     PASSWORD,
     ProviderServer,
+    RedisNode,
     RedisNodes,
     count_keys,
     plain_strings,
@@ -646,17 +647,22 @@ def test_guard_refuses_scale_in_and_a_password_change_and_lets_scale_out_through
     assert "cannot go from 1 to 0" in refused.value.details()
 
 
+def _meet_and_wait(first: RedisNode, second: RedisNode) -> None:
+    """One MEET, as a `--cluster create` cut short leaves it: until both know each other."""
+    first.client().execute_command("CLUSTER", "MEET", second.host, second.port)
+    deadline = time.monotonic() + 10
+    while not all(b"cluster_known_nodes:2" in n.client().execute_command("CLUSTER", "INFO") for n in (first, second)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_a_formation_that_died_half_way_is_started_over(server: ProviderServer, provider_blob: str) -> None:
     """What a `--cluster create` killed mid-way leaves: some slots assigned, some nodes met."""
     with RedisNodes.on_subnet(24, 6) as nodes:
         first, second = nodes.nodes[0].client(), nodes.nodes[1].client()
         first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 5460)
         second.execute_command("CLUSTER", "ADDSLOTSRANGE", 5461, 10922)
-        first.execute_command("CLUSTER", "MEET", nodes.nodes[1].host, nodes.nodes[1].port)
-        deadline = time.monotonic() + 10
-        while b"cluster_known_nodes:2" not in second.execute_command("CLUSTER", "INFO"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _meet_and_wait(nodes.nodes[0], nodes.nodes[1])
 
         created = server.create(props(provider_blob, nodes.inputs()))
         outs = ProviderServer.from_struct(created.properties, unwrap=True)
@@ -671,11 +677,7 @@ def test_a_half_formed_cluster_holding_a_key_is_left_alone(server: ProviderServe
     with RedisNodes.on_subnet(25, 6) as nodes:
         first = nodes.nodes[0].client()
         first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 5460)
-        first.execute_command("CLUSTER", "MEET", nodes.nodes[1].host, nodes.nodes[1].port)
-        deadline = time.monotonic() + 10
-        while b"cluster_known_nodes:2" not in first.execute_command("CLUSTER", "INFO"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _meet_and_wait(nodes.nodes[0], nodes.nodes[1])
         # Serving its slots without full coverage, the node takes a write meanwhile.
         first.config_set("cluster-require-full-coverage", "no")
         key = next(f"k{i}" for i in range(100000) if key_slot(f"k{i}".encode()) <= 5460)
