@@ -33,9 +33,11 @@ from benchmarks.machine_info import cpu_model  # noqa: E402
 
 from redis.crc import key_slot  # noqa: E402
 
-from components.cluster_bootstrap import ensure_cluster  # noqa: E402
-from components.cluster_topology import POLL_SECONDS, SLOTS, Cluster  # noqa: E402
-from components.node_transports import DirectTransport  # noqa: E402
+from cluster_logic import formation, health  # noqa: E402
+from cluster_logic.cluster import Cluster  # noqa: E402
+from cluster_logic.model import SLOTS  # noqa: E402
+from cluster_logic.reconcile import ensure_cluster  # noqa: E402
+from cluster_logic.transports.direct import DirectTransport  # noqa: E402
 from tests.integration.bootstrap_support import PASSWORD, RedisNodes, count_keys  # noqa: E402
 
 
@@ -58,16 +60,9 @@ def redis_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def wait_converged(nodes: RedisNodes, shards: int, timeout: float = 120) -> None:
+    """The bootstrap's own convergence wait, polled as tightly as the bootstrap polls."""
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
-        cluster = Cluster(transport, transport.nodes)
-        deadline = time.monotonic() + timeout
-        while True:
-            cluster.refresh()
-            if not cluster.problems(shards, None):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("no convergence: " + "; ".join(cluster.problems(shards, None)[:5]))
-            time.sleep(POLL_SECONDS)
+        health.wait_converged(Cluster(transport, transport.nodes), timeout, shards)
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,7 +73,8 @@ def bootstrap_once(subnet: int, count: int, use_bootstrap: bool) -> float:
     with RedisNodes.on_subnet(subnet, count) as nodes:
         started = time.monotonic()
         if use_bootstrap:
-            topology = ensure_cluster("direct", nodes.inputs(), shards, 1, 300, password=PASSWORD, mode="create")
+            with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+                topology = ensure_cluster(transport, shards, 1, 300, mode="create")
             assert topology["state"] == "ok", topology["problems"]
         else:
             redis_cli("--cluster", "create", *[f"{n.host}:{n.port}" for n in nodes.nodes],
@@ -112,7 +108,7 @@ def load_keys(nodes: RedisNodes, total: int) -> float:
         cluster = Cluster(transport, transport.nodes[:6])
         cluster.refresh()
         owner = {}
-        by_id = cluster.node_by_id()
+        by_id = {v.myid: v.node for v in cluster.views if v.myid}
         for entry in cluster.reference_entries():
             for a, b in entry.slots:
                 for slot in range(a, b + 1):
@@ -151,14 +147,15 @@ def scale_setup(subnet: int, total: int) -> tuple[RedisNodes, float]:
     nodes = RedisNodes.on_subnet(subnet, 8)
     nodes.__enter__()
     try:
-        ensure_cluster("direct", nodes.inputs()[:6], 3, 1, 120, password=PASSWORD, mode="create")
+        with DirectTransport(nodes.inputs()[:6], PASSWORD) as transport:
+            ensure_cluster(transport, 3, 1, 120, mode="create")
         load_seconds = load_keys(nodes, total)
         assert count_keys(nodes.nodes[:6]) == total
         # Join the new master and its replica the same way for both contenders.
         with DirectTransport(nodes.inputs(), PASSWORD) as transport:
             cluster = Cluster(transport, transport.nodes)
             cluster.refresh()
-            cluster.join(4, 1, 120, [v for v in cluster.views if v.member])
+            formation.join(cluster, 4, 1, 120, [v for v in cluster.views if v.member])
         return nodes, load_seconds
     except BaseException:
         nodes.stop()
@@ -180,7 +177,7 @@ def scale_once(subnet: int, total: int, mover: str) -> tuple[float, int, int, fl
         if mover == "bootstrap":
             with DirectTransport(nodes.inputs(), PASSWORD) as transport:
                 cluster = Cluster(transport, transport.nodes)
-                cluster.rebalance(4, 300, masters=_masters(cluster))
+                formation.rebalance(cluster, 4, 300, masters=_masters(cluster))
         else:
             redis_cli("--cluster", "rebalance", f"{nodes.nodes[0].host}:6379", "--cluster-use-empty-masters")
             wait_converged(nodes, 4)

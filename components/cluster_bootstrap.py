@@ -1,8 +1,10 @@
 """`ClusterBootstrap`: a Pulumi dynamic resource that forms, converges, scales out and
 refreshes the Redis Cluster running in the StatefulSet's pods.
 
-The provider is thin: it validates inputs, builds a transport (`node_transports`) and
-calls the cluster logic (`cluster_topology`). The engine runs it in a separate process
+It is the one seam between Pulumi and the cluster logic (`cluster_logic`): it turns props
+into a spec, keeps secrets secret, builds a transport, calls `cluster_logic.reconcile`, and
+puts the refusals in this program's terms (stack settings, `pulumi up`). The engine runs
+it in a separate process
 (`python -m pulumi.dynamic`) after unpickling it with dill; this module is pickled by
 reference, so it must import cleanly and create nothing at import time.
 
@@ -17,12 +19,16 @@ import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi.dynamic
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from cluster_logic.errors import BootstrapError, ForeignNodes, ScaleInRefused, UnexpectedCluster
+from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.transports.direct import DirectTransport
+from cluster_logic.transports.kubernetes_api import KubernetesTransport
 from components.stack_settings import MAX_REPLICAS_PER_SHARD, MAX_SHARDS, MIN_SHARDS
 
 log = logging.getLogger(__name__)
@@ -199,9 +205,35 @@ def accepted_changes(news: Mapping[str, Any]) -> set[str]:
     return {str(item) for item in accepted}
 
 
-def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
-    from components.cluster_topology import scale_in_message
+def scale_in_message(current: int, wanted: int, what: str) -> str:
+    return (
+        f"{what} cannot go from {current} to {wanted}: scaling in is not automated because the "
+        "pods that go away must first hand over every key. Supported procedure: (1) move all "
+        "slots off the masters that will be removed, e.g. `redis-cli --cluster rebalance "
+        "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
+        "pods with the highest ordinals (they are removed first) hold no slots, failing over "
+        "with `CLUSTER FAILOVER` where needed; (3) remove them with `redis-cli --cluster "
+        f"del-node`; (4) set {what} to {wanted} together with `redis-eks:acceptManualChange "
+        f"{what}={wanted}` and run `pulumi up`: the StatefulSet shrinks and the bootstrap adopts "
+        "the smaller cluster; (5) remove acceptManualChange again."
+    )
 
+
+def operator_message(error: BootstrapError) -> str:
+    """The cluster logic's refusal, with what to do about it in this program's terms."""
+    if isinstance(error, ScaleInRefused):
+        return scale_in_message(error.current, error.wanted, error.what)
+    if isinstance(error, ForeignNodes) and error.failed_and_slotless:
+        return (
+            f"{error}: if a pod lost its volume, `pulumi refresh` and then `pulumi up` join it again "
+            "(see docs/operations.md, A pod lost its volume)"
+        )
+    if isinstance(error, UnexpectedCluster):
+        return f"{error}. Set shards/replicasPerShard to match it, or reshape it by hand first"
+    return str(error)
+
+
+def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     failures = []
     accepted = accepted_changes(news)
     for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
@@ -215,8 +247,6 @@ def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[
 
 
 def make_transport(spec: BootstrapSpec) -> Any:
-    from components.node_transports import DirectTransport, KubernetesTransport
-
     if spec.transport == "direct":
         return DirectTransport(spec.nodes, spec.password)
     try:
@@ -249,20 +279,27 @@ def _outputs(props: Mapping[str, Any], topology: Mapping[str, Any]) -> dict[str,
     return outs
 
 
+def scrub(message: str, secrets: Sequence[Optional[str]]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[secret]")
+    return message
+
+
 @contextmanager
-def _scrubbed(*secrets: Optional[str]) -> Iterator[None]:
-    """Re-raises any failure with the secrets cut out of its message (and without the
-    original exception chained, which the provider server would print)."""
+def _reported(*secrets: Optional[str]) -> Iterator[None]:
+    """Re-raises a refusal of the cluster logic in this program's terms, and any failure
+    whose message quotes a secret with the secret cut out (and without the original
+    exception chained, which the provider server would print)."""
     try:
         yield
+    except BootstrapError as error:
+        raise BootstrapError(scrub(operator_message(error), secrets)) from None
     except Exception as error:  # noqa: BLE001 - re-raised, cleaned
         message = str(error) or type(error).__name__
-        leaked = [s for s in secrets if s and s in message]
-        if not leaked:
+        if scrub(message, secrets) == message:
             raise
-        for secret in leaked:
-            message = message.replace(secret, "[secret]")
-        raise RuntimeError(message) from None
+        raise RuntimeError(scrub(message, secrets)) from None
 
 
 def _known_pods(props: Mapping[str, Any]) -> dict[str, str]:
@@ -311,23 +348,19 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return DiffResult(changes=bool(changed) or drift, replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        from components.cluster_topology import ensure_cluster
-
         spec = BootstrapSpec.from_props(props)
-        with _scrubbed(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+        with _reported(spec.password, spec.kubeconfig), make_transport(spec) as transport:
             topology = ensure_cluster(
                 transport, spec.shards, spec.replicas_per_shard, spec.ready_timeout_seconds, mode="create"
             )
         return CreateResult(resource_id(spec), _outputs(props, topology))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        from components.cluster_topology import ScaleInRefused, ensure_cluster
-
         refused = scale_in_failures(olds, news)
         if refused:
-            raise ScaleInRefused(refused[0][1])
+            raise BootstrapError(refused[0][1])
         spec = BootstrapSpec.from_props(news)
-        with _scrubbed(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+        with _reported(spec.password, spec.kubeconfig), make_transport(spec) as transport:
             topology = ensure_cluster(
                 transport,
                 spec.shards,
@@ -339,17 +372,14 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return UpdateResult(_outputs(news, topology))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        from components.cluster_topology import read_topology
-
         spec = BootstrapSpec.from_props(props)
         try:
             with make_transport(spec) as transport:
                 topology = read_topology(transport, spec.shards, spec.replicas_per_shard, _known_pods(props))
         except Exception as error:  # noqa: BLE001 - refresh reports, it does not fail
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            for secret in (spec.password, spec.kubeconfig):
-                if secret and secret in message:
-                    message = type(error).__name__
+            if scrub(message, (spec.password, spec.kubeconfig)) != message:
+                message = type(error).__name__
             topology = {
                 "state": "unreachable",
                 "node_count": 0,
@@ -414,7 +444,7 @@ GUARD_FIELDS = ("shards", "replicas_per_shard", "password")
 PASSWORD_CHANGE_MESSAGE = (
     "the password of a running Redis Cluster cannot change through a deployment: pods that "
     "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
-    "first (CONFIG SET requirepass and masterauth on every node, see README, Operations), then "
+    "first (CONFIG SET requirepass and masterauth on every node, see docs/operations.md, Rotating the password), then "
     "set the new password together with `redis-eks:acceptManualChange password` for that one "
     "`pulumi up`, and remove the setting afterwards"
 )
@@ -485,54 +515,3 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)
-
-
-# ---------------------------------------------------------------------------------------
-# Plain functions for the local sandbox: the provider's own logic, without an engine.
-# ---------------------------------------------------------------------------------------
-
-
-def ensure_cluster(
-    transport: Union[str, Any],
-    nodes: Sequence[Mapping[str, Any]],
-    shards: int,
-    replicas_per_shard: int,
-    timeout: float = DEFAULT_READY_TIMEOUT,
-    *,
-    password: str,
-    mode: str = "update",
-) -> dict[str, Any]:
-    """Forms, adopts or scales out the cluster on `nodes` ({pod, host, port, zone}) and
-    returns the topology the resource would output. `transport` is "direct" or a
-    `NodeTransport`. mode "update" also scales out; "create" only forms or adopts."""
-    from components import cluster_topology
-    from components.node_transports import DirectTransport
-
-    owned = transport == "direct"
-    chosen = DirectTransport(nodes, password) if owned else transport
-    try:
-        return cluster_topology.ensure_cluster(chosen, int(shards), int(replicas_per_shard), float(timeout), mode=mode)
-    finally:
-        if owned:
-            chosen.close()
-
-
-def read_topology(
-    transport: Union[str, Any],
-    nodes: Sequence[Mapping[str, Any]],
-    shards: int,
-    replicas_per_shard: int,
-    *,
-    password: str,
-) -> dict[str, Any]:
-    """The live topology of the cluster on `nodes`, as `pulumi refresh` would report it."""
-    from components import cluster_topology
-    from components.node_transports import DirectTransport
-
-    owned = transport == "direct"
-    chosen = DirectTransport(nodes, password) if owned else transport
-    try:
-        return cluster_topology.read_topology(chosen, int(shards), int(replicas_per_shard))
-    finally:
-        if owned:
-            chosen.close()

@@ -78,7 +78,7 @@ class EksPlatform(pulumi.ComponentResource):
             provisioner=settings.storage_provisioner,
             parameters=_storage_parameters(settings, volume_key_arn),
             # Redis data must outlive the claim and a `pulumi destroy`: volumes are removed
-            # on purpose only (README, "Deleting data").
+            # on purpose only (docs/operations.md, "Deleting data").
             reclaim_policy="Retain",
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,

@@ -5,6 +5,8 @@ frozen `StackSettings`. `parse_settings()` does the actual work on a plain mappi
 tests and the local sandbox can use it without a Pulumi engine. A bad value raises
 `SettingsError` naming the key, the value and what is allowed: this happens while the
 program runs, i.e. during `pulumi preview`, before anything is created.
+`load_stack_config()` reads a `Pulumi.<stack>.yaml` the way the engine would hand it over,
+for the tools, the sandbox and the tests that run without an engine.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import yaml
+
 NAMESPACE = "redis-eks"
+# Where Pulumi.yaml and the Pulumi.<stack>.yaml files live.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # EKS minor versions in standard support on the date this was pinned (1.34 leaves standard
 # support on 2026-12-02). Add a version here once it has been tried on a dev stack.
@@ -342,18 +349,27 @@ def _check_relations(s: StackSettings, values: Mapping[str, Any]) -> None:
             "existing VPC, or neither to create one"
         )
     if s.private_subnet_ids and len(s.private_subnet_ids) < 2:
-        raise _fail("privateSubnetIds", list(s.private_subnet_ids), "EKS needs subnets in at least 2 availability zones")
+        raise _fail(
+            "privateSubnetIds", list(s.private_subnet_ids), "EKS needs subnets in at least 2 availability zones"
+        )
     if s.platform == "existing" and s.kubeconfig is None:
         raise SettingsError(
             f"{NAMESPACE}:platform = 'existing' needs {NAMESPACE}:kubeconfig, set as a secret: "
-            f"pulumi config set --secret {NAMESPACE}:kubeconfig \"$(cat ~/.kube/config)\""
+            f'pulumi config set --secret {NAMESPACE}:kubeconfig "$(cat ~/.kube/config)"'
         )
     if s.platform == "eks" and s.storage_provisioner != EBS_PROVISIONER:
         raise _fail("storageProvisioner", s.storage_provisioner, f"platform=eks uses {EBS_PROVISIONER}")
     if s.platform == "existing":
         eks_only = sorted(
             key
-            for key in ("vpcId", "privateSubnetIds", "nodeInstanceType", "nodeMinSize", "nodeDesiredSize", "nodeMaxSize")
+            for key in (
+                "vpcId",
+                "privateSubnetIds",
+                "nodeInstanceType",
+                "nodeMinSize",
+                "nodeDesiredSize",
+                "nodeMaxSize",
+            )
             if key in values
         )
         if eks_only:
@@ -382,8 +398,6 @@ def _check_relations(s: StackSettings, values: Mapping[str, Any]) -> None:
 
 
 def _check_kubeconfig(text: str) -> None:
-    import yaml
-
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -394,6 +408,18 @@ def _check_kubeconfig(text: str) -> None:
         )
 
 
+def load_stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
+    """The `config:` block of Pulumi.<stack>.yaml, as the engine hands it to the program."""
+    document = yaml.safe_load((project_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
+    config = {}
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, dict) and "secure" in value:
+            raise ValueError(f"{key} is encrypted; rendering needs plain values (use --set)")
+        # The engine passes every value as a string, lists and objects as JSON.
+        config[key] = value if isinstance(value, str) else json.dumps(value)
+    return config
+
+
 def load_settings() -> StackSettings:
     """Read the current stack's `redis-eks:` config into validated settings."""
     import pulumi
@@ -402,7 +428,7 @@ def load_settings() -> StackSettings:
     config = pulumi.Config(NAMESPACE)
     prefix = NAMESPACE + ":"
     configured = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env() or {})
-    values = {key[len(prefix):]: config.get(key[len(prefix):]) for key in configured if key.startswith(prefix)}
+    values = {key[len(prefix) :]: config.get(key[len(prefix) :]) for key in configured if key.startswith(prefix)}
     settings = parse_settings(values)
     return dataclasses.replace(
         settings,

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from components.cluster_topology import BootstrapError
+from cluster_logic.errors import BootstrapError
 from components.stack_settings import SettingsError
 from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
 

@@ -22,7 +22,9 @@ from typing import Any, Optional, Sequence
 
 import redis
 
-from components.cluster_bootstrap import ensure_cluster, read_topology
+from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_cluster_nodes
+from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.transports.direct import DirectTransport
 from components.redis_node_files import REDIS_PORT
 from components.stack_settings import NAMESPACE, StackSettings, parse_settings
 from sandbox.local_nodes import LocalNode, kill_session, ports_free
@@ -186,15 +188,8 @@ class Sandbox:
             if not _alive(record):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
-        topology = ensure_cluster(
-            "direct",
-            [{"pod": n.pod, "host": n.host, "port": n.port, "zone": n.zone} for n in state.nodes],
-            shards,
-            replicas_per_shard,
-            timeout,
-            password=state.password,
-            mode="update",
-        )
+        with _transport(state) as transport:
+            topology = ensure_cluster(transport, shards, replicas_per_shard, timeout, mode="update")
         self._record_roles(state)
         return topology
 
@@ -215,15 +210,15 @@ class Sandbox:
                 info = client.info("replication")
                 row.update(
                     state="up",
-                    id=myself[0],
+                    id=myself.id,
                     role=info["role"],
-                    master_id=myself[3] if myself[3] != "-" else None,
-                    slots=" ".join(myself[8:]),
+                    master_id=myself.master_id,
+                    slots=" ".join(format_ranges(myself.slots)),
                     link=info.get("master_link_status", "-"),
                     keys=client.dbsize(),
                     cluster_state=client.execute_command("CLUSTER INFO")["cluster_state"],
                 )
-                by_id[myself[0]] = record.pod
+                by_id[myself.id] = record.pod
                 client.close()
             except (redis.RedisError, OSError) as error:
                 row.update(state=f"unreachable ({error})")
@@ -236,13 +231,8 @@ class Sandbox:
     def topology(self) -> dict[str, Any]:
         """The live topology as `pulumi refresh` would report it."""
         state = self._require_state()
-        return read_topology(
-            "direct",
-            [{"pod": n.pod, "host": n.host, "port": n.port, "zone": n.zone} for n in state.nodes],
-            state.shards,
-            state.replicas_per_shard,
-            password=state.password,
-        )
+        with _transport(state) as transport:
+            return read_topology(transport, state.shards, state.replicas_per_shard)
 
     def kill(self, pod: str) -> None:
         """SIGKILL, like a crashed container: no preStop, no shutdown."""
@@ -411,9 +401,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def _myself(nodes_text: str) -> list[str]:
-    for line in nodes_text.splitlines():
-        fields = line.split()
-        if "myself" in fields[2].split(","):
-            return fields
+def _myself(nodes_text: str) -> NodeEntry:
+    for entry in parse_cluster_nodes(nodes_text):
+        if entry.myself:
+            return entry
     raise SandboxError("CLUSTER NODES has no myself line")
+
+
+def _transport(state: SandboxState) -> DirectTransport:
+    nodes = [NodeAddress(n.pod, n.host, n.port, n.zone) for n in state.nodes]
+    return DirectTransport(nodes, state.password)

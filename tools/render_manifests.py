@@ -3,9 +3,17 @@
 It runs the real program (`__main__.py`) with the Pulumi runtime's mocks instead of an
 engine, so what it prints comes from the same code path as `pulumi up`: the same settings
 validation, the same components, the same typed Kubernetes args. Cloud resources are
-faked (no AWS call is made); Secret values are masked.
+faked (no AWS call is made); Secret values are masked. The output is deterministic
+(objects in a fixed order, keys sorted), so two renders can be diffed.
 
     python -m tools.render_manifests --stack dev [--set shards=4 ...] > manifests.yaml
+
+    python -m tools.render_manifests --update-golden    # what `make golden` runs
+
+`--update-golden` rewrites tests/golden/<stack>/manifests.yaml (what `--stack <stack>`
+prints) and tests/golden/<stack>/redis.conf (the redis.conf every pod of the stack runs)
+for the dev and prod stacks; tests/unit/test_golden_renders.py fails until they match, so
+every change to what reaches a cluster shows up in review as a diff of those files.
 
 The unit tests use `run_program` to build whole stacks.
 """
@@ -25,10 +33,24 @@ import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
-from components.stack_settings import SettingsError
+from components.redis_node_files import render_redis_conf
+from components.stack_settings import NAMESPACE, PROJECT_DIR, SettingsError, load_stack_config, parse_settings
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "redis-eks"
+GOLDEN_DIR = PROJECT_DIR / "tests" / "golden"
+GOLDEN_STACKS = ("dev", "prod")
+# Objects print in this order, those that others refer to first; any other kind follows,
+# by kind and name.
+KIND_ORDER = (
+    "Namespace",
+    "StorageClass",
+    "Secret",
+    "ConfigMap",
+    "Service",
+    "StatefulSet",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+)
 MASK = "<secret: masked>"
 MOCK_ACCOUNT = "123456789012"
 # How Pulumi's wire format marks a secret value: {SECRET_SIG: SECRET_SIG_VALUE, "value": ...}.
@@ -39,10 +61,26 @@ SECRET_SIG_VALUE = "1b47061264138c4ac30d75fd1eb44270"
 MOCK_KUBECONFIG = {
     "apiVersion": "v1",
     "kind": "Config",
-    "clusters": [{"name": "mock", "cluster": {"server": "https://mock.eks.amazonaws.com", "certificate-authority-data": "bW9jaw=="}}],
+    "clusters": [
+        {
+            "name": "mock",
+            "cluster": {"server": "https://mock.eks.amazonaws.com", "certificate-authority-data": "bW9jaw=="},
+        }
+    ],
     "contexts": [{"name": "aws", "context": {"cluster": "mock", "user": "aws"}}],
     "current-context": "aws",
-    "users": [{"name": "aws", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": ["eks", "get-token", "--cluster-name", "mock"]}}}],
+    "users": [
+        {
+            "name": "aws",
+            "user": {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1beta1",
+                    "command": "aws",
+                    "args": ["eks", "get-token", "--cluster-name", "mock"],
+                }
+            },
+        }
+    ],
 }
 
 
@@ -158,17 +196,6 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
-def load_stack_config(stack: str) -> dict[str, str]:
-    """The `config:` block of Pulumi.<stack>.yaml, as the engine hands it to the program."""
-    document = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text()) or {}
-    config = {}
-    for key, value in (document.get("config") or {}).items():
-        if isinstance(value, dict) and "secure" in value:
-            raise ValueError(f"{key} is encrypted; rendering needs plain values (use --set)")
-        config[key] = value if isinstance(value, str) else json.dumps(value)
-    return config
-
-
 def run_program(
     config: dict[str, str],
     stack: str = "dev",
@@ -220,8 +247,67 @@ def kubernetes_manifests(run: ProgramRun) -> list[dict[str, Any]]:
             for key in ("data", "stringData"):
                 if key in manifest:
                     manifest[key] = {name: MASK for name in manifest[key]}
-        manifests.append(_whole_numbers(manifest))
-    return manifests
+        manifests.append(_canonical(_whole_numbers(manifest)))
+    # Registration order depends on how the program's outputs resolve, so it varies
+    # between runs; a fixed order keeps renders diffable.
+    return sorted(manifests, key=_manifest_order)
+
+
+def manifests_yaml(manifests: list[dict[str, Any]]) -> str:
+    """The manifests as one multi-document YAML text, multi-line values as literal blocks."""
+    return yaml.dump_all(manifests, Dumper=_ReviewDumper, sort_keys=False)
+
+
+def stack_redis_conf(config: dict[str, str]) -> str:
+    """The redis.conf every pod of a stack with this config runs."""
+    prefix = NAMESPACE + ":"
+    values = {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
+    return render_redis_conf(parse_settings(values))
+
+
+def golden_renders(stack: str) -> dict[Path, str]:
+    """Golden file -> its expected content, for one stack file as it is."""
+    config = load_stack_config(stack)
+    manifests = kubernetes_manifests(run_program(config, stack=stack))
+    directory = GOLDEN_DIR / stack
+    return {directory / "manifests.yaml": manifests_yaml(manifests), directory / "redis.conf": stack_redis_conf(config)}
+
+
+def _manifest_order(manifest: dict[str, Any]) -> tuple:
+    kind = manifest["kind"]
+    rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+    metadata = manifest.get("metadata") or {}
+    return (rank, kind, metadata.get("namespace") or "", metadata.get("name") or "")
+
+
+def _canonical(manifest: dict[str, Any]) -> dict[str, Any]:
+    # Key order comes out of Pulumi's wire format differently on every run. kubectl's
+    # order (alphabetical) is one a reader knows, with the object's header on top.
+    head = [key for key in ("apiVersion", "kind", "metadata") if key in manifest]
+    rest = sorted(key for key in manifest if key not in head)
+    return {key: _sorted_keys(manifest[key]) for key in head + rest}
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
+
+
+class _ReviewDumper(yaml.SafeDumper):
+    """Safe YAML whose multi-line strings (redis.conf, the scripts) read like the files."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # PyYAML falls back to a quoted style by itself when a block cannot hold the value
+    # (trailing spaces, control characters).
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReviewDumper.add_representer(str, _represent_str)
 
 
 def _plain(value: Any) -> Any:
@@ -253,7 +339,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a redis-eks: setting, e.g. shards=4"
     )
+    parser.add_argument(
+        "--update-golden",
+        action="store_true",
+        help=f"rewrite the golden renders of the {' and '.join(GOLDEN_STACKS)} stacks under tests/golden/",
+    )
     options = parser.parse_args(argv)
+    if options.update_golden:
+        if options.set:
+            # A golden file records a stack file as it is; an override would hide a change.
+            parser.error("--update-golden renders the stack files as they are; it takes no --set")
+        return update_golden()
     config = load_stack_config(options.stack)
     for assignment in options.set:
         key, _, value = assignment.partition("=")
@@ -263,7 +359,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    yaml.safe_dump_all(kubernetes_manifests(run), sys.stdout, sort_keys=False)
+    sys.stdout.write(manifests_yaml(kubernetes_manifests(run)))
+    return 0
+
+
+def update_golden() -> int:
+    for stack in GOLDEN_STACKS:
+        for path, text in golden_renders(stack).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            changed = not path.exists() or path.read_text() != text
+            path.write_text(text)
+            print(f"{'updated' if changed else 'unchanged'}: {path.relative_to(PROJECT_DIR)}", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import redis
 
@@ -341,3 +341,14 @@ def run_async(coro: Any) -> Any:
         return loop.run_until_complete(coro)
     finally:
         loop.close()
+
+
+def local_port_forward(addresses: Mapping[str, tuple[str, int]]) -> Callable[[str, str, int], Any]:
+    """A stand-in for the API port-forward that connects straight to a local address;
+    for exercising `KubernetesTransport` against local redis-server processes."""
+
+    def forward(namespace: str, pod: str, port: int) -> Any:
+        host, real_port = addresses[pod]
+        return socket.create_connection((host, real_port), timeout=5)
+
+    return forward

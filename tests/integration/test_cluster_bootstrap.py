@@ -18,21 +18,25 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from components import cluster_topology
-from components.cluster_topology import Cluster, ensure_cluster, read_topology
-from components.node_transports import (
-    CliResult,
-    DirectTransport,
-    KubernetesTransport,
-    NodeAddress,
-    local_port_forward,
-)
+from cluster_logic import health
+from cluster_logic.cluster import Cluster
+from cluster_logic.deadline import Deadline
+from cluster_logic.errors import BootstrapError
+from cluster_logic.formation import correct_placement
+from cluster_logic.migration import SlotMover
+from cluster_logic.model import SLOTS, NodeAddress
+from cluster_logic.observation import wait_ready
+from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.transports.base import CliResult
+from cluster_logic.transports.direct import DirectTransport
+from cluster_logic.transports.kubernetes_api import KubernetesTransport
 from tests.integration.bootstrap_support import (
     PASSWORD,
     ProviderServer,
     RedisNode,
     RedisNodes,
     count_keys,
+    local_port_forward,
     plain_strings,
     secret,
     serialized_provider,
@@ -105,7 +109,7 @@ def test_create_adopt_read_and_delete_over_grpc(server: ProviderServer, provider
         assert outs["state"] == "ok", outs["problems"]
         assert outs["node_count"] == 6
         assert len(outs["masters"]) == 3 and len(outs["replicas"]) == 3
-        assert sum(m["slot_count"] for m in outs["masters"]) == cluster_topology.SLOTS
+        assert sum(m["slot_count"] for m in outs["masters"]) == SLOTS
         assert all(r["link"] == "up" for r in outs["replicas"])
         assert outs["placement"]["zone_aware"] is True
         assert created.id.startswith("direct/")
@@ -185,12 +189,12 @@ def test_replicate_corrects_a_same_zone_layout() -> None:
         assert done.returncode == 0, done.stdout[-500:]
         with DirectTransport(nodes.inputs(), PASSWORD) as transport:
             cluster = Cluster(transport, transport.nodes)
-            cluster.wait_converged(30, 3, None)
-            before = cluster.topology(3, 1)
+            health.wait_converged(cluster, 30, 3, None)
+            before = health.topology(cluster, 3, 1)
             assert len(before["placement"]["replicas_in_master_zone"]) == 3
             masters_before = [m["id"] for m in before["masters"]]
-            cluster.correct_placement(3, 1, 30)
-            after = cluster.topology(3, 1)
+            correct_placement(cluster, 3, 1, Deadline(30))
+            after = health.topology(cluster, 3, 1)
         assert after["state"] == "ok"
         assert after["placement"]["replicas_in_master_zone"] == []
         assert [m["id"] for m in after["masters"]] == masters_before
@@ -203,7 +207,7 @@ def test_non_empty_or_foreign_nodes_are_refused_untouched(server: ProviderServer
 
         # One node holds keys (it was given all slots and written to).
         loaded = ours[2].client()
-        loaded.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, cluster_topology.SLOTS - 1)
+        loaded.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, SLOTS - 1)
         deadline = time.monotonic() + 10
         while b"cluster_state:ok" not in loaded.execute_command("CLUSTER", "INFO") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -313,7 +317,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(server: P
         assert outs["state"] == "ok", outs["problems"]
         assert len(outs["masters"]) == 4 and len(outs["replicas"]) == 4
         new_master = next(m for m in outs["masters"] if m["pod"] in ("redis-cluster-6", "redis-cluster-7"))
-        assert abs(new_master["slot_count"] - cluster_topology.SLOTS // 4) <= 1
+        assert abs(new_master["slot_count"] - SLOTS // 4) <= 1
         assert outs["placement"]["replicas_in_master_zone"] == []
         assert_no_plain_password(updated.properties)
 
@@ -368,7 +372,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(server: P
         final = ProviderServer.from_struct(shrunk.properties, unwrap=True)
         assert final["state"] == "ok", final["problems"]
         assert len(final["masters"]) == 3 and len(final["replicas"]) == 3
-        assert sum(m["slot_count"] for m in final["masters"]) == cluster_topology.SLOTS
+        assert sum(m["slot_count"] for m in final["masters"]) == SLOTS
         assert count_keys(nodes.nodes[:6]) >= 20000 + len(writer.acked)
         client.close()
         client = RedisCluster(startup_nodes=[ClusterNode(nodes.nodes[0].host, 6379)], password=PASSWORD)
@@ -535,15 +539,15 @@ def test_kubernetes_pending_pod_times_out_naming_it() -> None:
             port_forward=local_port_forward({n.pod: (n.host, n.port) for n in nodes.nodes}),
         )
         transport.poll_interval = 0.1
-        with pytest.raises(cluster_topology.BootstrapError) as timed_out:
+        with pytest.raises(BootstrapError) as timed_out:
             ensure_cluster(transport, 3, 1, 1)
         assert "redis-cluster-4 (phase Pending)" in str(timed_out.value)
 
 
 def test_direct_transport_missing_node_is_named_immediately() -> None:
     transport = DirectTransport([{"pod": "redis-cluster-0", "host": "127.0.28.1"}], PASSWORD)
-    with pytest.raises(cluster_topology.BootstrapError) as missing:
-        cluster_topology.wait_ready(transport, 6, 30)
+    with pytest.raises(BootstrapError) as missing:
+        wait_ready(transport, 6, 30)
     assert "redis-cluster-1" in str(missing.value)
 
 
@@ -578,10 +582,10 @@ def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed() -> None:
         pipe.execute_command("SET", "busy", "theirs")
         pipe.execute()
 
-        mover = cluster_topology.SlotMover(
+        mover = SlotMover(
             transport, {by_pod[pods[e.id]]: e.id for e in masters}, [by_pod[pods[e.id]] for e in masters]
         )
-        with pytest.raises(cluster_topology.BootstrapError) as refused:
+        with pytest.raises(BootstrapError) as refused:
             mover.move_slot(slot, source, target)
         assert f"slot {slot}" in str(refused.value) and "different values" in str(refused.value)
         assert PASSWORD not in str(refused.value)

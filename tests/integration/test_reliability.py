@@ -45,7 +45,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from components.cluster_topology import BootstrapError
+from cluster_logic.errors import BootstrapError
 from sandbox.local_cluster import SandboxError
 from tests.integration.reliability_support import (
     ManagedSandbox,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.render_manifests import SECRET_SIG, SECRET_SIG_VALUE, ProgramRun, load_stack_config, run_program
+from components.stack_settings import load_stack_config
+from tools.render_manifests import SECRET_SIG, SECRET_SIG_VALUE, ProgramRun, run_program
 
 KUBECONFIG = """
 apiVersion: v1

@@ -44,7 +44,15 @@ def test_strict_validation_catches_a_misspelt_field(dev_stack):
 
 def test_render_command_prints_every_object_with_secrets_masked():
     result = subprocess.run(
-        [sys.executable, "-m", "tools.render_manifests", "--stack", "dev", "--set", "password=Review-Password-0123456789"],
+        [
+            sys.executable,
+            "-m",
+            "tools.render_manifests",
+            "--stack",
+            "dev",
+            "--set",
+            "password=Review-Password-0123456789",
+        ],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
@@ -54,7 +62,17 @@ def test_render_command_prints_every_object_with_secrets_masked():
     documents = list(yaml.safe_load_all(result.stdout))
     kinds = sorted(d["kind"] for d in documents)
     assert kinds == sorted(
-        ["Namespace", "StorageClass", "Secret", "ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy"]
+        [
+            "Namespace",
+            "StorageClass",
+            "Secret",
+            "ConfigMap",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ]
     )
     secret = next(d for d in documents if d["kind"] == "Secret")
     assert secret["stringData"] == {"password": MASK, "auth.conf": MASK}

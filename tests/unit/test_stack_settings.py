@@ -6,10 +6,11 @@ from components.stack_settings import (
     DEFAULT_CLUSTER_VERSION,
     EBS_CSI_DRIVER_VERSIONS,
     SettingsError,
+    load_stack_config,
     parse_settings,
 )
 from tests.unit.conftest import KUBECONFIG
-from tools.render_manifests import ProgramRun, load_stack_config, run_program
+from tools.render_manifests import ProgramRun, run_program
 
 
 def test_defaults_describe_a_small_three_shard_cluster():
@@ -67,7 +68,10 @@ BAD_VALUES = [
     ({"clusterVersion": "latest"}, ["redis-eks:clusterVersion", "'latest'"]),
     ({"nodeInstanceType": "large"}, ["redis-eks:nodeInstanceType", "'large'", "instance type"]),
     ({"vpcId": "vpc-0123456789abcdef0"}, ["vpcId", "privateSubnetIds", "both"]),
-    ({"privateSubnetIds": '["subnet-00000000000000001"]', "vpcId": "vpc-0123456789abcdef0"}, ["privateSubnetIds", "2 availability zones"]),
+    (
+        {"privateSubnetIds": '["subnet-00000000000000001"]', "vpcId": "vpc-0123456789abcdef0"},
+        ["privateSubnetIds", "2 availability zones"],
+    ),
     ({"privateSubnetIds": '["sn-1", "sn-2"]'}, ["redis-eks:privateSubnetIds", "'sn-1'", "subnet IDs"]),
     ({"publicAccessCidrs": '["0.0.0.0/33"]'}, ["redis-eks:publicAccessCidrs", "CIDR"]),
     ({"natGateways": "three"}, ["redis-eks:natGateways", "single, onePerAz"]),
@@ -83,15 +87,21 @@ BAD_VALUES = [
     ({"clientPodLabels": '["app"]'}, ["redis-eks:clientPodLabels", "labels"]),
     ({"storageKmsKeyArn": "my-key"}, ["redis-eks:storageKmsKeyArn", "kms ARN"]),
     ({"shard": "3"}, ["redis-eks:shard", "did you mean redis-eks:shards"]),
-    ({"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p", "nodeMaxSize": "9"},
-     ["redis-eks:nodeMaxSize", "only applies to platform=eks"]),
-    ({"platform": "existing", "kubeconfig": "not a kubeconfig", "storageProvisioner": "x.io/p"},
-     ["redis-eks:kubeconfig", "clusters and contexts"]),
+    (
+        {"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p", "nodeMaxSize": "9"},
+        ["redis-eks:nodeMaxSize", "only applies to platform=eks"],
+    ),
+    (
+        {"platform": "existing", "kubeconfig": "not a kubeconfig", "storageProvisioner": "x.io/p"},
+        ["redis-eks:kubeconfig", "clusters and contexts"],
+    ),
     ({"bootstrapTimeoutSeconds": "5"}, ["redis-eks:bootstrapTimeoutSeconds", "from 30 to 3600"]),
 ]
 
 
-@pytest.mark.parametrize("values, fragments", BAD_VALUES, ids=[next(iter(v)) + "=" + str(next(iter(v.values())))[:20] for v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    "values, fragments", BAD_VALUES, ids=[next(iter(v)) + "=" + str(next(iter(v.values())))[:20] for v, _ in BAD_VALUES]
+)
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, fragments):
     with pytest.raises(SettingsError) as raised:
         parse_settings(values)

@@ -1,0 +1,189 @@
+"""For a deploy that runs where pod IPs are not routable (outside the VPC): pods are listed with the Kubernetes
+API, redis-py talks to each pod through an API port-forward, and `redis-cli` runs inside a
+pod (exec), reading the password from the mounted secret file, so it never leaves the
+cluster in a process argv."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import redis
+from redis.connection import Connection, ConnectionPool
+
+from cluster_logic.model import NodeAddress
+from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS, CliResult, NodeTransport, PodStatus, TransportError
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SECRET_FILE = "/etc/redis-secret/password"
+CONTAINER = "redis"
+
+ExecFunction = Callable[[str, str, str, Sequence[str], float], CliResult]
+"""(namespace, pod, container, argv, timeout) -> result of the command inside the pod."""
+
+PortForwardFunction = Callable[[str, str, int], Any]
+"""(namespace, pod, port) -> a connected socket-like object to that port of the pod."""
+
+# Runs redis-cli inside the pod with the password read from the mounted secret by the
+# pod's own shell: the password is in neither the exec request nor any argv.
+_IN_POD_REDIS_CLI = 'REDISCLI_AUTH="$(cat "$0")" exec redis-cli "$@"'
+
+
+def in_pod_redis_cli_argv(args: Sequence[str], secret_file: str = SECRET_FILE) -> list[str]:
+    return ["sh", "-c", _IN_POD_REDIS_CLI, secret_file, *args]
+
+
+class _SocketConnection(Connection):
+    """A redis-py connection over a socket someone else opens (a port-forward)."""
+
+    def __init__(self, open_socket: Callable[[], Any], **kwargs: Any) -> None:
+        self._open_socket = open_socket
+        super().__init__(**kwargs)
+
+    def _connect(self) -> Any:
+        sock = self._open_socket()
+        sock.settimeout(self.socket_timeout)
+        return sock
+
+
+class KubernetesTransport(NodeTransport):
+    poll_interval = 1.0
+    probe_concurrency = 16
+
+    def __init__(
+        self,
+        *,
+        core_api: Any,
+        namespace: str,
+        stateful_set_name: str,
+        password: str,
+        pod_selector: Optional[str] = None,
+        port: int = 6379,
+        container: str = CONTAINER,
+        secret_file: str = SECRET_FILE,
+        exec_function: Optional[ExecFunction] = None,
+        port_forward: Optional[PortForwardFunction] = None,
+    ) -> None:
+        super().__init__(password)
+        self._api = core_api
+        self._namespace = namespace
+        self._sts = stateful_set_name
+        self._selector = pod_selector
+        self._port = port
+        self._container = container
+        self._secret_file = secret_file
+        self._exec = exec_function or self._stream_exec
+        self._port_forward = port_forward or self._stream_port_forward
+        self._zones: dict[str, str] = {}
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: Optional[str], **kwargs: Any) -> "KubernetesTransport":
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
+        if kubeconfig:
+            import yaml
+
+            api_client = k8s_config.new_client_from_config_dict(yaml.safe_load(kubeconfig))
+        else:
+            try:
+                k8s_config.load_incluster_config()
+                api_client = k8s_client.ApiClient()
+            except k8s_config.ConfigException:
+                api_client = k8s_config.new_client_from_config()
+        return cls(core_api=k8s_client.CoreV1Api(api_client), **kwargs)
+
+    # -- pods ---------------------------------------------------------------------------
+
+    def pod_statuses(self, count: int) -> list[PodStatus]:
+        wanted = [f"{self._sts}-{i}" for i in range(count)]
+        listing = self._api.list_namespaced_pod(self._namespace, label_selector=self._selector or None)
+        pods = {pod.metadata.name: pod for pod in listing.items}
+        return [self._status(name, pods.get(name)) for name in wanted]
+
+    def _status(self, name: str, pod: Any) -> PodStatus:
+        if pod is None:
+            return PodStatus(name, False, "pod not found")
+        if getattr(pod.metadata, "deletion_timestamp", None):
+            return PodStatus(name, False, "pod is terminating")
+        status = pod.status
+        phase = getattr(status, "phase", None)
+        if phase != "Running":
+            return PodStatus(name, False, f"phase {phase or 'unknown'}")
+        conditions = {c.type: c.status for c in (getattr(status, "conditions", None) or [])}
+        if conditions.get("Ready") != "True":
+            return PodStatus(name, False, "not Ready")
+        if not getattr(status, "pod_ip", None):
+            return PodStatus(name, False, "no pod IP yet")
+        zone = self._zone_of(getattr(pod.spec, "node_name", None))
+        return PodStatus(name, True, node=NodeAddress(name, status.pod_ip, self._port, zone))
+
+    def _zone_of(self, node_name: Optional[str]) -> str:
+        if not node_name:
+            return ""
+        if node_name not in self._zones:
+            try:
+                node = self._api.read_node(node_name)
+                labels = node.metadata.labels or {}
+                self._zones[node_name] = labels.get(ZONE_LABEL, "")
+            except Exception:  # noqa: BLE001 - without RBAC on nodes, placement is zone-blind
+                self._zones[node_name] = ""
+        return self._zones[node_name]
+
+    # -- redis-py through port-forward --------------------------------------------------
+
+    def _make_client(self, node: NodeAddress) -> redis.Redis:
+        pool = ConnectionPool(
+            connection_class=_SocketConnection,
+            open_socket=lambda: self._port_forward(self._namespace, node.pod, node.port),
+            password=self._password,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            max_connections=16,
+        )
+        return redis.Redis(connection_pool=pool)
+
+    def _stream_port_forward(self, namespace: str, pod: str, port: int) -> Any:
+        from kubernetes.stream import portforward
+
+        forward = portforward(
+            self._api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
+        )
+        return forward.socket(port)
+
+    # -- redis-cli inside a pod ---------------------------------------------------------
+
+    def run_redis_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
+        argv = in_pod_redis_cli_argv(args, self._secret_file)
+        return self._exec(self._namespace, via.pod, self._container, argv, timeout)
+
+    def _stream_exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> CliResult:
+        from kubernetes.stream import stream
+
+        ws = stream(
+            self._api.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=list(argv),
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
+        out: list[str] = []
+        err: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while ws.is_open():
+                if time.monotonic() > deadline:
+                    raise TransportError(f"redis-cli in pod {pod} did not finish within {timeout:.0f}s")
+                ws.update(timeout=1)
+                if ws.peek_stdout():
+                    out.append(ws.read_stdout())
+                if ws.peek_stderr():
+                    err.append(ws.read_stderr())
+            returncode = ws.returncode
+        finally:
+            ws.close()
+        return CliResult(int(returncode or 0), "".join(out), "".join(err))

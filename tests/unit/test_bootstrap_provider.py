@@ -1,0 +1,260 @@
+"""The provider seam: input validation, the scale-in and password guards, diffs, secrets in
+outputs and errors, and that the provider pickles and imports the way the engine needs."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_logic.errors import BootstrapError, ForeignNodes, UnexpectedCluster
+from cluster_logic.transports.kubernetes_api import in_pod_redis_cli_argv
+from components import cluster_bootstrap as cb
+from testkit.fake_transport import FakeTransport, SimulatedClock, formed_nodes, six_nodes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- provider inputs --------------------------------------------------------------------
+
+
+def direct_props(**overrides: Any) -> dict[str, Any]:
+    props = {
+        "shards": 3,
+        "replicas_per_shard": 1,
+        "password": "secret-password-123",
+        "transport": "direct",
+        "nodes": [{"pod": f"redis-cluster-{i}", "host": f"127.0.20.{i + 1}", "port": 6379} for i in range(6)],
+    }
+    props.update(overrides)
+    return props
+
+
+def test_validate_inputs() -> None:
+    assert cb.validate(direct_props()) == []
+    assert [p for p, _ in cb.validate(direct_props(shards=2))] == ["shards"]
+    assert [p for p, _ in cb.validate(direct_props(transport="ssh"))] == ["transport"]
+    assert [p for p, _ in cb.validate(direct_props(shards=4))] == ["nodes"]
+    assert [p for p, _ in cb.validate({**direct_props(), "transport": "kubernetes", "namespace": ""})] == [
+        "namespace",
+        "stateful_set_name",
+    ]
+
+
+def test_unknown_values_are_not_judged_during_preview() -> None:
+    from pulumi.output import Unknown
+
+    assert cb.validate(direct_props(shards=Unknown(), password=Unknown(), nodes=Unknown())) == []
+
+
+def test_check_and_diff_refuse_scale_in_with_the_procedure() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    checked = provider.check(direct_props(shards=4, nodes=direct_props()["nodes"] * 2), direct_props())
+    assert [f.property for f in checked.failures] == ["shards"]
+    assert "del-node" in checked.failures[0].reason and "acceptManualChange" in checked.failures[0].reason
+    with pytest.raises(ValueError):
+        provider.diff("id", direct_props(replicas_per_shard=2), direct_props())
+
+
+def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    pods = [{"pod": f"redis-cluster-{i}", "host": f"127.0.20.{i + 1}", "port": 6379} for i in range(10)]
+    five = direct_props(shards=5, nodes=pods)
+    four = direct_props(shards=4, nodes=pods[:8])
+    assert list(provider.check(five, {**four, "accept_manual_change": ["shards=4"]}).failures) == []
+    assert provider.diff("id", {**five, "state": "ok"}, {**four, "accept_manual_change": ["shards=4"]}).changes is True
+    # Left set after that change, the same value lets no further scale-in through.
+    still_set = {**direct_props(), "accept_manual_change": ["shards=4"]}
+    assert [f.property for f in provider.check(four, still_set).failures] == ["shards"]
+
+    guard = cb.ClusterChangeGuardProvider()
+    rotated = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
+    olds = {"shards": 4, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
+    assert [f.property for f in guard.check(olds, rotated).failures] == ["shards", "password"]
+    assert [f.property for f in guard.check(olds, {**rotated, "accept_manual_change": ["password"]}).failures] == ["shards"]
+    both = {**rotated, "accept_manual_change": ["shards=3", "password"]}
+    assert list(guard.check(olds, both).failures) == []
+
+
+def test_the_opt_in_alone_is_no_change_to_the_cluster() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    olds = {key: value for key, value in direct_props().items() if key != "accept_manual_change"}
+    news = direct_props(accept_manual_change=["shards=3"])
+    assert provider.diff("id", {**olds, "state": "ok"}, news).changes is False
+
+
+def test_diff_replaces_on_other_pods_and_updates_on_drift() -> None:
+    provider = cb.ClusterBootstrapProvider()
+    olds = {**direct_props(), "state": "ok"}
+    assert provider.diff("id", olds, direct_props()).changes is False
+    assert provider.diff("id", {**olds, "state": "degraded"}, direct_props()).changes is True
+    grown = provider.diff("id", olds, direct_props(shards=4))
+    assert grown.changes is True and grown.replaces == []
+    moved = provider.diff("id", {**olds, "transport": "kubernetes"}, direct_props())
+    assert moved.replaces == ["transport"]
+
+
+def test_outputs_keep_secrets_wrapped() -> None:
+    from pulumi.runtime import rpc
+
+    outs = cb._outputs(direct_props(), {"state": "ok"})
+    assert rpc.is_rpc_secret(outs["password"]) and outs["password"]["value"] == "secret-password-123"
+    assert "secret-password-123" not in repr(cb.BootstrapSpec.from_props(direct_props()))
+
+
+def test_a_broken_kubeconfig_is_not_quoted_in_the_error() -> None:
+    spec = cb.BootstrapSpec.from_props(
+        {**direct_props(), "transport": "kubernetes", "namespace": "redis", "stateful_set_name": "redis-cluster",
+         "kubeconfig": "clusters: [ {token: very-secret-token"}
+    )
+    with pytest.raises(ValueError) as failed:
+        cb.make_transport(spec)
+    assert "very-secret-token" not in str(failed.value) and failed.value.__cause__ is None
+
+
+def test_in_pod_argv_reads_the_password_inside_the_pod() -> None:
+    argv = in_pod_redis_cli_argv(["--cluster", "create", "10.0.0.1:6379"])
+    assert argv[:2] == ["sh", "-c"] and argv[3] == "/etc/redis-secret/password"
+    assert argv[4:] == ["--cluster", "create", "10.0.0.1:6379"]
+
+
+# -- how the engine loads it ------------------------------------------------------------
+
+
+def test_module_imports_in_a_fresh_process_without_creating_resources() -> None:
+    code = (
+        "import sys, components.cluster_bootstrap as m;"
+        "assert 'kubernetes' not in sys.modules, 'kubernetes is imported lazily';"
+        "print(m.ClusterBootstrap.__name__, m.ClusterBootstrapProvider.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ClusterBootstrap", "ClusterBootstrapProvider"]
+
+
+def test_serialized_provider_loads_in_a_fresh_process() -> None:
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    blob = serialize_provider(cb.ClusterBootstrapProvider())
+    assert "secret-password" not in base64.b64decode(blob).decode("latin-1")
+    code = (
+        "import base64, sys, dill;"
+        "p = dill.loads(base64.b64decode(sys.stdin.read()));"
+        "print(type(p).__module__, type(p).__name__, p.check({}, {'shards': 2}).failures[0].property)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=blob, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["components.cluster_bootstrap", "ClusterBootstrapProvider", "shards"]
+
+
+def test_resource_registers_secret_inputs_and_output_attributes() -> None:
+    import pulumi
+
+    registered: list[Any] = []
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+            registered.append(args)
+            return "id-1", {**args.inputs, "state": "ok", "node_count": 6}
+
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+            return {}, []
+
+    pulumi.runtime.set_mocks(Mocks(), preview=False)
+
+    @pulumi.runtime.test
+    def body() -> Any:
+        resource = cb.ClusterBootstrap(
+            "bootstrap",
+            cb.ClusterBootstrapArgs(
+                shards=3,
+                replicas_per_shard=1,
+                password="secret-password-123",
+                transport="direct",
+                nodes=direct_props()["nodes"],
+            ),
+        )
+
+        async def inspect() -> None:
+            assert await resource.state.future() == "ok"
+            assert await resource.node_count.future() == 6
+            assert await resource.password.is_secret()  # type: ignore[attr-defined]
+            for name in ("masters", "replicas", "placement"):
+                assert isinstance(getattr(resource, name), pulumi.Output)
+
+        return inspect()
+
+    body()
+    assert registered[0].typ == "pulumi-python:dynamic/redis:ClusterBootstrap"
+    assert registered[0].inputs["shards"] == 3
+
+
+# -- refusals and failures, as the operator reads them -----------------------------------
+
+
+def _fails_with(message: str):
+    def pod_statuses() -> None:
+        raise RuntimeError(message)
+
+    return pod_statuses
+
+
+@pytest.mark.parametrize("method", ["create", "update"])
+def test_no_error_of_a_run_quotes_a_secret(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    props = direct_props()
+    leaky = FakeTransport(six_nodes(), on_pod_statuses=_fails_with(f"AUTH {props['password']} refused by 10.0.0.1"))
+    monkeypatch.setattr(cb, "make_transport", lambda spec: leaky)
+    provider = cb.ClusterBootstrapProvider()
+    with pytest.raises(Exception) as failed:
+        provider.create(props) if method == "create" else provider.update("id", props, props)
+    assert props["password"] not in str(failed.value)
+    assert "AUTH [secret] refused by 10.0.0.1" in str(failed.value)
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+
+
+def test_a_scale_in_the_nodes_refuse_names_the_procedure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last outputs were lost: the inputs say 3 shards over 9 pods, the nodes hold 4
+    # masters (scaled out earlier) and 5 replicas.
+    SimulatedClock().install(monkeypatch)
+    monkeypatch.setattr(cb, "make_transport", lambda spec: FakeTransport(formed_nodes(4, 5)))
+    pods = [{"pod": f"redis-cluster-{i}", "host": f"10.0.0.{i + 1}", "port": 6379} for i in range(9)]
+    props = direct_props(shards=3, replicas_per_shard=2, nodes=pods)
+    with pytest.raises(BootstrapError) as refused:
+        cb.ClusterBootstrapProvider().update("id", props, props)
+    message = str(refused.value)
+    assert message.startswith("shards cannot go from 4 to 3")
+    assert "del-node" in message and "acceptManualChange shards=3" in message
+
+
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (ForeignNodes("refusing ...", failed_and_slotless=True), "`pulumi refresh` and then `pulumi up`"),
+        (ForeignNodes("refusing ...", failed_and_slotless=False), None),
+        (UnexpectedCluster("not the expected one"), "Set shards/replicasPerShard to match it"),
+        (BootstrapError("cannot reach redis-cluster-4"), None),
+    ],
+)
+def test_operator_messages(error: BootstrapError, says: str | None) -> None:
+    message = cb.operator_message(error)
+    assert message.startswith(str(error))
+    if says is None:
+        assert message == str(error)
+    else:
+        assert says in message
+
+
+def test_the_cluster_logic_speaks_no_pulumi() -> None:
+    """Refusals in Pulumi's terms are the provider's to write; the cluster logic imports
+    nothing from Pulumi nor from the Pulumi layer."""
+    offenders = []
+    for path in sorted((REPO / "cluster_logic").rglob("*.py")):
+        text = path.read_text()
+        for needle in ("import pulumi", "from pulumi", "from components", "acceptManualChange", "pulumi up"):
+            if needle in text:
+                offenders.append(f"{path.relative_to(REPO)}: {needle}")
+    assert offenders == []
