@@ -32,7 +32,7 @@ class Deadline:
         self._end = now() + self.seconds
 
     @classmethod
-    def of(cls, budget: Union["Deadline", float]) -> "Deadline":
+    def of(cls, budget: Union[Deadline, float]) -> Deadline:
         """The deadline itself, or a new one of `budget` seconds from now."""
         return budget if isinstance(budget, Deadline) else cls(budget)
 
@@ -42,7 +42,7 @@ class Deadline:
     def expired(self) -> bool:
         return now() >= self._end
 
-    def capped(self, seconds: float) -> "Deadline":
+    def capped(self, seconds: float) -> Deadline:
         """A shorter deadline for one step: at most `seconds`, never past this one."""
         if seconds >= self.remaining():
             return self

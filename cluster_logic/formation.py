@@ -20,7 +20,14 @@ from cluster_logic.health import wait_all_known, wait_converged
 from cluster_logic.migration import SlotMover
 from cluster_logic.model import expand_ranges
 from cluster_logic.observation import NodeView, probe
-from cluster_logic.planning import Layout, cli_create_order, placement_report, plan_layout, plan_open_slots, plan_slot_moves
+from cluster_logic.planning import (
+    Layout,
+    cli_create_order,
+    placement_report,
+    plan_layout,
+    plan_open_slots,
+    plan_slot_moves,
+)
 from cluster_logic.transports.base import TransportError
 
 log = logging.getLogger(__name__)

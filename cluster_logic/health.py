@@ -96,7 +96,9 @@ def wait_all_known(cluster: Cluster, deadline: Deadline | float) -> None:
     )
 
 
-def topology(cluster: Cluster, shards: Optional[int] = None, replicas_per_shard: Optional[int] = None) -> dict[str, Any]:
+def topology(
+    cluster: Cluster, shards: Optional[int] = None, replicas_per_shard: Optional[int] = None
+) -> dict[str, Any]:
     """The outputs: state, node count, masters and replicas with pods, slots, placement."""
     pods = cluster.pod_of_id()
     zones = dict(cluster.zones)

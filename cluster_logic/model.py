@@ -17,7 +17,7 @@ def pod_ordinal(pod: str) -> int:
 
 
 def ordinal_prefix(pod: str) -> str:
-    """"redis-cluster-" for "redis-cluster-3": the StatefulSet's pod names without the ordinal."""
+    """ "redis-cluster-" for "redis-cluster-3": the StatefulSet's pod names without the ordinal."""
     match = _ORDINAL.search(pod)
     return pod[: match.start() + 1] if match else ""
 

@@ -46,11 +46,7 @@ class NodeView:
     def signature(self) -> tuple:
         """This node's picture of the cluster; converged nodes all have the same one."""
         return tuple(
-            sorted(
-                (e.id, "M" if e.is_master else f"S:{e.master_id}", e.slots)
-                for e in self.entries
-                if not e.failing
-            )
+            sorted((e.id, "M" if e.is_master else f"S:{e.master_id}", e.slots) for e in self.entries if not e.failing)
         )
 
 

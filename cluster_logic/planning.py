@@ -152,7 +152,9 @@ def placement_report(layout: Layout, zones: Mapping[str, str]) -> dict[str, Any]
             {
                 "master": m,
                 "zone": zones.get(m, ""),
-                "replicas": [{"pod": r, "zone": zones.get(r, "")} for r in sorted(layout.replicas.get(m, []), key=pod_ordinal)],
+                "replicas": [
+                    {"pod": r, "zone": zones.get(r, "")} for r in sorted(layout.replicas.get(m, []), key=pod_ordinal)
+                ],
             }
             for m in sorted(layout.masters, key=pod_ordinal)
         ],

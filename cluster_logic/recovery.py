@@ -49,7 +49,11 @@ def classify(cluster: Cluster) -> tuple[list[NodeView], list[NodeView]]:
             for pod, es in sorted(foreign.items(), key=lambda kv: pod_ordinal(kv[0]))
         )
         failed_slotless = all(e.flags & {"fail", "noaddr"} and not e.slots for es in foreign.values() for e in es)
-        hint = "; they are all failed and hold no slots, as a pod that lost its volume leaves them" if failed_slotless else ""
+        hint = (
+            "; they are all failed and hold no slots, as a pod that lost its volume leaves them"
+            if failed_slotless
+            else ""
+        )
         raise ForeignNodes(
             "refusing to touch nodes that belong to another cluster (never reset): " + detail + hint, failed_slotless
         )

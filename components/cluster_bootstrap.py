@@ -122,7 +122,7 @@ class BootstrapSpec:
         return f"BootstrapSpec(shards={self.shards}, replicas_per_shard={self.replicas_per_shard}, transport={self.transport!r})"
 
     @classmethod
-    def from_props(cls, props: Mapping[str, Any]) -> "BootstrapSpec":
+    def from_props(cls, props: Mapping[str, Any]) -> BootstrapSpec:
         failures = validate(props)
         if failures:
             raise ValueError("; ".join(f"{p}: {r}" for p, r in failures))
@@ -191,8 +191,11 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
             else:
                 if shards is not None and replicas is not None and len(nodes) < shards * (1 + replicas):
                     failures.append(
-                        ("nodes", f"{shards} shards with {replicas} replica(s) need {shards * (1 + replicas)} nodes, "
-                                  f"{len(nodes)} given")
+                        (
+                            "nodes",
+                            f"{shards} shards with {replicas} replica(s) need {shards * (1 + replicas)} nodes, "
+                            f"{len(nodes)} given",
+                        )
                     )
     return failures
 
@@ -295,7 +298,7 @@ def _reported(*secrets: Optional[str]) -> Iterator[None]:
         yield
     except BootstrapError as error:
         raise BootstrapError(scrub(operator_message(error), secrets)) from None
-    except Exception as error:  # noqa: BLE001 - re-raised, cleaned
+    except Exception as error:
         message = str(error) or type(error).__name__
         if scrub(message, secrets) == message:
             raise
@@ -430,9 +433,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
             "accept_manual_change": list(args.accept_manual_change),
         }
         props.update({key: None for key in OUTPUT_FIELDS})
-        opts = pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS))
-        )
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS)))
         super().__init__(ClusterBootstrapProvider(), resource_name, props, opts)
 
 

@@ -248,7 +248,9 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                 field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="status.podIP")
             ),
         )
-    ] + [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(files.script_environment(paths).items())]
+    ] + [
+        k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(files.script_environment(paths).items())
+    ]
 
     zone_rule = "DoNotSchedule" if settings.platform == "eks" else "ScheduleAnyway"
     return k8s.apps.v1.StatefulSetSpecArgs(

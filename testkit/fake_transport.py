@@ -25,7 +25,7 @@ class SimulatedClock:
     def pause(self, seconds: float) -> None:
         self.time += max(seconds, 0.001)
 
-    def install(self, monkeypatch: Any) -> "SimulatedClock":
+    def install(self, monkeypatch: Any) -> SimulatedClock:
         monkeypatch.setattr(deadline, "now", self.now)
         monkeypatch.setattr(deadline, "pause", self.pause)
         return self
@@ -68,7 +68,7 @@ class _Pipeline:
     def __init__(self, node: FakeNode) -> None:
         self._node, self._queued = node, []
 
-    def execute_command(self, *args: Any) -> "_Pipeline":
+    def execute_command(self, *args: Any) -> _Pipeline:
         self._queued.append(args)
         return self
 
@@ -91,6 +91,10 @@ class _Client:
         pass
 
 
+# The default fake redis-cli: the tests that get this far only check what led there.
+CLI_FAILS = CliResult(1, "", "[ERR] not in this test")
+
+
 class FakeTransport(NodeTransport):
     """Pods that turn ready at `ready_at` on the simulated clock, and a `redis-cli` whose
     result is `cli_result`."""
@@ -102,7 +106,7 @@ class FakeTransport(NodeTransport):
         nodes: Sequence[FakeNode],
         password: str = "fake-password",
         ready_at: float = 0.0,
-        cli_result: CliResult = CliResult(1, "", "[ERR] not in this test"),
+        cli_result: CliResult = CLI_FAILS,
         on_pod_statuses: Optional[Callable[[], None]] = None,
     ) -> None:
         super().__init__(password)
@@ -150,7 +154,11 @@ def formed_nodes(masters: int = 3, replicas: int = 3, converged: bool = True) ->
             line.replace(" master ", " myself,master ", 1).replace(" slave ", " myself,slave ", 1) if j == i else line
             for j, line in enumerate(lines)
         )
-        info = {"cluster_state": "ok" if converged else "fail", "cluster_known_nodes": str(count), "cluster_slots_ok": "16384"}
+        info = {
+            "cluster_state": "ok" if converged else "fail",
+            "cluster_known_nodes": str(count),
+            "cluster_slots_ok": "16384",
+        }
         replication = {"role": "master"} if i < masters else {"role": "slave", "master_link_status": "up"}
         nodes.append(FakeNode(address, f"id{i}", text, info, replication))
     return nodes

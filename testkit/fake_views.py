@@ -16,14 +16,18 @@ def fake_cluster(kill: str = "") -> Cluster:
     for i in range(6):
         role = "master" if i < 3 else "slave"
         master = "-" if i < 3 else ids[(i + 1) % 3]
-        lines.append(f"{ids[i]} 10.0.0.{i + 1}:6379@16379 {role} {master} 0 0 1 connected {slots[i] if i < 3 else ''}".strip())
+        lines.append(
+            f"{ids[i]} 10.0.0.{i + 1}:6379@16379 {role} {master} 0 0 1 connected {slots[i] if i < 3 else ''}".strip()
+        )
     views = []
     for i, node in enumerate(nodes):
         if node.pod == kill:
             views.append(NodeView(node, error="Connection refused"))
             continue
         text = "\n".join(
-            line.replace(f" {('master' if j < 3 else 'slave')} ", f" myself,{('master' if j < 3 else 'slave')} ", 1) if j == i else line
+            line.replace(f" {('master' if j < 3 else 'slave')} ", f" myself,{('master' if j < 3 else 'slave')} ", 1)
+            if j == i
+            else line
             for j, line in enumerate(lines)
         )
         info = {"cluster_state": "ok", "cluster_known_nodes": "6", "cluster_slots_ok": str(SLOTS)}

@@ -94,7 +94,7 @@ class NodeTransport(ABC):
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 
-    def __enter__(self) -> "NodeTransport":
+    def __enter__(self) -> NodeTransport:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -94,15 +94,20 @@ class DirectTransport(NodeTransport):
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise TransportError(f"redis-cli {args[0] if args else ''} {args[1] if len(args) > 1 else ''} "
-                                 f"did not finish within {timeout:.0f}s") from None
+            raise TransportError(
+                f"redis-cli {args[0] if args else ''} {args[1] if len(args) > 1 else ''} "
+                f"did not finish within {timeout:.0f}s"
+            ) from None
         return CliResult(done.returncode, done.stdout, done.stderr)
 
 
 def _address_from_mapping(item: Mapping[str, Any]) -> NodeAddress:
     try:
         return NodeAddress(
-            pod=str(item["pod"]), host=str(item["host"]), port=int(item.get("port", 6379)), zone=str(item.get("zone") or "")
+            pod=str(item["pod"]),
+            host=str(item["host"]),
+            port=int(item.get("port", 6379)),
+            zone=str(item.get("zone") or ""),
         )
     except (KeyError, TypeError, ValueError):
         raise ValueError("each node needs pod, host and optionally port and zone") from None

@@ -77,7 +77,7 @@ class KubernetesTransport(NodeTransport):
         self._zones: dict[str, str] = {}
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: Optional[str], **kwargs: Any) -> "KubernetesTransport":
+    def from_kubeconfig(cls, kubeconfig: Optional[str], **kwargs: Any) -> KubernetesTransport:
         from kubernetes import client as k8s_client
         from kubernetes import config as k8s_config
 
@@ -145,9 +145,7 @@ class KubernetesTransport(NodeTransport):
     def _stream_port_forward(self, namespace: str, pod: str, port: int) -> Any:
         from kubernetes.stream import portforward
 
-        forward = portforward(
-            self._api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
-        )
+        forward = portforward(self._api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
         return forward.socket(port)
 
     # -- redis-cli inside a pod ---------------------------------------------------------

@@ -75,7 +75,9 @@ def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> Non
     rotated = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
     olds = {"shards": 4, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
     assert [f.property for f in guard.check(olds, rotated).failures] == ["shards", "password"]
-    assert [f.property for f in guard.check(olds, {**rotated, "accept_manual_change": ["password"]}).failures] == ["shards"]
+    assert [f.property for f in guard.check(olds, {**rotated, "accept_manual_change": ["password"]}).failures] == [
+        "shards"
+    ]
     both = {**rotated, "accept_manual_change": ["shards=3", "password"]}
     assert list(guard.check(olds, both).failures) == []
 
@@ -108,8 +110,13 @@ def test_outputs_keep_secrets_wrapped() -> None:
 
 def test_a_broken_kubeconfig_is_not_quoted_in_the_error() -> None:
     spec = cb.BootstrapSpec.from_props(
-        {**direct_props(), "transport": "kubernetes", "namespace": "redis", "stateful_set_name": "redis-cluster",
-         "kubeconfig": "clusters: [ {token: very-secret-token"}
+        {
+            **direct_props(),
+            "transport": "kubernetes",
+            "namespace": "redis",
+            "stateful_set_name": "redis-cluster",
+            "kubeconfig": "clusters: [ {token: very-secret-token",
+        }
     )
     with pytest.raises(ValueError) as failed:
         cb.make_transport(spec)
@@ -146,7 +153,9 @@ def test_serialized_provider_loads_in_a_fresh_process() -> None:
         "p = dill.loads(base64.b64decode(sys.stdin.read()));"
         "print(type(p).__module__, type(p).__name__, p.check({}, {'shards': 2}).failures[0].property)"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=blob, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, input=blob, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["components.cluster_bootstrap", "ClusterBootstrapProvider", "shards"]
 

@@ -9,7 +9,6 @@ from cluster_logic import health
 from cluster_logic.model import format_ranges, parse_cluster_nodes
 from testkit.fake_views import fake_cluster
 
-
 # -- output shape from views (no Redis) -------------------------------------------------
 
 
@@ -55,8 +54,7 @@ def test_nodes_that_disagree_about_the_slot_map_are_not_converged() -> None:
     view = cluster.view_of("redis-cluster-2")
     view.entries = parse_cluster_nodes(
         "\n".join(
-            line.replace(" 0-5460", " 100-5460").replace(" 5461-10922", " 0-99 5461-10922")
-            for line in _lines(view)
+            line.replace(" 0-5460", " 100-5460").replace(" 5461-10922", " 0-99 5461-10922") for line in _lines(view)
         )
     )
     assert health.problems(cluster) == ["nodes disagree about the slot map"]
@@ -83,5 +81,7 @@ def _lines(view) -> list[str]:
     for e in view.entries:
         role = ",".join(sorted(e.flags, key=lambda f: f != "myself"))
         slots = " ".join(format_ranges(e.slots))
-        out.append(f"{e.id} {e.host}:{e.port}@16379 {role} {e.master_id or '-'} 0 0 {e.config_epoch} {e.link} {slots}".strip())
+        out.append(
+            f"{e.id} {e.host}:{e.port}@16379 {role} {e.master_id or '-'} 0 0 {e.config_epoch} {e.link} {slots}".strip()
+        )
     return out

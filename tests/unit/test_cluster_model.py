@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from cluster_logic.model import (
     SLOTS,
-    NodeAddress,
     expand_ranges,
     format_ranges,
     parse_cluster_nodes,
-    pod_ordinal,
     slot_ranges,
 )
 from cluster_logic.planning import ideal_slot_counts
-
 
 # -- slots ------------------------------------------------------------------------------
 

@@ -44,7 +44,11 @@ def test_round_robin_zones_get_cross_zone_replicas() -> None:
     layout = plan_layout(zones, 3, 1)
     assert sorted(layout.masters, key=pod_ordinal) == ["redis-cluster-0", "redis-cluster-1", "redis-cluster-2"]
     assert same_zone_pairs(layout, zones) == []
-    assert sorted(r for rs in layout.replicas.values() for r in rs) == ["redis-cluster-3", "redis-cluster-4", "redis-cluster-5"]
+    assert sorted(r for rs in layout.replicas.values() for r in rs) == [
+        "redis-cluster-3",
+        "redis-cluster-4",
+        "redis-cluster-5",
+    ]
 
 
 def test_zones_where_redis_cli_alone_puts_every_replica_with_its_master() -> None:
@@ -60,9 +64,17 @@ def test_zones_where_redis_cli_alone_puts_every_replica_with_its_master() -> Non
 
 @pytest.mark.parametrize(
     "zone_cycle,shards,replicas",
-    [(("a", "b", "c"), 3, 1), (("a", "b", "c"), 3, 2), (("a", "b"), 5, 1), (("a", "b", "c"), 10, 2), (("a", "b", "c"), 4, 1)],
+    [
+        (("a", "b", "c"), 3, 1),
+        (("a", "b", "c"), 3, 2),
+        (("a", "b"), 5, 1),
+        (("a", "b", "c"), 10, 2),
+        (("a", "b", "c"), 4, 1),
+    ],
 )
-def test_plans_have_no_same_zone_pair_and_cli_order_reproduces_them(zone_cycle: tuple, shards: int, replicas: int) -> None:
+def test_plans_have_no_same_zone_pair_and_cli_order_reproduces_them(
+    zone_cycle: tuple, shards: int, replicas: int
+) -> None:
     count = shards * (1 + replicas)
     zones = zones_of(*[zone_cycle[i % len(zone_cycle)] for i in range(count)])
     layout = plan_layout(zones, shards, replicas)
@@ -98,7 +110,11 @@ def test_single_zone_is_not_called_zone_aware() -> None:
 def test_scale_out_plan_keeps_existing_roles() -> None:
     zones = zones_of("a", "b", "c", "a", "b", "c", "a", "b")
     masters = ["redis-cluster-0", "redis-cluster-1", "redis-cluster-2"]
-    attached = {"redis-cluster-3": "redis-cluster-1", "redis-cluster-4": "redis-cluster-2", "redis-cluster-5": "redis-cluster-0"}
+    attached = {
+        "redis-cluster-3": "redis-cluster-1",
+        "redis-cluster-4": "redis-cluster-2",
+        "redis-cluster-5": "redis-cluster-0",
+    }
     layout = plan_layout(zones, 4, 1, masters=masters, attached=attached)
     assert layout.masters[:3] == masters
     new_master = layout.masters[3]
@@ -163,7 +179,9 @@ def test_plan_slot_moves(case: str, owned: dict[str, list[int]], expected_counts
     assert sorted(s for slots in after.values() for s in slots) == list(range(SLOTS)), "every slot kept once"
     for source in {m[0] for m in moves}:
         given = sorted(s for src, _, slots in moves if src == source for s in slots)
-        assert given == sorted(owned[source])[-len(given):], "a source gives its highest slots, keeping its range whole"
+        assert given == sorted(owned[source])[-len(given) :], (
+            "a source gives its highest slots, keeping its range whole"
+        )
 
 
 # -- finishing open slots ---------------------------------------------------------------

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from cluster_logic.cluster import Cluster
 from cluster_logic import health
+from cluster_logic.cluster import Cluster
 from cluster_logic.errors import BootstrapError
 from cluster_logic.reconcile import ensure_cluster
 from cluster_logic.recovery import abandoned_formation, lost_identities
 from components import cluster_bootstrap as cb
 from testkit.fake_transport import FakeTransport, SimulatedClock, fresh_node, six_nodes
 from testkit.fake_views import KNOWN_BEFORE, cluster_after_volume_loss, with_own_line
-
 
 # -- a pod that lost its volume ---------------------------------------------------------
 
@@ -100,7 +99,11 @@ def _masters_only() -> list:
     [
         ("slots left unassigned, not one key", _crashed_create(), True),
         ("a key on the half-formed member", _crashed_create(keys_on_first=1), False),
-        ("a complete cluster with fresh nodes beside it (a scale-out)", _masters_only() + [fresh_node(i) for i in (3, 4, 5)], False),
+        (
+            "a complete cluster with fresh nodes beside it (a scale-out)",
+            _masters_only() + [fresh_node(i) for i in (3, 4, 5)],
+            False,
+        ),
         ("only fresh nodes", [fresh_node(i) for i in range(6)], False),
         ("a converged cluster", six_nodes(), False),
     ],

@@ -46,7 +46,9 @@ def test_poll_until(clock: SimulatedClock, ready_at: int, waiting_for, outcome: 
             poll_until(observe, lambda n: n >= ready_at, deadline, waiting_for=waiting_for, interval=1.0)
         assert str(failed.value) == outcome[1]
     else:
-        assert poll_until(observe, lambda n: n >= ready_at, deadline, waiting_for=waiting_for, interval=1.0) == outcome[1]
+        assert (
+            poll_until(observe, lambda n: n >= ready_at, deadline, waiting_for=waiting_for, interval=1.0) == outcome[1]
+        )
     assert clock.now() <= 10, "never sleeps past the deadline"
 
 

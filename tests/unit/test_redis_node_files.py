@@ -41,7 +41,9 @@ def _directives(conf: str) -> dict[str, list[str]]:
 
 
 def test_redis_conf_has_every_required_directive_for_the_pod_paths() -> None:
-    settings = parse_settings({"nodeTimeoutMs": "7000", "maxmemoryPolicy": "allkeys-lfu", "memoryLimit": "2Gi", "memoryRequest": "1Gi"})
+    settings = parse_settings(
+        {"nodeTimeoutMs": "7000", "maxmemoryPolicy": "allkeys-lfu", "memoryLimit": "2Gi", "memoryRequest": "1Gi"}
+    )
     directives = _directives(render_redis_conf(settings))
 
     expected = {
@@ -84,7 +86,11 @@ def test_bind_lines_only_for_the_sandbox() -> None:
     assert sandbox["bind"] == ["127.0.10.7"]
     assert sandbox["bind-source-addr"] == ["127.0.10.7"]
     # Apart from the bind lines, the sandbox runs the pod's file.
-    without_bind = [line for line in render_redis_conf(settings, bind_address="127.0.10.7").splitlines() if not line.startswith("bind")]
+    without_bind = [
+        line
+        for line in render_redis_conf(settings, bind_address="127.0.10.7").splitlines()
+        if not line.startswith("bind")
+    ]
     assert [line for line in without_bind if not line.startswith("#")] == [
         line for line in render_redis_conf(settings).splitlines() if not line.startswith("#")
     ]

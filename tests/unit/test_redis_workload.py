@@ -31,7 +31,11 @@ def test_everything_lives_in_the_configured_namespace_under_restricted_pod_secur
     namespace = run.one("kubernetes:core/v1:Namespace").inputs["metadata"]
     assert namespace["name"] == "cache"
     assert namespace["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    namespaced = [r for r in run.resources if r.type.startswith("kubernetes:") and r.type.split(":")[2] not in ("Namespace", "StorageClass")]
+    namespaced = [
+        r
+        for r in run.resources
+        if r.type.startswith("kubernetes:") and r.type.split(":")[2] not in ("Namespace", "StorageClass")
+    ]
     assert len(namespaced) == 7
     assert {r.inputs["metadata"]["namespace"] for r in namespaced} == {"cache"}
 
