@@ -23,6 +23,12 @@ EBS_CSI_ADDON = "aws-ebs-csi-driver"
 # The controller's service account as the add-on installs it; the IAM role trusts only it.
 EBS_CSI_SERVICE_ACCOUNT = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
 VPC_CIDR = "10.0.0.0/16"
+# What `clusterAdminArns` are given: AWS's cluster-admin access policy, over the whole cluster.
+CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
+# The node group's launch template: IMDSv2 with a hop limit of 1, so that no pod other than
+# host-network system pods can take the node role's credentials (docs/design.md, "Design
+# choices", explains why not 2 although the EBS CSI node plugin asks for it).
+IMDS_HOP_LIMIT = 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class EksPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         if settings.platform == "eks":
-            cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn = self._build_eks(
+            cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn, cluster_admins = self._build_eks(
                 args.name, settings, child
             )
         else:
@@ -54,6 +60,7 @@ class EksPlatform(pulumi.ComponentResource):
             kubeconfig = pulumi.Output.secret(settings.kubeconfig)
             storage_class_depends_on = []
             volume_key_arn = None
+            cluster_admins = []
 
         self.kubeconfig = pulumi.Output.secret(kubeconfig)
         self.cluster_name = cluster_name
@@ -67,7 +74,9 @@ class EksPlatform(pulumi.ComponentResource):
                 enable_config_map_mutable=True,
                 enable_secret_mutable=True,
             ),
-            opts=child,
+            # Whoever runs `pulumi up` while adding itself to clusterAdminArns reaches
+            # Kubernetes only once its access is in place; on destroy, the access goes last.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=cluster_admins),
         )
         storage_class = k8s.storage.v1.StorageClass(
             f"{resource_name}-storage-class",
@@ -82,9 +91,7 @@ class EksPlatform(pulumi.ComponentResource):
             reclaim_policy="Retain",
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,
-            opts=pulumi.ResourceOptions(
-                parent=self, provider=self.provider, depends_on=storage_class_depends_on
-            ),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=storage_class_depends_on),
         )
         self.storage_class_name = storage_class.metadata.name
         self.register_outputs(
@@ -126,7 +133,9 @@ class EksPlatform(pulumi.ComponentResource):
 
         # EKS takes a grant on this key with the permissions of whoever creates the cluster,
         # so pulumi-eks's own cluster role needs no KMS policy of ours.
-        secrets_key = _kms_key(f"{name}-secrets-key", f"Envelope encryption of Kubernetes secrets in EKS cluster {name}", child)
+        secrets_key = _kms_key(
+            f"{name}-secrets-key", f"Envelope encryption of Kubernetes secrets in EKS cluster {name}", child
+        )
         cluster = eks.Cluster(
             f"{name}-eks",
             eks.ClusterArgs(
@@ -158,13 +167,17 @@ class EksPlatform(pulumi.ComponentResource):
             assume_role_policy=_service_trust_policy("ec2.amazonaws.com"),
             opts=child,
         )
-        for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"):
+        # The nodes need these to join, pull images and run the VPC CNI: the node group waits
+        # for them on create and goes before them on destroy (its nodes and ENIs included).
+        node_policies = [
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-{policy}",
                 role=node_role.name,
                 policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy),
                 opts=child,
             )
+            for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+        ]
         launch_template = aws.ec2.LaunchTemplate(
             f"{name}-nodes",
             # Hop limit 1 keeps pods (other than host-network system pods) away from the node
@@ -172,7 +185,7 @@ class EksPlatform(pulumi.ComponentResource):
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",
-                http_put_response_hop_limit=1,
+                http_put_response_hop_limit=IMDS_HOP_LIMIT,
             ),
             block_device_mappings=[
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
@@ -206,7 +219,7 @@ class EksPlatform(pulumi.ComponentResource):
             # One node at a time, so the PodDisruptionBudget and the preStop handover keep
             # writes going through an AMI or version upgrade.
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, *node_policies]),
         )
 
         volume_key_arn: pulumi.Input[str]
@@ -228,13 +241,15 @@ class EksPlatform(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        aws.iam.RolePolicyAttachment(
+        ebs_csi_policy = aws.iam.RolePolicyAttachment(
             f"{name}-ebs-csi-policy",
             role=ebs_csi_role.name,
-            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"),
+            policy_arn=pulumi.Output.concat(
+                "arn:", partition, ":iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+            ),
             opts=child,
         )
-        aws.iam.RolePolicy(
+        ebs_csi_kms = aws.iam.RolePolicy(
             f"{name}-ebs-csi-kms",
             role=ebs_csi_role.id,
             policy=pulumi.Output.from_input(volume_key_arn).apply(ebs_volume_key_policy),
@@ -248,10 +263,44 @@ class EksPlatform(pulumi.ComponentResource):
             service_account_role_arn=ebs_csi_role.arn,
             resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="PRESERVE",
-            # The add-on only turns ACTIVE once its pods are scheduled: it needs the nodes.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group]),
+            # The add-on only turns ACTIVE once its pods are scheduled: it needs the nodes. Its
+            # controller creates and attaches volumes with its role's policies, so those are in
+            # place before it starts and are removed only after it is gone.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group, ebs_csi_policy, ebs_csi_kms]),
         )
-        return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon], volume_key_arn
+        cluster_admins = self._cluster_admins(name, settings, partition, cluster)
+        return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon], volume_key_arn, cluster_admins
+
+    def _cluster_admins(
+        self, name: str, settings: StackSettings, partition: pulumi.Output[str], cluster: eks.Cluster
+    ) -> list[pulumi.Resource]:
+        """An access entry with cluster-admin rights per `clusterAdminArns`.
+
+        The identity that creates the cluster is its admin through EKS's own entry; anyone
+        else (CI, a colleague) needs one of these to reach Kubernetes at all."""
+        admins: list[pulumi.Resource] = []
+        policy_arn = pulumi.Output.concat("arn:", partition, ":eks::aws:cluster-access-policy/", CLUSTER_ADMIN_POLICY)
+        for principal_arn in settings.cluster_admin_arns:
+            # "111122223333:role/ci-deploy": one name per principal, stable while it is listed.
+            principal = principal_arn.split(":", 4)[4].replace(":", "-")
+            entry = aws.eks.AccessEntry(
+                f"{name}-admin-{principal}",
+                cluster_name=name,
+                principal_arn=principal_arn,
+                type="STANDARD",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+            )
+            admins.append(
+                aws.eks.AccessPolicyAssociation(
+                    f"{name}-admin-{principal}-policy",
+                    cluster_name=name,
+                    principal_arn=entry.principal_arn,
+                    policy_arn=policy_arn,
+                    access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, entry]),
+                )
+            )
+        return admins
 
 
 def _kms_key(name: str, description: str, opts: pulumi.ResourceOptions) -> aws.kms.Key:
@@ -263,9 +312,7 @@ def _service_trust_policy(service: str) -> str:
     return json.dumps(
         {
             "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
-            ],
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
         }
     )
 

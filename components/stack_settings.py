@@ -3,8 +3,9 @@
 `load_settings()` reads the `redis-eks:` config namespace of the current stack into one
 frozen `StackSettings`. `parse_settings()` does the actual work on a plain mapping so that
 tests and the local sandbox can use it without a Pulumi engine. A bad value raises
-`SettingsError` naming the key, the value and what is allowed: this happens while the
-program runs, i.e. during `pulumi preview`, before anything is created.
+`SettingsError` naming the key, the value and what is allowed, for every bad value of the
+run at once: this happens while the program runs, i.e. during `pulumi preview`, before
+anything is created.
 `load_stack_config()` reads a `Pulumi.<stack>.yaml` the way the engine would hand it over,
 for the tools, the sandbox and the tests that run without an engine.
 """
@@ -15,8 +16,10 @@ import dataclasses
 import difflib
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -58,6 +61,9 @@ EBS_PROVISIONER = "ebs.csi.aws.com"
 
 GP3_IOPS_RANGE = (3000, 80000)
 GP3_THROUGHPUT_RANGE = (125, 2000)
+# EC2 refuses a gp3 volume with more than 500 IOPS per GiB (the 3000 baseline comes with
+# any size).
+GP3_MAX_IOPS_PER_GIB = 500
 
 # Redis Cluster needs at least three masters to hold a majority through one failure.
 MIN_SHARDS = 3
@@ -69,7 +75,22 @@ _BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**5
 _DECIMAL_SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_IMAGE = re.compile(r"^[a-zA-Z0-9./_-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+# An image reference as Docker parses it: [registry[:port]/]path[:tag][@digest]. A colon
+# before the last slash belongs to the registry (registry.example.com:5000/redis).
+_IMAGE = re.compile(
+    r"^(?P<name>(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+# A tag that names one release: major.minor.patch, optionally with a variant
+# (7.4.10, 7.4.10-bookworm, 8.2.3-alpine). `7`, `7.4`, `latest` or `alpine` move.
+_EXACT_VERSION_TAG = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+# An IAM role or user (a path is allowed); not an STS session (assumed-role), which EKS
+# refuses in an access entry.
+_IAM_PRINCIPAL_ARN = re.compile(
+    r"^arn:(aws|aws-us-gov|aws-cn):iam::[0-9]{12}:(role|user)/([A-Za-z0-9_+=,.@-]+/)*[A-Za-z0-9_+=,.@-]{1,128}$"
+)
 _LABEL_KEY = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 # The password goes into auth.conf and a shell variable: keep it to characters that need
@@ -78,11 +99,22 @@ _PASSWORD = re.compile(r"^[A-Za-z0-9_.~-]{16,512}$")
 
 
 class SettingsError(ValueError):
-    """A stack setting has a value the program cannot deploy."""
+    """Stack settings have values the program cannot deploy: every problem of one run, together."""
+
+    def __init__(self, problems: str | list[str] | tuple[str, ...]):
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} stack settings are not valid:\n" + "\n".join(
+                f"- {problem}" for problem in self.problems
+            )
+        super().__init__(message)
 
 
-def _fail(key: str, value: Any, allowed: str) -> SettingsError:
-    return SettingsError(f"{NAMESPACE}:{key} = {value!r} is not valid: {allowed}")
+def _fail(key: str, value: Any, allowed: str) -> str:
+    """One problem's message: the key, the value and what is allowed."""
+    return f"{NAMESPACE}:{key} = {value!r} is not valid: {allowed}"
 
 
 def parse_quantity(text: str) -> float:
@@ -93,6 +125,18 @@ def parse_quantity(text: str) -> float:
     suffix = match.group("suffix") or ""
     factor = _BINARY_SUFFIX.get(suffix) or _DECIMAL_SUFFIX[suffix]
     return float(match.group("number")) * factor
+
+
+def quantity_gib_rounded_up(text: str) -> int:
+    """A size quantity in whole GiB, rounded up, as the EBS CSI driver sizes a volume for a claim.
+
+    Exact arithmetic: `34G` is 31.66 GiB and gets a 32 GiB volume, `32Gi` exactly 32."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    suffix = match.group("suffix") or ""
+    factor = Fraction(_BINARY_SUFFIX[suffix]) if suffix in _BINARY_SUFFIX else Fraction(str(_DECIMAL_SUFFIX[suffix]))
+    return math.ceil(Fraction(match.group("number")) * factor / 2**30)
 
 
 @dataclass(frozen=True)
@@ -133,6 +177,9 @@ class StackSettings:
     # The one-off opt-in after a scale-in or password rotation done by hand on the nodes,
     # naming what it accepts ("shards=3", "replicasPerShard=1", "password").
     accept_manual_change: tuple[str, ...] = ()
+    # IAM roles and users given cluster admin through EKS access entries, besides the
+    # cluster's creator (platform=eks only).
+    cluster_admin_arns: tuple[str, ...] = ()
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -235,10 +282,52 @@ def _subnet_id(item: str) -> None:
 
 
 def _cidr(item: str) -> None:
+    # A bare address (0.0.0.0) would parse as a /32: a typo for 0.0.0.0/0 that locks everyone out.
     try:
+        if "/" not in item:
+            raise ValueError
         ipaddress.ip_network(item, strict=True)
     except ValueError:
-        raise ValueError(f"a list of CIDR blocks such as 203.0.113.0/24; {item!r} is not one") from None
+        raise ValueError(
+            f"a list of CIDR blocks in prefix notation such as 203.0.113.0/24 (0.0.0.0/0 for anywhere); {item!r} is not one"
+        ) from None
+
+
+def _iam_principal(item: str) -> None:
+    if not _IAM_PRINCIPAL_ARN.match(item):
+        raise ValueError(
+            "a list of IAM role or user ARNs such as arn:aws:iam::111122223333:role/ci-deploy "
+            f"(partitions aws, aws-us-gov, aws-cn; not an sts assumed-role ARN); {item!r} is not one"
+        )
+
+
+def _as_principal_list(raw: Any) -> tuple[str, ...]:
+    arns = _as_string_list(_iam_principal)(raw)
+    # IAM names are unique regardless of case: Role/CI and role/ci are the same identity.
+    seen: dict[str, str] = {}
+    for arn in arns:
+        if arn.lower() in seen:
+            raise ValueError(f"each IAM principal once; {arn!r} is listed twice")
+        seen[arn.lower()] = arn
+    return arns
+
+
+def _as_image(raw: str) -> str:
+    allowed = (
+        "an image pinned by an exact version tag (redis:7.4.10, redis:7.4.10-bookworm, "
+        "registry.example.com:5000/redis:8.2.3-alpine), by digest (redis@sha256:<64 hex>), or both"
+    )
+    match = _IMAGE.match(raw)
+    if not match:
+        raise ValueError(allowed)
+    if match.group("digest"):
+        return raw
+    tag = match.group("tag")
+    if tag is None:
+        raise ValueError(f"{allowed}; it names no tag, which means latest")
+    if not _EXACT_VERSION_TAG.match(tag):
+        raise ValueError(f"{allowed}; the tag {tag!r} moves to new releases")
+    return raw
 
 
 def _as_labels(raw: Any) -> tuple[tuple[str, str], ...]:
@@ -283,7 +372,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "namespace": ("namespace", _matching(_DNS_LABEL, "a DNS-1123 label: lower-case letters, digits and '-'")),
     "shards": ("shards", _as_int(MIN_SHARDS, MAX_SHARDS, "Redis Cluster needs at least 3 masters to elect a failover")),
     "replicasPerShard": ("replicas_per_shard", _as_int(0, MAX_REPLICAS_PER_SHARD)),
-    "image": ("image", _matching(_IMAGE, "an image reference pinned by tag or digest")),
+    "image": ("image", _as_image),
     "nodeTimeoutMs": ("node_timeout_ms", _as_int(1000, 60000)),
     "maxmemoryPolicy": ("maxmemory_policy", _one_of(MAXMEMORY_POLICIES)),
     "cpuRequest": ("cpu_request", _as_quantity),
@@ -294,7 +383,18 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "clientNamespaceLabels": ("client_namespace_labels", _as_labels),
     "bootstrapTimeoutSeconds": ("bootstrap_timeout_seconds", _as_int(30, 3600)),
     "acceptManualChange": ("accept_manual_change", _as_string_list(_manual_change)),
+    "clusterAdminArns": ("cluster_admin_arns", _as_principal_list),
 }
+# Keys that only mean something when this program builds the cluster.
+_EKS_ONLY_KEYS = (
+    "vpcId",
+    "privateSubnetIds",
+    "nodeInstanceType",
+    "nodeMinSize",
+    "nodeDesiredSize",
+    "nodeMaxSize",
+    "clusterAdminArns",
+)
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
 
@@ -302,18 +402,22 @@ KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
 def parse_settings(values: Mapping[str, Any]) -> StackSettings:
     """Validate raw config values (key -> string, without the namespace) into settings.
 
-    Secret values (`password`, `kubeconfig`) arrive in plain text to be checked;
-    `load_settings` turns them into Pulumi secrets before anything else sees them.
+    Every problem of the run is reported in one `SettingsError`, so that one `pulumi preview`
+    names them all. Secret values (`password`, `kubeconfig`) arrive in plain text to be
+    checked; `load_settings` turns them into Pulumi secrets before anything else sees them.
     """
-    unknown = sorted(set(values) - set(KNOWN_KEYS))
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
-        hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "known keys: " + ", ".join(KNOWN_KEYS)
-        raise SettingsError(f"{NAMESPACE}:{key} is not a setting of this program; {hint}")
-
+    problems: list[str] = []
+    # Keys whose value could not be parsed: checks that relate them to others are skipped,
+    # as they would judge the default in their place.
+    bad: set[str] = set()
     parsed: dict[str, Any] = {}
     for key, raw in values.items():
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "known keys: " + ", ".join(KNOWN_KEYS)
+            problems.append(f"{NAMESPACE}:{key} is not a setting of this program; {hint}")
+            bad.add(key)
+            continue
         if key in _SECRET_KEYS:
             parsed[_SECRET_KEYS[key]] = raw
             continue
@@ -321,91 +425,115 @@ def parse_settings(values: Mapping[str, Any]) -> StackSettings:
         try:
             parsed[attribute] = parse(raw)
         except ValueError as error:
-            raise _fail(key, raw, f"expected {error}") from None
+            problems.append(_fail(key, raw, f"expected {error}"))
+            bad.add(key)
 
     if "cluster_version" in parsed and "ebs_csi_driver_version" not in parsed:
         parsed["ebs_csi_driver_version"] = EBS_CSI_DRIVER_VERSIONS[parsed["cluster_version"]]
-    if parsed.get("platform") == "existing" and "storage_provisioner" not in parsed:
-        raise _fail(
-            "storageProvisioner",
-            None,
-            "platform=existing needs the provisioner of the cluster's CSI driver, "
-            "e.g. rancher.io/local-path on kind or ebs.csi.aws.com on an EKS made elsewhere",
+    if parsed.get("platform") == "existing" and "storageProvisioner" not in values:
+        problems.append(
+            _fail(
+                "storageProvisioner",
+                None,
+                "platform=existing needs the provisioner of the cluster's CSI driver, "
+                "e.g. rancher.io/local-path on kind or ebs.csi.aws.com on an EKS made elsewhere",
+            )
         )
     settings = StackSettings(**parsed)
-    _check_relations(settings, values)
+    problems.extend(_relation_problems(settings, values, bad))
+    if problems:
+        raise SettingsError(problems)
     return settings
 
 
-def _check_relations(s: StackSettings, values: Mapping[str, Any]) -> None:
-    if not s.node_min_size <= s.node_desired_size <= s.node_max_size:
-        raise SettingsError(
+def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str]) -> list[str]:
+    """What is wrong between settings (and with the secrets), for the keys that parsed."""
+    problems: list[str] = []
+
+    def parsed(*keys: str) -> bool:
+        return not bad.intersection(keys)
+
+    if parsed("nodeMinSize", "nodeDesiredSize", "nodeMaxSize") and not (
+        s.node_min_size <= s.node_desired_size <= s.node_max_size
+    ):
+        problems.append(
             f"{NAMESPACE}:nodeMinSize ({s.node_min_size}) <= nodeDesiredSize ({s.node_desired_size}) "
             f"<= nodeMaxSize ({s.node_max_size}) must hold"
         )
-    if bool(s.vpc_id) != bool(s.private_subnet_ids):
-        raise SettingsError(
+    if parsed("vpcId", "privateSubnetIds") and bool(s.vpc_id) != bool(s.private_subnet_ids):
+        problems.append(
             f"{NAMESPACE}:vpcId and {NAMESPACE}:privateSubnetIds go together: set both to use an "
             "existing VPC, or neither to create one"
         )
     if s.private_subnet_ids and len(s.private_subnet_ids) < 2:
-        raise _fail(
-            "privateSubnetIds", list(s.private_subnet_ids), "EKS needs subnets in at least 2 availability zones"
+        problems.append(
+            _fail("privateSubnetIds", list(s.private_subnet_ids), "EKS needs subnets in at least 2 availability zones")
         )
-    if s.platform == "existing" and s.kubeconfig is None:
-        raise SettingsError(
-            f"{NAMESPACE}:platform = 'existing' needs {NAMESPACE}:kubeconfig, set as a secret: "
-            f'pulumi config set --secret {NAMESPACE}:kubeconfig "$(cat ~/.kube/config)"'
-        )
-    if s.platform == "eks" and s.storage_provisioner != EBS_PROVISIONER:
-        raise _fail("storageProvisioner", s.storage_provisioner, f"platform=eks uses {EBS_PROVISIONER}")
-    if s.platform == "existing":
-        eks_only = sorted(
-            key
-            for key in (
-                "vpcId",
-                "privateSubnetIds",
-                "nodeInstanceType",
-                "nodeMinSize",
-                "nodeDesiredSize",
-                "nodeMaxSize",
+    if parsed("platform") and s.platform == "existing":
+        if s.kubeconfig is None:
+            problems.append(
+                f"{NAMESPACE}:platform = 'existing' needs {NAMESPACE}:kubeconfig, set as a secret: "
+                f'pulumi config set --secret {NAMESPACE}:kubeconfig "$(cat ~/.kube/config)"'
             )
+        problems.extend(
+            f"{NAMESPACE}:{key} only applies to platform=eks; remove it for platform=existing"
+            for key in _EKS_ONLY_KEYS
             if key in values
         )
-        if eks_only:
-            raise SettingsError(
-                f"{NAMESPACE}:{eks_only[0]} only applies to platform=eks; remove it for platform=existing"
+    if parsed("platform", "storageProvisioner") and s.platform == "eks" and s.storage_provisioner != EBS_PROVISIONER:
+        problems.append(_fail("storageProvisioner", s.storage_provisioner, f"platform=eks uses {EBS_PROVISIONER}"))
+    if parsed("storageThroughput", "storageIops") and s.storage_throughput > s.storage_iops // 4:
+        problems.append(
+            _fail(
+                "storageThroughput",
+                s.storage_throughput,
+                f"gp3 allows at most 0.25 MiB/s per provisioned IOPS ({s.storage_iops // 4} MiB/s for {s.storage_iops} IOPS)",
             )
-    if s.storage_throughput > s.storage_iops // 4:
-        raise _fail(
-            "storageThroughput",
-            s.storage_throughput,
-            f"gp3 allows at most 0.25 MiB/s per provisioned IOPS ({s.storage_iops // 4} MiB/s for {s.storage_iops} IOPS)",
         )
-    if parse_quantity(s.cpu_request) > parse_quantity(s.cpu_limit):
-        raise _fail("cpuRequest", s.cpu_request, f"at most cpuLimit ({s.cpu_limit})")
-    if parse_quantity(s.memory_request) > parse_quantity(s.memory_limit):
-        raise _fail("memoryRequest", s.memory_request, f"at most memoryLimit ({s.memory_limit})")
-    if s.memory_limit_bytes < 256 * 2**20:
-        raise _fail("memoryLimit", s.memory_limit, "at least 256Mi: Redis needs headroom beyond maxmemory")
+    if parsed("storageIops", "storageSize"):
+        problems.extend(_iops_size_problems(s))
+    if parsed("cpuRequest", "cpuLimit") and parse_quantity(s.cpu_request) > parse_quantity(s.cpu_limit):
+        problems.append(_fail("cpuRequest", s.cpu_request, f"at most cpuLimit ({s.cpu_limit})"))
+    if parsed("memoryRequest", "memoryLimit") and parse_quantity(s.memory_request) > parse_quantity(s.memory_limit):
+        problems.append(_fail("memoryRequest", s.memory_request, f"at most memoryLimit ({s.memory_limit})"))
+    if parsed("memoryLimit") and s.memory_limit_bytes < 256 * 2**20:
+        problems.append(_fail("memoryLimit", s.memory_limit, "at least 256Mi: Redis needs headroom beyond maxmemory"))
     # Secret values are checked without echoing them.
     if s.password is not None and not _PASSWORD.match(s.password):
-        raise SettingsError(
-            f"{NAMESPACE}:password is not valid: expected 16 to 512 characters from A-Z a-z 0-9 _ . ~ -"
-        )
+        problems.append(f"{NAMESPACE}:password is not valid: expected 16 to 512 characters from A-Z a-z 0-9 _ . ~ -")
     if s.kubeconfig is not None:
-        _check_kubeconfig(s.kubeconfig)
+        problems.extend(_kubeconfig_problems(s.kubeconfig))
+    return problems
 
 
-def _check_kubeconfig(text: str) -> None:
+def _iops_size_problems(s: StackSettings) -> list[str]:
+    """gp3 above its 3000 IOPS baseline needs 1 GiB per 500 IOPS, or EC2 refuses every volume.
+
+    The claims would then stay Pending until the StatefulSet's await times out; say so at
+    preview instead. The EBS CSI driver rounds a claim up to whole GiB, so that is the size
+    judged."""
+    if s.storage_provisioner != EBS_PROVISIONER or s.storage_iops <= GP3_IOPS_RANGE[0]:
+        return []
+    size_gib = quantity_gib_rounded_up(s.storage_size)
+    if s.storage_iops <= GP3_MAX_IOPS_PER_GIB * size_gib:
+        return []
+    needed_gib = math.ceil(s.storage_iops / GP3_MAX_IOPS_PER_GIB)
+    return [
+        f"{NAMESPACE}:storageIops {s.storage_iops} needs storageSize of at least {needed_gib}Gi "
+        f"({GP3_MAX_IOPS_PER_GIB} IOPS per GiB); storageSize is {s.storage_size}: gp3 refuses the volume, "
+        f"raise {NAMESPACE}:storageSize or lower storageIops to at most "
+        f"{max(GP3_IOPS_RANGE[0], GP3_MAX_IOPS_PER_GIB * size_gib)}"
+    ]
+
+
+def _kubeconfig_problems(text: str) -> list[str]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError:
         document = None
     if not isinstance(document, dict) or not document.get("clusters") or not document.get("contexts"):
-        raise SettingsError(
-            f"{NAMESPACE}:kubeconfig is not valid: expected a kubeconfig (YAML or JSON) with clusters and contexts"
-        )
+        return [f"{NAMESPACE}:kubeconfig is not valid: expected a kubeconfig (YAML or JSON) with clusters and contexts"]
+    return []
 
 
 def load_stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:

@@ -10,6 +10,12 @@ from tests.unit.conftest import build_stack, is_secret, reveal
 
 EKS_CLUSTER = "eks:index:Cluster"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
+ACCESS_POLICY_ASSOCIATION = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
+CLUSTER_ADMIN_POLICY_ARN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+PROD_CI_ROLE = "arn:aws:iam::111122223333:role/redis-eks-ci-deploy"
 
 
 def named(run, type_token, suffix):
@@ -46,7 +52,9 @@ def test_dev_vpc_spans_three_zones_with_one_nat_gateway_and_prod_one_per_zone(de
 
 def test_an_existing_vpc_is_used_as_given():
     run = build_stack(
-        "dev", vpcId="vpc-0abcdef0123456789", privateSubnetIds='["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]'
+        "dev",
+        vpcId="vpc-0abcdef0123456789",
+        privateSubnetIds='["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]',
     )
     assert run.of_type("awsx:ec2:Vpc") == []
     cluster = run.one(EKS_CLUSTER).inputs
@@ -67,11 +75,14 @@ def test_managed_nodes_run_in_private_subnets_with_imdsv2_and_encrypted_disks(de
     assert group["subnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
     assert group["instanceTypes"] == ["t3.large"]
     assert group["scalingConfig"] == {"minSize": 3, "desiredSize": 3, "maxSize": 4}
-    assert prod_stack.one("aws:eks/nodeGroup:NodeGroup").inputs["scalingConfig"] == {"minSize": 3, "desiredSize": 6, "maxSize": 9}
+    assert prod_stack.one("aws:eks/nodeGroup:NodeGroup").inputs["scalingConfig"] == {
+        "minSize": 3,
+        "desiredSize": 6,
+        "maxSize": 9,
+    }
     template = dev_stack.one("aws:ec2/launchTemplate:LaunchTemplate").inputs
     assert group["launchTemplate"]["id"] == f"{dev_stack.one('aws:ec2/launchTemplate:LaunchTemplate').name}-id"
     assert template["metadataOptions"]["httpTokens"] == "required"
-    assert template["metadataOptions"]["httpPutResponseHopLimit"] == 1
     (disk,) = template["blockDeviceMappings"]
     assert disk["ebs"]["encrypted"] == "true"
     node_role_policies = {
@@ -79,7 +90,82 @@ def test_managed_nodes_run_in_private_subnets_with_imdsv2_and_encrypted_disks(de
         for r in dev_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
         if "-node-" in r.name
     }
-    assert node_role_policies == {"AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"}
+    assert node_role_policies == {
+        "AmazonEKSWorkerNodePolicy",
+        "AmazonEKS_CNI_Policy",
+        "AmazonEC2ContainerRegistryReadOnly",
+    }
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_node_group_waits_for_its_role_policies_and_goes_before_them(stack, dev_stack, prod_stack):
+    """Nodes that boot before their policies land fail to join (no CNI, no image pulls); on
+    destroy, policies removed first leave nodes and ENIs that the node group cannot clean up."""
+    run = {"dev": dev_stack, "prod": prod_stack}[stack]
+    node_group = run.one(NODE_GROUP)
+    node_policies = [r for r in run.of_type(POLICY_ATTACHMENT) if "-node-" in r.name]
+    assert len(node_policies) == 3
+    for attachment in node_policies:
+        assert attachment.urn in node_group.dependencies, attachment.name
+    assert run.one(EKS_CLUSTER).urn in node_group.dependencies
+
+
+def test_the_ebs_csi_add_on_waits_for_its_roles_policies_and_goes_before_them(dev_stack):
+    """The controller creates, attaches and encrypts volumes with its IRSA role: both the
+    managed policy and the inline KMS policy must be in place before it runs, and stay until
+    it is gone."""
+    addon = dev_stack.one("aws:eks/addon:Addon")
+    assert named(dev_stack, POLICY_ATTACHMENT, "-ebs-csi-policy").urn in addon.dependencies
+    assert named(dev_stack, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").urn in addon.dependencies
+    assert dev_stack.one(NODE_GROUP).urn in addon.dependencies
+
+
+def test_the_launch_template_keeps_the_imds_hop_limit_at_1(dev_stack):
+    """Hop limit 1 on purpose (docs/design.md, "Design choices"): at 2 every pod, a Redis pod
+    or any client pod included, can take the node role's credentials, and with them
+    AmazonEKS_CNI_Policy's rights over every ENI of the account. At 1 the EBS CSI node plugin
+    falls back to Kubernetes metadata (the Node's providerID and labels, which EKS sets); what
+    it loses is the count of attached ENIs and volumes in its attach limit, which a handful of
+    Redis volumes per node never reaches. The controller has its credentials from IRSA, not
+    from IMDS. A change to 2 must come with a new decision in the design notes."""
+    options = dev_stack.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["metadataOptions"]
+    assert options == {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1}
+
+
+def test_cluster_admin_arns_get_an_access_entry_with_cluster_admin_each(prod_stack):
+    """CI and colleagues reach Kubernetes only through an access entry of their own: the
+    cluster's creator is its only admin otherwise."""
+    platform = prod_stack.one("redis-eks:index:EksPlatform")
+    cluster = prod_stack.one(EKS_CLUSTER)
+    entry = prod_stack.one(ACCESS_ENTRY)
+    association = prod_stack.one(ACCESS_POLICY_ASSOCIATION)
+    assert entry.inputs == {"clusterName": "redis-eks-prod", "principalArn": PROD_CI_ROLE, "type": "STANDARD"}
+    assert association.inputs["clusterName"] == "redis-eks-prod"
+    assert association.inputs["principalArn"] == PROD_CI_ROLE
+    assert association.inputs["policyArn"] == CLUSTER_ADMIN_POLICY_ARN
+    assert association.inputs["accessScope"] == {"type": "cluster"}
+    for resource in (entry, association):
+        assert resource.parent == platform.urn
+        assert cluster.urn in resource.dependencies
+    assert entry.urn in association.dependencies
+    # Kubernetes is reached only once the access is in place (and on destroy, before it goes).
+    assert association.urn in prod_stack.one("pulumi:providers:kubernetes").dependencies
+
+
+def test_every_listed_principal_gets_its_own_entry_and_none_by_default(dev_stack):
+    assert dev_stack.of_type(ACCESS_ENTRY) == [] and dev_stack.of_type(ACCESS_POLICY_ASSOCIATION) == []
+    arns = [
+        "arn:aws:iam::111122223333:role/redis-eks-ci-deploy",
+        "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_0123456789abcdef",
+        "arn:aws:iam::444455556666:user/alice",
+    ]
+    run = build_stack("dev", clusterAdminArns=json.dumps(arns))
+    entries = run.of_type(ACCESS_ENTRY)
+    associations = run.of_type(ACCESS_POLICY_ASSOCIATION)
+    assert sorted(r.inputs["principalArn"] for r in entries) == sorted(arns)
+    assert sorted(r.inputs["principalArn"] for r in associations) == sorted(arns)
+    assert {r.inputs["policyArn"] for r in associations} == {CLUSTER_ADMIN_POLICY_ARN}
+    assert len({r.name for r in entries + associations}) == 6
 
 
 def test_ebs_csi_add_on_is_pinned_and_uses_its_own_role(dev_stack):
@@ -95,7 +181,9 @@ def test_ebs_csi_role_trusts_only_the_controller_service_account_through_the_oid
     trust = json.loads(named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role").inputs["assumeRolePolicy"])
     (statement,) = trust["Statement"]
     assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
-    assert statement["Principal"] == {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/MOCK"}
+    assert statement["Principal"] == {
+        "Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/MOCK"
+    }
     assert statement["Condition"] == {
         "StringEquals": {
             "oidc.eks.eu-west-1.amazonaws.com/id/MOCK:sub": "system:serviceaccount:kube-system:ebs-csi-controller-sa",
@@ -167,10 +255,14 @@ def test_every_kubernetes_object_uses_the_platforms_explicit_provider(dev_stack,
 def test_the_kubernetes_provider_gets_the_eks_kubeconfig(dev_stack):
     provider = dev_stack.one("pulumi:providers:kubernetes").inputs
     assert is_secret(provider["kubeconfig"])
-    assert json.loads(reveal(provider["kubeconfig"]))["clusters"][0]["cluster"]["server"] == "https://mock.eks.amazonaws.com"
+    assert (
+        json.loads(reveal(provider["kubeconfig"]))["clusters"][0]["cluster"]["server"]
+        == "https://mock.eks.amazonaws.com"
+    )
 
 
 def test_existing_platform_builds_no_cloud_resources_and_uses_the_given_provisioner(existing_stack):
+    # No access entries either: access to a cluster made elsewhere is managed there.
     assert [r for r in existing_stack.resources if r.type.startswith(("aws:", "awsx:", "eks:"))] == []
     storage_class = existing_stack.one(STORAGE_CLASS).inputs
     assert storage_class["metadata"]["name"] == "data"

@@ -1,9 +1,12 @@
 """Stack settings: defaults suit a dev stack, and every bad value fails before anything is created."""
 
+import json
+
 import pytest
 
 from components.stack_settings import (
     DEFAULT_CLUSTER_VERSION,
+    DEFAULT_REDIS_IMAGE,
     EBS_CSI_DRIVER_VERSIONS,
     SettingsError,
     load_stack_config,
@@ -63,7 +66,7 @@ BAD_VALUES = [
     ({"nodeDesiredSize": "7", "nodeMaxSize": "6"}, ["nodeDesiredSize (7)", "nodeMaxSize (6)"]),
     ({"platform": "gke"}, ["redis-eks:platform", "'gke'", "eks, existing"]),
     ({"platform": "existing", "storageProvisioner": "rancher.io/local-path"}, ["redis-eks:kubeconfig", "--secret"]),
-    ({"platform": "existing"}, ["redis-eks:storageProvisioner", "rancher.io/local-path"]),
+    ({"platform": "existing"}, ["redis-eks:storageProvisioner", "rancher.io/local-path", "redis-eks:kubeconfig"]),
     ({"clusterVersion": "1.29"}, ["redis-eks:clusterVersion", "'1.29'", "1.35, 1.36"]),
     ({"clusterVersion": "latest"}, ["redis-eks:clusterVersion", "'latest'"]),
     ({"nodeInstanceType": "large"}, ["redis-eks:nodeInstanceType", "'large'", "instance type"]),
@@ -84,6 +87,63 @@ BAD_VALUES = [
     ({"memoryRequest": "2Gi", "memoryLimit": "1Gi"}, ["redis-eks:memoryRequest", "at most memoryLimit"]),
     ({"cpuRequest": "2", "cpuLimit": "1"}, ["redis-eks:cpuRequest", "at most cpuLimit"]),
     ({"image": "redis latest"}, ["redis-eks:image", "pinned"]),
+    ({"image": "redis"}, ["redis-eks:image", "'redis'", "exact version tag", "digest", "names no tag"]),
+    ({"image": "redis:latest"}, ["redis-eks:image", "'redis:latest'", "exact version tag", "'latest' moves"]),
+    ({"image": "redis:7"}, ["redis-eks:image", "'redis:7'", "redis:7.4.10", "'7' moves"]),
+    ({"image": "redis:7.4"}, ["redis-eks:image", "'redis:7.4'", "'7.4' moves"]),
+    ({"image": "redis:7.4-bookworm"}, ["redis-eks:image", "'7.4-bookworm' moves"]),
+    ({"image": "redis:alpine"}, ["redis-eks:image", "'alpine' moves"]),
+    ({"image": "registry.example.com:5000/redis"}, ["redis-eks:image", "names no tag"]),
+    ({"image": "redis@sha256:abc123"}, ["redis-eks:image", "@sha256:<64 hex>"]),
+    (
+        {"publicAccessCidrs": '["0.0.0.0"]'},
+        ["redis-eks:publicAccessCidrs", "'0.0.0.0'", "prefix notation", "0.0.0.0/0"],
+    ),
+    ({"publicAccessCidrs": '["203.0.113.7"]'}, ["redis-eks:publicAccessCidrs", "'203.0.113.7'", "prefix notation"]),
+    ({"publicAccessCidrs": '["10.0.0.1/24"]'}, ["redis-eks:publicAccessCidrs", "'10.0.0.1/24'"]),
+    (
+        {"storageIops": "16000"},
+        ["redis-eks:storageIops 16000 needs storageSize of at least 32Gi (500 IOPS per GiB); storageSize is 5Gi"],
+    ),
+    # 30G is 27.9 GiB: a 28 GiB volume, 14000 IOPS at most.
+    (
+        {"storageIops": "16000", "storageSize": "30G"},
+        ["storageIops 16000", "at least 32Gi", "storageSize is 30G", "14000"],
+    ),
+    # 31000Mi is 30.3 GiB: a 31 GiB volume, 15500 IOPS at most.
+    ({"storageIops": "16000", "storageSize": "31000Mi"}, ["at least 32Gi", "storageSize is 31000Mi", "15500"]),
+    # 0.1Ti is 102.4 GiB: a 103 GiB volume.
+    ({"storageIops": "80000", "storageSize": "0.1Ti"}, ["storageIops 80000", "at least 160Gi", "storageSize is 0.1Ti"]),
+    # Just above the baseline: 3001 IOPS needs 7 GiB (rounded up, 6 GiB allows 3000).
+    ({"storageIops": "3001", "storageSize": "6Gi"}, ["storageIops 3001", "at least 7Gi", "storageSize is 6Gi"]),
+    ({"clusterAdminArns": '["ci-deploy"]'}, ["redis-eks:clusterAdminArns", "'ci-deploy'", "IAM role or user ARNs"]),
+    (
+        {"clusterAdminArns": '["arn:aws:sts::111122223333:assumed-role/ci-deploy/session-1"]'},
+        ["redis-eks:clusterAdminArns", "assumed-role", "not an sts assumed-role ARN"],
+    ),
+    ({"clusterAdminArns": '["arn:aws:iam::1111222233:role/ci"]'}, ["redis-eks:clusterAdminArns", "1111222233:role/ci"]),
+    ({"clusterAdminArns": '["arn:aws-xx:iam::111122223333:role/ci"]'}, ["redis-eks:clusterAdminArns", "aws-us-gov"]),
+    (
+        {"clusterAdminArns": '["arn:aws:iam::111122223333:group/admins"]'},
+        ["redis-eks:clusterAdminArns", "group/admins"],
+    ),
+    (
+        {"clusterAdminArns": '["arn:aws:iam::111122223333:role/ci", "arn:aws:iam::111122223333:role/CI"]'},
+        [
+            "redis-eks:clusterAdminArns",
+            "each IAM principal once",
+            "'arn:aws:iam::111122223333:role/CI' is listed twice",
+        ],
+    ),
+    (
+        {
+            "platform": "existing",
+            "kubeconfig": KUBECONFIG,
+            "storageProvisioner": "x.io/p",
+            "clusterAdminArns": '["arn:aws:iam::111122223333:role/ci"]',
+        },
+        ["redis-eks:clusterAdminArns", "only applies to platform=eks"],
+    ),
     ({"clientPodLabels": '["app"]'}, ["redis-eks:clientPodLabels", "labels"]),
     ({"storageKmsKeyArn": "my-key"}, ["redis-eks:storageKmsKeyArn", "kms ARN"]),
     ({"shard": "3"}, ["redis-eks:shard", "did you mean redis-eks:shards"]),
@@ -107,6 +167,110 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, fragments
         parse_settings(values)
     for fragment in fragments:
         assert fragment in str(raised.value)
+
+
+GOOD_IMAGES = [
+    DEFAULT_REDIS_IMAGE,
+    "redis:7.4.10",
+    "redis:8.2.3-alpine",
+    "redis:7.4.10-alpine3.21",
+    "redis@sha256:" + "0123456789abcdef" * 4,
+    "redis:7.4.10-bookworm@sha256:" + "0123456789abcdef" * 4,
+    "registry.example.com:5000/redis:7.4.10",
+    "registry.example.com:5000/team/redis@sha256:" + "0123456789abcdef" * 4,
+    "localhost:5000/redis:7.4.10",
+    "public.ecr.aws/docker/library/redis:7.4.10-bookworm",
+    "111122223333.dkr.ecr.eu-west-1.amazonaws.com/mirror/redis:7.4.10",
+]
+
+
+@pytest.mark.parametrize("image", GOOD_IMAGES)
+def test_images_pinned_by_exact_version_or_digest_are_accepted(image):
+    assert parse_settings({"image": image}).image == image
+
+
+@pytest.mark.parametrize(
+    "iops, size",
+    [
+        ("3000", "1Gi"),  # the baseline comes with any size
+        ("6000", "12Gi"),
+        ("16000", "32Gi"),
+        ("16000", "32768Mi"),
+        ("16000", "34G"),  # 31.7 GiB: the EBS CSI driver rounds the claim up to a 32 GiB volume
+        ("80000", "160Gi"),
+        ("80000", "0.5Ti"),
+    ],
+)
+def test_iops_within_500_per_gib_of_the_volume_are_accepted(iops, size):
+    settings = parse_settings({"storageIops": iops, "storageSize": size, "storageThroughput": "125"})
+    assert (settings.storage_iops, settings.storage_size) == (int(iops), size)
+
+
+def test_iops_are_not_judged_against_the_size_for_another_provisioner():
+    settings = parse_settings(
+        {
+            "platform": "existing",
+            "kubeconfig": KUBECONFIG,
+            "storageProvisioner": "rancher.io/local-path",
+            "storageIops": "16000",
+        }
+    )
+    assert settings.storage_iops == 16000
+
+
+def test_cluster_admin_arns_accept_roles_and_users_of_every_partition():
+    arns = [
+        "arn:aws:iam::111122223333:role/redis-eks-ci-deploy",
+        "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_0123456789abcdef",
+        "arn:aws:iam::111122223333:user/alice",
+        "arn:aws-us-gov:iam::111122223333:role/ci",
+        "arn:aws-cn:iam::111122223333:user/ops.bob@example.com",
+    ]
+    assert parse_settings({"clusterAdminArns": json.dumps(arns)}).cluster_admin_arns == tuple(arns)
+    assert parse_settings({}).cluster_admin_arns == ()
+
+
+def test_every_problem_of_one_run_is_reported_together():
+    with pytest.raises(SettingsError) as raised:
+        parse_settings(
+            {
+                "shards": "2",
+                "image": "redis:7",
+                "publicAccessCidrs": '["0.0.0.0"]',
+                "storageIops": "16000",
+                "clusterAdminArns": '["ci"]',
+                "shard": "3",
+            }
+        )
+    problems = raised.value.problems
+    assert len(problems) == 6, problems
+    message = str(raised.value)
+    assert message.startswith("6 stack settings are not valid:")
+    for key in ("shards", "image", "publicAccessCidrs", "storageIops", "clusterAdminArns", "shard"):
+        assert f"redis-eks:{key} " in message, key
+
+
+def test_an_existing_platform_without_kubeconfig_or_provisioner_names_both():
+    with pytest.raises(SettingsError) as raised:
+        parse_settings({"platform": "existing", "nodeMaxSize": "9", "nodeInstanceType": "m6i.large"})
+    message = str(raised.value)
+    for fragment in (
+        "redis-eks:storageProvisioner",
+        "redis-eks:kubeconfig",
+        "redis-eks:nodeMaxSize only applies to platform=eks",
+        "redis-eks:nodeInstanceType only applies to platform=eks",
+    ):
+        assert fragment in message
+    assert len(raised.value.problems) == 4
+
+
+def test_a_value_that_does_not_parse_is_not_judged_again_through_its_default():
+    # nodeMinSize falls back to its default while parsing; the min <= desired <= max check
+    # must not then report a second, made-up problem with it.
+    with pytest.raises(SettingsError) as raised:
+        parse_settings({"nodeMinSize": "zero", "nodeDesiredSize": "2"})
+    assert len(raised.value.problems) == 1
+    assert "redis-eks:nodeMinSize = 'zero'" in str(raised.value)
 
 
 def test_a_bad_password_is_refused_without_echoing_it():
