@@ -105,12 +105,27 @@ class RedisCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[guard]),
         )
 
+        # What a pod runs (redis.conf, the scripts) changes only with the pod: an immutable
+        # ConfigMap named after its content, so a change is a new object and a new pod
+        # template, rolled one pod at a time. The peers list must grow under running pods
+        # (a scale-out restarts none), so it lives apart and is updated in place.
         peers = files.pod_dns_names(names.stateful_set, names.headless_service, settings.namespace, settings.pod_count)
-        config_data = files.config_files(settings, files.POD_PATHS, peers=peers)
+        pod_files = files.config_files(settings, files.POD_PATHS, peers=peers)
+        peers_data = {files.PEERS_FILE: pod_files.pop(files.PEERS_FILE)}
+        config_name = names.config_map(pod_files)
         config_map = k8s.core.v1.ConfigMap(
             f"{resource_name}-config",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.config_map, namespace=ns, labels=labels),
-            data=config_data,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=config_name, namespace=ns, labels=labels),
+            data=pod_files,
+            immutable=True,
+            # The new one is created before the StatefulSet points at it; the old one goes
+            # only at the end of the update, after the StatefulSet's roll, once no pod uses it.
+            opts=on_cluster,
+        )
+        peers_map = k8s.core.v1.ConfigMap(
+            f"{resource_name}-peers",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=names.peers_config_map, namespace=ns, labels=labels),
+            data=peers_data,
             opts=on_cluster,
         )
 
@@ -144,11 +159,11 @@ class RedisCluster(pulumi.ComponentResource):
         stateful_set = k8s.apps.v1.StatefulSet(
             f"{resource_name}-statefulset",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
-            spec=_stateful_set_spec(settings, labels, selector, names, headless, config_data, args.storage_class_name),
+            spec=_stateful_set_spec(settings, labels, selector, names, headless, config_name, args.storage_class_name),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=args.provider,
-                depends_on=[guard, config_map, secret, headless],
+                depends_on=[guard, config_map, peers_map, secret, headless],
                 # The bootstrap decides when the cluster is formed; Pulumi need not wait for
                 # every pod to be Ready itself (a fresh pod is Ready anyway).
                 custom_timeouts=pulumi.CustomTimeouts(create="20m", update="30m"),
@@ -217,28 +232,28 @@ class _ObjectNames:
     def client_service(self) -> str:
         return self.base
 
+    def config_map(self, pod_files: dict[str, str]) -> str:
+        """The ConfigMap of what pods run, named after its content."""
+        return f"{self.base}-config-{content_hash(pod_files)}"
+
     @property
-    def config_map(self) -> str:
-        return f"{self.base}-config"
+    def peers_config_map(self) -> str:
+        return f"{self.base}-peers"
 
     @property
     def secret(self) -> str:
         return f"{self.base}-auth"
 
 
-def config_checksum(config_data: dict[str, str]) -> str:
-    """A digest of what a running pod reads only at start, so a change rolls the pods.
-
-    The peers list is left out: it grows on scale-out, and the scripts re-read it.
-    """
+def content_hash(pod_files: dict[str, str]) -> str:
+    """Ten hex digits of a digest of every file and its name: a new name for new content."""
     digest = hashlib.sha256()
-    for name in sorted(config_data):
-        if name != files.PEERS_FILE:
-            digest.update(name.encode() + b"\0" + config_data[name].encode() + b"\0")
-    return digest.hexdigest()
+    for name in sorted(pod_files):
+        digest.update(name.encode() + b"\0" + pod_files[name].encode() + b"\0")
+    return digest.hexdigest()[:10]
 
 
-def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless, config_data, storage_class_name):
+def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless, config_name, storage_class_name):
     paths = files.POD_PATHS
     exec_script = lambda script: k8s.core.v1.ExecActionArgs(command=["sh", f"{paths.conf_dir}/{script}"])  # noqa: E731
     env = [
@@ -263,10 +278,7 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
             when_deleted="Retain", when_scaled="Retain"
         ),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                labels=labels,
-                annotations={"redis-eks/config-checksum": config_checksum(config_data)},
-            ),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
             spec=k8s.core.v1.PodSpecArgs(
                 automount_service_account_token=False,
                 enable_service_links=False,
@@ -313,19 +325,19 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                         startup_probe=k8s.core.v1.ProbeArgs(
                             exec_=exec_script("probe-liveness.sh"),
                             period_seconds=5,
-                            timeout_seconds=5,
+                            timeout_seconds=files.PROBE_TIMEOUT_SECONDS,
                             failure_threshold=120,
                         ),
                         liveness_probe=k8s.core.v1.ProbeArgs(
                             exec_=exec_script("probe-liveness.sh"),
                             period_seconds=10,
-                            timeout_seconds=5,
+                            timeout_seconds=files.PROBE_TIMEOUT_SECONDS,
                             failure_threshold=6,
                         ),
                         readiness_probe=k8s.core.v1.ProbeArgs(
                             exec_=exec_script("probe-readiness.sh"),
                             period_seconds=5,
-                            timeout_seconds=5,
+                            timeout_seconds=files.PROBE_TIMEOUT_SECONDS,
                             failure_threshold=2,
                         ),
                         lifecycle=k8s.core.v1.LifecycleArgs(
@@ -346,9 +358,20 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                     )
                 ],
                 volumes=[
+                    # One directory: the pod's own files and the peers list beside them.
                     k8s.core.v1.VolumeArgs(
                         name="conf",
-                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=names.config_map, default_mode=0o755),
+                        projected=k8s.core.v1.ProjectedVolumeSourceArgs(
+                            default_mode=0o755,
+                            sources=[
+                                k8s.core.v1.VolumeProjectionArgs(
+                                    config_map=k8s.core.v1.ConfigMapProjectionArgs(name=config_name)
+                                ),
+                                k8s.core.v1.VolumeProjectionArgs(
+                                    config_map=k8s.core.v1.ConfigMapProjectionArgs(name=names.peers_config_map)
+                                ),
+                            ],
+                        ),
                     ),
                     k8s.core.v1.VolumeArgs(
                         name="secret",

@@ -50,6 +50,10 @@ SCRIPT_NAMES: tuple[str, ...] = (
 # only matters when the election cannot complete (no majority of masters reachable), and
 # then the pod should go on terminating rather than hang. pre-stop.sh has the same default.
 PRESTOP_TIMEOUT_SECONDS = 60
+# The kubelet's timeout for each probe run, and the budget a multi-call probe script keeps
+# below it, so that the script, not the kubelet, ends a slow probe and says why.
+PROBE_TIMEOUT_SECONDS = 5
+PROBE_BUDGET_SECONDS = PROBE_TIMEOUT_SECONDS - 1
 # peer-recovery.sh covers the wait for the AOF to load as well, which can take minutes on a
 # large data set; past this bound an operator has to look anyway.
 PEER_RECOVERY_TIMEOUT_SECONDS = 1800
@@ -189,6 +193,7 @@ def script_environment(paths: NodePaths = POD_PATHS) -> dict[str, str]:
         "REDIS_PASSWORD_FILE": f"{paths.secret_dir}/{PASSWORD_FILE}",
         "REDIS_PEERS_FILE": f"{paths.conf_dir}/{PEERS_FILE}",
         "REDIS_PRESTOP_TIMEOUT_SECONDS": str(PRESTOP_TIMEOUT_SECONDS),
+        "REDIS_PROBE_BUDGET_SECONDS": str(PROBE_BUDGET_SECONDS),
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(PEER_RECOVERY_TIMEOUT_SECONDS),
         "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(PEER_RECOVERY_INTERVAL_SECONDS),
     }

@@ -8,11 +8,24 @@
 # may be this replica's master) only once this replica holds a full copy again, so the
 # master's preStop finds an in-sync replica to hand over to.
 #
+# The whole probe, its three calls together, ends within REDIS_PROBE_BUDGET_SECONDS, below
+# the probe's timeoutSeconds: the kubelet would otherwise count a probe that is still
+# running as failed without its reason, and the next one would start beside it.
+#
 # Environment: POD_IP (required), REDIS_PORT (6379),
-# REDIS_PASSWORD_FILE (/etc/redis-secret/password).
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PROBE_BUDGET_SECONDS (4).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
+budget=${REDIS_PROBE_BUDGET_SECONDS:-4}
+if [ -z "${REDIS_PROBE_BOUNDED:-}" ]; then
+    REDIS_PROBE_BOUNDED=1 timeout "$budget" sh "$0"
+    status=$?
+    if [ "$status" -eq 124 ]; then
+        echo "readiness: no verdict within ${budget}s" >&2
+    fi
+    exit "$status"
+fi
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-/etc/redis-secret/password}
 

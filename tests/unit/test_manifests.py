@@ -67,6 +67,7 @@ def test_render_command_prints_every_object_with_secrets_masked():
             "StorageClass",
             "Secret",
             "ConfigMap",
+            "ConfigMap",
             "Service",
             "Service",
             "StatefulSet",

@@ -187,6 +187,7 @@ def test_script_environment_points_at_the_paths() -> None:
         "REDIS_PASSWORD_FILE": "/etc/redis-secret/password",
         "REDIS_PEERS_FILE": "/conf/peers",
         "REDIS_PRESTOP_TIMEOUT_SECONDS": str(PRESTOP_TIMEOUT_SECONDS),
+        "REDIS_PROBE_BUDGET_SECONDS": str(files.PROBE_BUDGET_SECONDS),
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(files.PEER_RECOVERY_TIMEOUT_SECONDS),
         "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(files.PEER_RECOVERY_INTERVAL_SECONDS),
     }

@@ -36,7 +36,7 @@ def test_everything_lives_in_the_configured_namespace_under_restricted_pod_secur
         for r in run.resources
         if r.type.startswith("kubernetes:") and r.type.split(":")[2] not in ("Namespace", "StorageClass")
     ]
-    assert len(namespaced) == 7
+    assert len(namespaced) == 8  # Secret, 2 ConfigMaps, 2 Services, StatefulSet, PDB, NetworkPolicy
     assert {r.inputs["metadata"]["namespace"] for r in namespaced} == {"cache"}
 
 
@@ -53,7 +53,7 @@ def test_stateful_set_runs_one_pod_per_node_in_parallel(dev_stack):
 def test_pod_count_is_shards_times_one_plus_replicas(shards, replicas, pods):
     run = build_stack("dev", shards=str(shards), replicasPerShard=str(replicas))
     assert run.one(STATEFUL_SET).inputs["spec"]["replicas"] == pods
-    peers = run.one(CONFIG_MAP).inputs["data"]["peers"].split()
+    peers = config_maps(run)["redis-cluster-peers"]["data"]["peers"].split()
     assert peers == [f"redis-cluster-{i}.redis-cluster-headless.redis.svc.cluster.local" for i in range(pods)]
 
 
@@ -83,7 +83,12 @@ def test_container_runs_the_entrypoint_which_execs_redis_server(dev_stack):
 def test_config_map_is_mounted_executable_and_the_secret_read_only(dev_stack):
     spec = pod_spec(dev_stack)
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["conf"]["configMap"] == {"name": "redis-cluster-config", "defaultMode": 0o755}
+    conf = volumes["conf"]["projected"]
+    assert conf["defaultMode"] == 0o755
+    assert [source["configMap"]["name"] for source in conf["sources"]] == [
+        config_map_name(dev_stack),
+        "redis-cluster-peers",
+    ]
     assert volumes["secret"]["secret"]["secretName"] == "redis-cluster-auth"
     mounts = {m["name"]: m for m in redis_container(dev_stack)["volumeMounts"]}
     assert mounts["conf"]["mountPath"] == "/conf"
@@ -95,7 +100,7 @@ def test_resources_come_from_config():
     run = build_stack("dev", cpuRequest="500m", cpuLimit="2", memoryRequest="2Gi", memoryLimit="3Gi")
     resources = redis_container(run)["resources"]
     assert resources == {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
-    redis_conf = run.one(CONFIG_MAP).inputs["data"]["redis.conf"]
+    redis_conf = pod_config(run)["data"]["redis.conf"]
     assert f"maxmemory {files.maxmemory_bytes(3 * 2**30)}\n" in redis_conf
 
 
@@ -106,8 +111,14 @@ def test_probes_and_pre_stop_run_the_shipped_scripts(dev_stack):
     assert container["readinessProbe"]["exec"]["command"] == ["sh", "/conf/probe-readiness.sh"]
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "/conf/pre-stop.sh"]
     assert pod_spec(dev_stack)["terminationGracePeriodSeconds"] > files.PRESTOP_TIMEOUT_SECONDS
-    shipped = set(dev_stack.one(CONFIG_MAP).inputs["data"])
+    shipped = set(pod_config(dev_stack)["data"])
     assert set(files.SCRIPT_NAMES) <= shipped
+
+
+def test_the_readiness_script_gives_its_verdict_before_the_kubelet_gives_up(dev_stack):
+    container = redis_container(dev_stack)
+    budget = int(next(e["value"] for e in container["env"] if e["name"] == "REDIS_PROBE_BUDGET_SECONDS"))
+    assert 0 < budget < container["readinessProbe"]["timeoutSeconds"]
 
 
 def test_pods_follow_the_restricted_pod_security_profile(dev_stack):
@@ -137,14 +148,48 @@ def test_pods_spread_over_zones_and_hosts(dev_stack, existing_stack):
     assert existing["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
 
 
-def test_a_config_change_rolls_the_pods_but_a_scale_out_does_not():
-    def checksum(run):
-        return run.one(STATEFUL_SET).inputs["spec"]["template"]["metadata"]["annotations"]["redis-eks/config-checksum"]
+def config_map_name(run) -> str:
+    """The ConfigMap of redis.conf and the scripts the pod template mounts."""
+    (volume,) = [v for v in run.one(STATEFUL_SET).inputs["spec"]["template"]["spec"]["volumes"] if v["name"] == "conf"]
+    return volume["projected"]["sources"][0]["configMap"]["name"]
 
+
+def config_maps(run) -> dict[str, dict]:
+    return {r.inputs["metadata"]["name"]: r.inputs for r in run.of_type(CONFIG_MAP)}
+
+
+def pod_config(run) -> dict:
+    return config_maps(run)[config_map_name(run)]
+
+
+def test_a_config_change_rolls_the_pods_but_a_scale_out_does_not():
     base = build_stack("dev")
-    assert checksum(build_stack("dev", nodeTimeoutMs="7000")) != checksum(base)
-    assert checksum(build_stack("dev", shards="4")) == checksum(base)
-    assert checksum(build_stack("dev", replicasPerShard="2")) == checksum(base)
+    assert config_map_name(build_stack("dev", nodeTimeoutMs="7000")) != config_map_name(base)
+    assert config_map_name(build_stack("dev", shards="4")) == config_map_name(base)
+    assert config_map_name(build_stack("dev", replicasPerShard="2")) == config_map_name(base)
+
+
+def test_what_a_pod_runs_changes_only_with_the_pod(monkeypatch):
+    """redis.conf and the scripts are in an immutable ConfigMap named after its content: a
+    changed script is a new object and a new pod template (rolled one pod at a time), never
+    an edit under running pods. Only the peers list is updated in place."""
+    base = build_stack("dev")
+    maps = config_maps(base)
+    pod_files = maps[config_map_name(base)]
+    assert pod_files["immutable"] is True and "peers" not in pod_files["data"]
+    peers = maps["redis-cluster-peers"]
+    assert not peers.get("immutable") and set(peers["data"]) == {"peers"}
+
+    original = files.script_files
+    monkeypatch.setattr(
+        files,
+        "script_files",
+        lambda: {**original(), "probe-readiness.sh": original()["probe-readiness.sh"] + "# changed\n"},
+    )
+    changed = build_stack("dev")
+    assert config_map_name(changed) != config_map_name(base), "a new object, referenced by a new template"
+    assert config_maps(changed)[config_map_name(changed)]["data"]["probe-readiness.sh"].endswith("# changed\n")
+    assert config_maps(changed)["redis-cluster-peers"] == peers
 
 
 def test_headless_service_publishes_not_ready_pods_on_both_ports(dev_stack):
@@ -183,7 +228,7 @@ def test_network_policy_opens_the_bus_to_peers_only_and_the_client_port_to_clien
 def test_redis_conf_in_the_config_map_is_the_rendered_one(dev_stack):
     from components.stack_settings import parse_settings
 
-    data = dev_stack.one(CONFIG_MAP).inputs["data"]
+    data = pod_config(dev_stack)["data"]
     assert data["redis.conf"] == files.render_redis_conf(parse_settings({"memoryRequest": "1Gi", "memoryLimit": "1Gi"}))
     assert "include /etc/redis-secret/auth.conf" in data["redis.conf"]
     for name in files.SCRIPT_NAMES:
@@ -203,7 +248,7 @@ def test_the_password_is_a_secret_and_appears_in_no_config_map_argv_or_plain_out
     secret = run.one(SECRET).inputs
     assert is_secret(secret["stringData"])
     assert reveal(secret["stringData"]) == {"password": password, "auth.conf": files.render_auth_conf(password)}
-    assert password not in repr(run.one(CONFIG_MAP).inputs)
+    assert password not in repr([r.inputs for r in run.of_type(CONFIG_MAP)])
     assert password not in repr(run.one(STATEFUL_SET).inputs)
     assert run.outputs["redisPassword"].value == password
     assert run.outputs["redisPassword"].secret is True
