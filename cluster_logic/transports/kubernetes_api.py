@@ -5,6 +5,7 @@ cluster in a process argv."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -15,6 +16,10 @@ from cluster_logic.model import NodeAddress
 from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS, CliResult, NodeTransport, PodStatus, TransportError
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# Reading a node's zone label is retried this often before the bootstrap gives up; only a
+# refusal (no RBAC on nodes) means placing pods without zones.
+ZONE_LOOKUP_ATTEMPTS = 3
+ZONE_LOOKUP_PAUSE_SECONDS = 0.5
 SECRET_FILE = "/etc/redis-secret/password"
 CONTAINER = "redis"
 
@@ -63,9 +68,15 @@ class KubernetesTransport(NodeTransport):
         secret_file: str = SECRET_FILE,
         exec_function: Optional[ExecFunction] = None,
         port_forward: Optional[PortForwardFunction] = None,
+        websocket_api: Optional[Any] = None,
     ) -> None:
         super().__init__(password)
         self._api = core_api
+        # kubernetes.stream swaps `call_api` on the ApiClient it is given for the length of
+        # the handshake (kubernetes-client/python#928): websocket calls get a client of
+        # their own, never the one the pod listings use, and take turns on it.
+        self._websocket_api = websocket_api
+        self._websocket_lock = threading.Lock()
         self._namespace = namespace
         self._sts = stateful_set_name
         self._selector = pod_selector
@@ -91,7 +102,10 @@ class KubernetesTransport(NodeTransport):
                 api_client = k8s_client.ApiClient()
             except k8s_config.ConfigException:
                 api_client = k8s_config.new_client_from_config()
-        return cls(core_api=k8s_client.CoreV1Api(api_client), **kwargs)
+        websocket_client = k8s_client.ApiClient(api_client.configuration)
+        return cls(
+            core_api=k8s_client.CoreV1Api(api_client), websocket_api=k8s_client.CoreV1Api(websocket_client), **kwargs
+        )
 
     # -- pods ---------------------------------------------------------------------------
 
@@ -122,30 +136,65 @@ class KubernetesTransport(NodeTransport):
         if not node_name:
             return ""
         if node_name not in self._zones:
+            self._zones[node_name] = self._read_zone(node_name)
+        return self._zones[node_name]
+
+    def _read_zone(self, node_name: str) -> str:
+        from kubernetes.client.exceptions import ApiException
+
+        for attempt in range(1, ZONE_LOOKUP_ATTEMPTS + 1):
             try:
                 node = self._api.read_node(node_name)
-                labels = node.metadata.labels or {}
-                self._zones[node_name] = labels.get(ZONE_LABEL, "")
-            except Exception:  # noqa: BLE001 - without RBAC on nodes, placement is zone-blind
-                self._zones[node_name] = ""
-        return self._zones[node_name]
+                return (node.metadata.labels or {}).get(ZONE_LABEL, "")
+            except ApiException as error:
+                if error.status in (401, 403):
+                    return ""  # no RBAC on nodes: placement is zone-blind, and says so
+                reason = f"{error.status} {error.reason}"
+            except OSError as error:
+                reason = str(error)
+            if attempt < ZONE_LOOKUP_ATTEMPTS:
+                time.sleep(ZONE_LOOKUP_PAUSE_SECONDS * attempt)
+        raise TransportError(f"cannot read the zone of node {node_name} ({reason}); retry the deployment")
 
     # -- redis-py through port-forward --------------------------------------------------
 
     def _make_client(self, node: NodeAddress) -> redis.Redis:
         pool = ConnectionPool(
             connection_class=_SocketConnection,
-            open_socket=lambda: self._port_forward(self._namespace, node.pod, node.port),
+            open_socket=lambda: self._forward(node),
+            # Only for redis-py's messages: they name the pod, not "localhost".
+            host=node.pod,
+            port=node.port,
             password=self._password,
             socket_timeout=COMMAND_TIMEOUT_SECONDS,
             max_connections=16,
         )
         return redis.Redis(connection_pool=pool)
 
+    def _forward(self, node: NodeAddress) -> Any:
+        """A socket to the node's port; a failed forward (a pod restarting, a handshake
+        refused) is a connection error, which the cluster logic waits out like any
+        unreachable node, not an abort."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._port_forward(self._namespace, node.pod, node.port)
+        except ApiException as error:
+            raise ConnectionError(f"port-forward to pod {node.pod} failed: {_first_line(error.reason)}") from None
+
+    def _websocket_client(self) -> Any:
+        if self._websocket_api is None:
+            from kubernetes import client as k8s_client
+
+            self._websocket_api = k8s_client.CoreV1Api(k8s_client.ApiClient(self._api.api_client.configuration))
+        return self._websocket_api
+
     def _stream_port_forward(self, namespace: str, pod: str, port: int) -> Any:
         from kubernetes.stream import portforward
 
-        forward = portforward(self._api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        with self._websocket_lock:
+            api = self._websocket_client()
+            forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
         return forward.socket(port)
 
     # -- redis-cli inside a pod ---------------------------------------------------------
@@ -157,18 +206,19 @@ class KubernetesTransport(NodeTransport):
     def _stream_exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> CliResult:
         from kubernetes.stream import stream
 
-        ws = stream(
-            self._api.connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            container=container,
-            command=list(argv),
-            stderr=True,
-            stdin=False,
-            stdout=True,
-            tty=False,
-            _preload_content=False,
-        )
+        with self._websocket_lock:
+            ws = stream(
+                self._websocket_client().connect_get_namespaced_pod_exec,
+                pod,
+                namespace,
+                container=container,
+                command=list(argv),
+                stderr=True,
+                stdin=False,
+                stdout=True,
+                tty=False,
+                _preload_content=False,
+            )
         out: list[str] = []
         err: list[str] = []
         deadline = time.monotonic() + timeout
@@ -185,3 +235,8 @@ class KubernetesTransport(NodeTransport):
         finally:
             ws.close()
         return CliResult(int(returncode or 0), "".join(out), "".join(err))
+
+
+def _first_line(text: Any) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:200] if lines else "no reason given"
