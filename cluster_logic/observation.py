@@ -60,6 +60,8 @@ def probe(transport: NodeTransport, nodes: Sequence[NodeAddress]) -> list[NodeVi
             pipe.execute_command("INFO", "replication")
             pipe.execute_command("DBSIZE")
             myid, nodes_text, info_text, replication, keys = pipe.execute()
+            # A round over every node must not leave a connection open to each of them.
+            transport.release_idle(node)
         except redis.AuthenticationError:
             raise AuthenticationFailed(f"{node.pod} rejected the cluster password") from None
         except (redis.RedisError, OSError) as error:

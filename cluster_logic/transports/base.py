@@ -83,19 +83,32 @@ class NodeTransport(ABC):
         with self._lock:
             client = self._clients.pop(node, None)
         if client is not None:
-            client.close()
+            _close(client)
+
+    def release_idle(self, node: Optional[NodeAddress] = None) -> None:  # noqa: B027 - a hook, a no-op here
+        """Lets go of the connections no call is using (to `node`, or to every node); a
+        transport whose connections are costly to hold (a port-forward each) does, the
+        others keep them for the next call."""
 
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+            _close(client)
 
     def __enter__(self) -> NodeTransport:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _close(client: redis.Redis) -> None:
+    # A client built on a pool of our own does not close that pool (redis-py's
+    # auto_close_connection_pool is off then): disconnect it, or its sockets wait for the
+    # garbage collector.
+    try:
+        client.close()
+        client.connection_pool.disconnect()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass

@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import redis
-from redis.connection import Connection, ConnectionPool
+from redis.connection import BlockingConnectionPool, Connection
 
 from cluster_logic.model import NodeAddress
 from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS, CliResult, NodeTransport, PodStatus, TransportError
@@ -20,6 +20,12 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 # refusal (no RBAC on nodes) means placing pods without zones.
 ZONE_LOOKUP_ATTEMPTS = 3
 ZONE_LOOKUP_PAUSE_SECONDS = 0.5
+# A websocket handshake (port-forward or exec) that has not completed by then is a pod out
+# of reach; kubernetes.stream itself would wait for ever.
+HANDSHAKE_TIMEOUT_SECONDS = 15.0
+# Connections (each a port-forward: a websocket, a socket pair and a proxy thread) one node
+# may hold at once; callers beyond wait for one to be free.
+CONNECTIONS_PER_NODE = 2
 SECRET_FILE = "/etc/redis-secret/password"
 CONTAINER = "redis"
 
@@ -68,15 +74,14 @@ class KubernetesTransport(NodeTransport):
         secret_file: str = SECRET_FILE,
         exec_function: Optional[ExecFunction] = None,
         port_forward: Optional[PortForwardFunction] = None,
-        websocket_api: Optional[Any] = None,
+        websocket_api: Optional[Callable[[], Any]] = None,
     ) -> None:
         super().__init__(password)
         self._api = core_api
         # kubernetes.stream swaps `call_api` on the ApiClient it is given for the length of
-        # the handshake (kubernetes-client/python#928): websocket calls get a client of
-        # their own, never the one the pod listings use, and take turns on it.
-        self._websocket_api = websocket_api
-        self._websocket_lock = threading.Lock()
+        # the handshake (kubernetes-client/python#928): each websocket call gets an ApiClient
+        # of its own, never the one the pod listings use nor another call's.
+        self._websocket_api = websocket_api or self._fresh_api
         self._namespace = namespace
         self._sts = stateful_set_name
         self._selector = pod_selector
@@ -159,7 +164,7 @@ class KubernetesTransport(NodeTransport):
     # -- redis-py through port-forward --------------------------------------------------
 
     def _make_client(self, node: NodeAddress) -> redis.Redis:
-        pool = ConnectionPool(
+        pool = BlockingConnectionPool(
             connection_class=_SocketConnection,
             open_socket=lambda: self._forward(node),
             # Only for redis-py's messages: they name the pod, not "localhost".
@@ -167,9 +172,19 @@ class KubernetesTransport(NodeTransport):
             port=node.port,
             password=self._password,
             socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            max_connections=16,
+            max_connections=CONNECTIONS_PER_NODE,
+            timeout=COMMAND_TIMEOUT_SECONDS,
         )
         return redis.Redis(connection_pool=pool)
+
+    def release_idle(self, node: Optional[NodeAddress] = None) -> None:
+        # kubernetes.stream's proxy threads select() on their sockets: a process holding a
+        # forward to each of hundreds of pods would pass select's 1,024-descriptor limit.
+        # Only the forwards in use stay open; the next call opens a new one.
+        with self._lock:
+            clients = [c for n, c in self._clients.items() if node is None or n == node]
+        for client in clients:
+            client.connection_pool.disconnect(inuse_connections=False)
 
     def _forward(self, node: NodeAddress) -> Any:
         """A socket to the node's port; a failed forward (a pod restarting, a handshake
@@ -178,23 +193,24 @@ class KubernetesTransport(NodeTransport):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self._port_forward(self._namespace, node.pod, node.port)
+            return _within(
+                HANDSHAKE_TIMEOUT_SECONDS,
+                lambda: self._port_forward(self._namespace, node.pod, node.port),
+                f"port-forward to pod {node.pod}",
+            )
         except ApiException as error:
             raise ConnectionError(f"port-forward to pod {node.pod} failed: {_first_line(error.reason)}") from None
 
-    def _websocket_client(self) -> Any:
-        if self._websocket_api is None:
-            from kubernetes import client as k8s_client
+    def _fresh_api(self) -> Any:
+        from kubernetes import client as k8s_client
 
-            self._websocket_api = k8s_client.CoreV1Api(k8s_client.ApiClient(self._api.api_client.configuration))
-        return self._websocket_api
+        return k8s_client.CoreV1Api(k8s_client.ApiClient(self._api.api_client.configuration))
 
     def _stream_port_forward(self, namespace: str, pod: str, port: int) -> Any:
         from kubernetes.stream import portforward
 
-        with self._websocket_lock:
-            api = self._websocket_client()
-            forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        api = self._websocket_api()
+        forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
         return forward.socket(port)
 
     # -- redis-cli inside a pod ---------------------------------------------------------
@@ -206,9 +222,11 @@ class KubernetesTransport(NodeTransport):
     def _stream_exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> CliResult:
         from kubernetes.stream import stream
 
-        with self._websocket_lock:
-            ws = stream(
-                self._websocket_client().connect_get_namespaced_pod_exec,
+        api = self._websocket_api()
+        ws = _within(
+            HANDSHAKE_TIMEOUT_SECONDS,
+            lambda: stream(
+                api.connect_get_namespaced_pod_exec,
                 pod,
                 namespace,
                 container=container,
@@ -218,7 +236,9 @@ class KubernetesTransport(NodeTransport):
                 stdout=True,
                 tty=False,
                 _preload_content=False,
-            )
+            ),
+            f"exec in pod {pod}",
+        )
         out: list[str] = []
         err: list[str] = []
         deadline = time.monotonic() + timeout
@@ -240,3 +260,24 @@ class KubernetesTransport(NodeTransport):
 def _first_line(text: Any) -> str:
     lines = str(text or "").strip().splitlines()
     return lines[0][:200] if lines else "no reason given"
+
+
+def _within(seconds: float, call: Callable[[], Any], what: str) -> Any:
+    """The result of `call`, or a connection error once `seconds` pass without one (the
+    call's thread is left to finish or fail on its own)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name=what, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise ConnectionError(f"{what}: no websocket handshake within {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -69,10 +69,7 @@ def test_concurrent_port_forwards_never_cross_and_leave_the_clients_as_they_were
         assert len(handshakes) == 16
         crossed = [(name, url) for name, url in handshakes if f"/pods/{name}/portforward" not in url]
         assert crossed == [], "a handshake ran through another call's wrapper"
-        websocket_client = under_test._websocket_client().api_client
-        assert websocket_client is not rest_client, "pod listings never share the swapped client"
-        for api_client in (websocket_client, rest_client):
-            assert api_client.call_api.__func__ is k8s_client.ApiClient.call_api, "no wrapper left behind"
+        assert "call_api" not in vars(rest_client), "the pod listings' client is never swapped"
     finally:
         for sock in sockets:
             sock.close()
@@ -101,6 +98,22 @@ def test_a_migration_batch_through_a_failing_forward_is_left_open_for_the_next_u
         with pytest.raises(BootstrapError) as failed:
             mover.move_round([100, 101], NODE, target)
     assert "left open" in str(failed.value) and "redis-cluster" in str(failed.value)
+
+
+def test_a_handshake_that_never_completes_is_an_unreachable_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kubernetes_api, "HANDSHAKE_TIMEOUT_SECONDS", 0.2)
+    never = threading.Event()
+
+    def hung_forward(namespace: str, pod: str, port: int) -> Any:
+        never.wait(5)
+        raise ApiException(status=0, reason="gave up")
+
+    try:
+        with transport(port_forward=hung_forward) as under_test:
+            (view,) = probe(under_test, [NODE])
+        assert not view.reachable and "redis-cluster-3" in view.error and "no websocket handshake" in view.error
+    finally:
+        never.set()
 
 
 # -- zones ------------------------------------------------------------------------------------
