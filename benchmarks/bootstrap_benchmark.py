@@ -9,8 +9,12 @@
    the bootstrap's `rebalance` vs `redis-cli --cluster rebalance --cluster-use-empty-masters`
    with its defaults, each on a fresh, identical setup; keys counted after.
 
-Run: .venv/bin/python -m benchmarks.bootstrap_benchmark [--keys N] [--skip-bootstrap]
-Loopback only (127.0.30.0/24 - 127.0.35.0/24); every redis-server is stopped by pid.
+The nodes are the tests' (`testkit.redis_nodes`): the stack's redis.conf (AOF on, as in a
+pod) with a 2 s node timeout, started through the entrypoint.
+
+Run from the project root: .venv/bin/python -m benchmarks.bootstrap_benchmark [--keys N] [--skip-bootstrap]
+Loopback only (locked addresses in 127.0.30.0/24 - 127.0.39.0/24); every redis-server is
+stopped by pid.
 """
 
 from __future__ import annotations
@@ -21,24 +25,23 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from redis.crc import key_slot
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
-
-from redis.crc import key_slot  # noqa: E402
-
-from cluster_logic import formation, health  # noqa: E402
-from cluster_logic.cluster import Cluster  # noqa: E402
-from cluster_logic.model import SLOTS  # noqa: E402
-from cluster_logic.reconcile import ensure_cluster  # noqa: E402
-from cluster_logic.transports.direct import DirectTransport  # noqa: E402
-from tests.integration.bootstrap_support import PASSWORD, RedisNodes, count_keys  # noqa: E402
+from benchmarks.machine_info import cpu_model
+from cluster_logic import formation, health
+from cluster_logic.cluster import Cluster
+from cluster_logic.model import SLOTS
+from cluster_logic.reconcile import ensure_cluster
+from cluster_logic.transports.direct import DirectTransport
+from testkit.redis_nodes import BENCHMARK_OCTETS, PASSWORD, LocalNodes, LoopbackAddresses, count_keys
 
 
 def machine() -> str:
@@ -59,7 +62,16 @@ def redis_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return done
 
 
-def wait_converged(nodes: RedisNodes, shards: int, timeout: float = 120) -> None:
+@contextmanager
+def started_nodes(loopback: LoopbackAddresses, count: int) -> Iterator[LocalNodes]:
+    """`count` started nodes in a directory of their own, on addresses no other set of the
+    run had; afterwards every process is stopped and the data deleted."""
+    with tempfile.TemporaryDirectory(prefix="bootstrap-benchmark-") as root, LocalNodes(Path(root), loopback) as nodes:
+        nodes.started(count)
+        yield nodes
+
+
+def wait_converged(nodes: LocalNodes, shards: int, timeout: float = 120) -> None:
     """The bootstrap's own convergence wait, polled as tightly as the bootstrap polls."""
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
         health.wait_converged(Cluster(transport, transport.nodes), timeout, shards)
@@ -68,29 +80,35 @@ def wait_converged(nodes: RedisNodes, shards: int, timeout: float = 120) -> None
 # ---------------------------------------------------------------------------------------
 
 
-def bootstrap_once(subnet: int, count: int, use_bootstrap: bool) -> float:
+def bootstrap_once(loopback: LoopbackAddresses, count: int, use_bootstrap: bool) -> float:
     shards = count // 2
-    with RedisNodes.on_subnet(subnet, count) as nodes:
+    with started_nodes(loopback, count) as nodes:
         started = time.monotonic()
         if use_bootstrap:
             with DirectTransport(nodes.inputs(), PASSWORD) as transport:
                 topology = ensure_cluster(transport, shards, 1, 300, mode="create")
             assert topology["state"] == "ok", topology["problems"]
         else:
-            redis_cli("--cluster", "create", *[f"{n.host}:{n.port}" for n in nodes.nodes],
-                      "--cluster-replicas", "1", "--cluster-yes")
+            redis_cli(
+                "--cluster",
+                "create",
+                *[f"{n.ip}:{n.port}" for n in nodes.nodes],
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            )
             wait_converged(nodes, shards)
         return time.monotonic() - started
 
 
-def bench_bootstrap(repeats: int) -> None:
+def bench_bootstrap(loopback: LoopbackAddresses, repeats: int) -> None:
     print("\n== Bootstrap: ready empty nodes -> converged cluster (1 replica per shard) ==")
-    for count, subnet in ((6, 30), (30, 31)):
+    for count in (6, 30):
         ours: list[float] = []
         bare: list[float] = []
         for _ in range(repeats):
-            bare.append(bootstrap_once(subnet, count, use_bootstrap=False))
-            ours.append(bootstrap_once(subnet, count, use_bootstrap=True))
+            bare.append(bootstrap_once(loopback, count, use_bootstrap=False))
+            ours.append(bootstrap_once(loopback, count, use_bootstrap=True))
         o, b = statistics.median(ours), statistics.median(bare)
         print(
             f"{count:3d} nodes: bootstrap {o:6.2f}s (runs {', '.join(f'{x:.2f}' for x in ours)})   "
@@ -102,7 +120,7 @@ def bench_bootstrap(repeats: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def load_keys(nodes: RedisNodes, total: int) -> float:
+def load_keys(nodes: LocalNodes, total: int) -> float:
     """Loads `total` keys with MSETs grouped by slot, one pipeline thread per master."""
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
         cluster = Cluster(transport, transport.nodes[:6])
@@ -143,48 +161,45 @@ def load_keys(nodes: RedisNodes, total: int) -> float:
     return time.monotonic() - started
 
 
-def scale_setup(subnet: int, total: int) -> tuple[RedisNodes, float]:
-    nodes = RedisNodes.on_subnet(subnet, 8)
-    nodes.__enter__()
-    try:
-        with DirectTransport(nodes.inputs()[:6], PASSWORD) as transport:
-            ensure_cluster(transport, 3, 1, 120, mode="create")
-        load_seconds = load_keys(nodes, total)
-        assert count_keys(nodes.nodes[:6]) == total
-        # Join the new master and its replica the same way for both contenders.
-        with DirectTransport(nodes.inputs(), PASSWORD) as transport:
-            cluster = Cluster(transport, transport.nodes)
-            cluster.refresh()
-            formation.join(cluster, 4, 1, 120, [v for v in cluster.views if v.member])
-        return nodes, load_seconds
-    except BaseException:
-        nodes.stop()
-        raise
+def scale_setup(nodes: LocalNodes, total: int) -> float:
+    """3 shards of the 8 nodes, `total` keys, then the new master and its replica joined
+    (the same way for both contenders); returns how long the load took."""
+    with DirectTransport(nodes.inputs()[:6], PASSWORD) as transport:
+        ensure_cluster(transport, 3, 1, 120, mode="create")
+    load_seconds = load_keys(nodes, total)
+    assert count_keys(nodes.nodes[:6]) == total
+    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+        cluster = Cluster(transport, transport.nodes)
+        cluster.refresh()
+        formation.join(cluster, 4, 1, 120, [v for v in cluster.views if v.member])
+    return load_seconds
 
 
-def new_master_slots(nodes: RedisNodes) -> int:
+def new_master_slots(nodes: LocalNodes) -> int:
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
         cluster = Cluster(transport, transport.nodes)
         cluster.refresh()
         pods = cluster.pod_of_id()
-        return sum(e.slot_count for e in cluster.reference_entries() if pods.get(e.id) in ("redis-cluster-6", "redis-cluster-7"))
+        return sum(
+            e.slot_count
+            for e in cluster.reference_entries()
+            if pods.get(e.id) in ("redis-cluster-6", "redis-cluster-7")
+        )
 
 
-def scale_once(subnet: int, total: int, mover: str) -> tuple[float, int, int, float]:
-    nodes, load_seconds = scale_setup(subnet, total)
-    try:
+def scale_once(loopback: LoopbackAddresses, total: int, mover: str) -> tuple[float, int, int, float]:
+    with started_nodes(loopback, 8) as nodes:
+        load_seconds = scale_setup(nodes, total)
         started = time.monotonic()
         if mover == "bootstrap":
             with DirectTransport(nodes.inputs(), PASSWORD) as transport:
                 cluster = Cluster(transport, transport.nodes)
                 formation.rebalance(cluster, 4, 300, masters=_masters(cluster))
         else:
-            redis_cli("--cluster", "rebalance", f"{nodes.nodes[0].host}:6379", "--cluster-use-empty-masters")
+            redis_cli("--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters")
             wait_converged(nodes, 4)
         seconds = time.monotonic() - started
         return seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds
-    finally:
-        nodes.stop()
 
 
 def _masters(cluster: Cluster) -> list[str]:
@@ -193,11 +208,13 @@ def _masters(cluster: Cluster) -> list[str]:
     return [pods[e.id] for e in cluster.reference_entries() if e.is_master]
 
 
-def bench_scale(total: int) -> None:
+def bench_scale(loopback: LoopbackAddresses, total: int) -> None:
     print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==")
     results = {}
-    for mover, subnet in (("bootstrap", 32), ("redis-cli rebalance", 33)):
-        seconds, keys_after, slots, load_seconds = scale_once(subnet, total, "bootstrap" if mover == "bootstrap" else "cli")
+    for mover in ("bootstrap", "redis-cli rebalance"):
+        seconds, keys_after, slots, load_seconds = scale_once(
+            loopback, total, "bootstrap" if mover == "bootstrap" else "cli"
+        )
         moved = total * slots / SLOTS
         results[mover] = seconds
         print(
@@ -218,10 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print(f"machine: {machine()}")
-    if not args.skip_bootstrap:
-        bench_bootstrap(args.repeats)
-    if not args.skip_scale:
-        bench_scale(args.keys)
+    with LoopbackAddresses(BENCHMARK_OCTETS) as loopback:
+        if not args.skip_bootstrap:
+            bench_bootstrap(loopback, args.repeats)
+        if not args.skip_scale:
+            bench_scale(loopback, args.keys)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@
    with every pod on an address no pod had before (Sandbox.restart hands a pod the address
    another pod just left).
 
-Run: .venv/bin/python benchmarks/reliability_benchmark.py [--repeats 3] [--pod-down-seconds 0 10]
+Run from the project root: .venv/bin/python -m benchmarks.reliability_benchmark [--repeats 3] [--pod-down-seconds 0 10]
 Loopback only (127.0.50.0/24 - 127.0.54.0/24); every redis-server is stopped by pid.
 """
 
@@ -39,21 +39,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import redis
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
-
-import redis  # noqa: E402
-
-from components.stack_settings import StackSettings, parse_settings  # noqa: E402
-from sandbox.local_cluster import Sandbox, SandboxState  # noqa: E402
-from tests.integration.reliability_support import (  # noqa: E402
+from benchmarks.machine_info import cpu_model
+from components.stack_settings import StackSettings, parse_settings
+from sandbox.local_cluster import Sandbox, SandboxState
+from testkit.sandbox_support import (
     ManagedSandbox,
-    Writer,
     cluster_client,
     cluster_problems,
     fresh_addresses,
-    lost_keys,
     masters,
     slots_of,
     start_pod,
@@ -62,11 +57,13 @@ from tests.integration.reliability_support import (  # noqa: E402
     wait_healthy,
     wait_ready,
     wait_replication_settled,
-    write_keys,
 )
+from testkit.writers import Writer, lost_keys, write_keys
 
 SEED_NODE_TIMEOUT_MS = 15000
 OCTET_DEFAULT, OCTET_SEED, OCTET_ROLLING, OCTET_RESTART, OCTET_RESTART_FRESH = 50, 51, 52, 53, 54
+# Acknowledged writes a writer makes before the failure it measures, and after the last one.
+WARM_UP_WRITES = 200
 
 
 class SeedTimeoutSandbox(Sandbox):
@@ -137,9 +134,9 @@ def failover_outage(sb: Sandbox, expected_timeout_ms: int) -> float:
     wait_replication_settled(sb)
     victim, facts = sorted(masters(sb).items())[0]
     slots = slots_of(facts)
-    writer = Writer(sb, "probe", slots=slots, client=probe_client(sb)).start()
+    writer = Writer(probe_client(sb), "probe", slots=slots).start()
     try:
-        time.sleep(1.0)
+        writer.wait_acknowledged(WARM_UP_WRITES)
         sb.kill(victim)
         # Sandbox.kill returns once the process is gone: no write after this reaches it.
         killed_at = time.monotonic()
@@ -166,9 +163,10 @@ def rolling_restart(sb: Sandbox, handover: bool, pod_down: float) -> RollingResu
     sb.up()
     wait_replication_settled(sb)
     shards = {pod: slots_of(facts) for pod, facts in sorted(masters(sb).items())}
-    writers = {pod: Writer(sb, f"shard-{pod}", slots=slots, client=probe_client(sb)).start() for pod, slots in shards.items()}
+    writers = {pod: Writer(probe_client(sb), f"shard-{pod}", slots=slots).start() for pod, slots in shards.items()}
     try:
-        time.sleep(1.0)
+        for writer in writers.values():
+            writer.wait_acknowledged(WARM_UP_WRITES)
         pods = sorted((n.pod for n in sb.load().nodes), key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
         for pod in pods:
             stop_pod(sb, pod, prestop=handover)
@@ -179,7 +177,10 @@ def rolling_restart(sb: Sandbox, handover: bool, pod_down: float) -> RollingResu
             # Every replica in sync before the next pod: what the handover needs (the
             # readiness probe waits for a replica's sync as well; this holds either way).
             wait_replication_settled(sb, timeout=120)
-        time.sleep(1.0)
+        # Writes to every shard go on after the last pod.
+        done = time.monotonic()
+        for writer in writers.values():
+            writer.wait_acknowledged(WARM_UP_WRITES, after=done)
     finally:
         for writer in writers.values():
             writer.stop()
@@ -209,7 +210,8 @@ class RestartAllResult:
 def restart_all(sb: Sandbox, fresh: bool) -> RestartAllResult:
     sb.up()
     wait_replication_settled(sb)
-    keys = write_keys(sb, "k", 2000)
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 2000)
     old_hosts = {n.pod: n.host for n in sb.load().nodes}
     started = time.monotonic()
     if fresh:
@@ -235,7 +237,10 @@ def restart_all(sb: Sandbox, fresh: bool) -> RestartAllResult:
         time.sleep(0.05)
     new_hosts = {n.pod: n.host for n in sb.load().nodes}
     reused = sum(1 for pod, host in new_hosts.items() if host in old_hosts.values())
-    lost = len(lost_keys(sb, keys)) if "healthy" in marks else -1
+    lost = -1
+    if "healthy" in marks:
+        with cluster_client(sb) as client:
+            lost = len(lost_keys(client, keys))
     return RestartAllResult(restarted, marks.get("ok"), marks.get("wait_ok"), marks.get("healthy"), reused, lost)
 
 
@@ -272,7 +277,10 @@ def main() -> int:
             default.append(with_sandbox(work / f"default-{i}", OCTET_DEFAULT, lambda sb: failover_outage(sb, 5000)))
             seed.append(
                 with_sandbox(
-                    work / f"seed-{i}", OCTET_SEED, lambda sb: failover_outage(sb, SEED_NODE_TIMEOUT_MS), SeedTimeoutSandbox
+                    work / f"seed-{i}",
+                    OCTET_SEED,
+                    lambda sb: failover_outage(sb, SEED_NODE_TIMEOUT_MS),
+                    SeedTimeoutSandbox,
                 )
             )
             print(f"  failover run {i + 1}: default {default[-1]:.2f}s, seed {seed[-1]:.2f}s", flush=True)
@@ -295,7 +303,9 @@ def main() -> int:
             for handover in (False, True):
                 label = "preStop handover, then SIGTERM" if handover else "SIGTERM only (no preStop)"
                 result: RollingResult = with_sandbox(
-                    work / f"rolling-{handover}-{pod_down}", OCTET_ROLLING, lambda sb: rolling_restart(sb, handover, pod_down)
+                    work / f"rolling-{handover}-{pod_down}",
+                    OCTET_ROLLING,
+                    lambda sb, handover=handover, pod_down=pod_down: rolling_restart(sb, handover, pod_down),
                 )
                 per = ", ".join(f"{pod.rsplit('-', 1)[1]}: {gap:.2f}" for pod, gap in result.gaps.items())
                 table.append(
@@ -316,7 +326,9 @@ def main() -> int:
         ):
             results: list[RestartAllResult] = []
             for i in range(options.repeats):
-                results.append(with_sandbox(work / f"restart-{fresh}-{i}", octet, lambda sb: restart_all(sb, fresh)))
+                results.append(
+                    with_sandbox(work / f"restart-{fresh}-{i}", octet, lambda sb, fresh=fresh: restart_all(sb, fresh))
+                )
             for r in results:
                 table.append(
                     f"   {label:44} {r.stop_and_start:10.2f} {fmt([r.all_ok]):>8} {fmt([r.wait_ok]):>8} "

@@ -82,6 +82,7 @@ class NodeEntry:
     link: str
     config_epoch: int
     slots: tuple[tuple[int, int], ...] = ()
+    bus_port: int = 0
     migrating: tuple[tuple[int, str], ...] = ()
     importing: tuple[tuple[int, str], ...] = ()
 
@@ -109,7 +110,8 @@ def parse_cluster_nodes(text: str) -> list[NodeEntry]:
         if len(parts) < 8:
             continue
         node_id, address, flags, master, _ping, _pong, epoch, link = parts[:8]
-        hostport = address.split("@", 1)[0].split(",", 1)[0]
+        # host:port@cport[,hostname[,aux=value...]] (Redis 7.2+ adds the fields after the comma)
+        hostport, _, bus = address.split(",", 1)[0].partition("@")
         host, _, port = hostport.rpartition(":")
         slots: list[tuple[int, int]] = []
         migrating: list[tuple[int, str]] = []
@@ -140,6 +142,7 @@ def parse_cluster_nodes(text: str) -> list[NodeEntry]:
                 slots=tuple(merge_ranges(slots)),
                 migrating=tuple(migrating),
                 importing=tuple(importing),
+                bus_port=int(bus or 0),
             )
         )
     return entries

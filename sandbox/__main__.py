@@ -1,10 +1,10 @@
 """python -m sandbox <command>: the stack's Redis Cluster as local processes.
 
-  up [--shards 3] [--replicas-per-shard 1]   start the pods and form (or adopt, or scale out) the cluster
-  status                                     each node's address, role, master, slots, link and keys
-  kill <pod>                                 SIGKILL one pod, like a crashed container
-  restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
-  down [--purge]                             stop every process; --purge deletes the data too
+up [--shards 3] [--replicas-per-shard 1]   start the pods and form (or adopt, or scale out) the cluster
+status                                     each node's address, role, master, slots, link and keys
+kill <pod>                                 SIGKILL one pod, like a crashed container
+restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
+down [--purge]                             stop every process; --purge deletes the data too
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_clu
 from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.direct import DirectTransport
 from components.redis_node_files import REDIS_PORT
-from components.stack_settings import NAMESPACE, StackSettings, parse_settings
-from sandbox.local_nodes import LocalNode, kill_session, ports_free
-from tools.render_manifests import load_stack_config
+from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings
+from sandbox.local_nodes import LocalNode, ports_free
+from sandbox.processes import is_redis_server, kill_session, stop_like_the_kubelet, wait_gone
 
 DEFAULT_ROOT = Path(".sandbox")
 STATE_FILE = "cluster.json"
@@ -126,7 +125,9 @@ class Sandbox:
     def settings(self, state: SandboxState) -> StackSettings:
         """The stack's settings (Pulumi.<stack>.yaml), with the sandbox's cluster shape."""
         prefix = NAMESPACE + ":"
-        values = {key[len(prefix):]: value for key, value in load_stack_config(state.stack).items() if key.startswith(prefix)}
+        values = {
+            key[len(prefix) :]: value for key, value in load_stack_config(state.stack).items() if key.startswith(prefix)
+        }
         # Only what shapes the pods applies here; the platform keys describe AWS.
         workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest"}
         values = {key: value for key, value in values.items() if key in workload_keys}
@@ -170,6 +171,8 @@ class Sandbox:
                 "scaling in is not supported (it would have to drain slots first): `down --purge` and `up` again"
             )
         state.shards, state.replicas_per_shard = shards, replicas_per_shard
+        # A shape the settings refuse changes nothing: judged before anything is written.
+        self.settings(state)
         count = shards * (1 + replicas_per_shard)
         for ordinal in range(len(state.nodes), count):
             state.nodes.append(
@@ -185,7 +188,7 @@ class Sandbox:
         for record in state.nodes:
             self.local_node(state, record).write_files()
         for record in state.nodes:
-            if not _alive(record):
+            if not is_redis_server(record.pid):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
         with _transport(state) as transport:
@@ -199,8 +202,13 @@ class Sandbox:
         by_id: dict[str, str] = {}
         rows = []
         for record in state.nodes:
-            row: dict[str, Any] = {"pod": record.pod, "address": f"{record.host}:{record.port}", "zone": record.zone, "pid": record.pid}
-            if not _alive(record):
+            row: dict[str, Any] = {
+                "pod": record.pod,
+                "address": f"{record.host}:{record.port}",
+                "zone": record.zone,
+                "pid": record.pid,
+            }
+            if not is_redis_server(record.pid):
                 row.update(state="down")
                 rows.append(row)
                 continue
@@ -238,9 +246,9 @@ class Sandbox:
         """SIGKILL, like a crashed container: no preStop, no shutdown."""
         state = self._require_state()
         record = self._record(state, pod)
-        if _alive(record):
+        if is_redis_server(record.pid):
             kill_session(record.pid)
-            _wait_gone(record.pid, 10)
+            wait_gone(record.pid, 10)
         record.pid = None
         self.save(state)
 
@@ -305,7 +313,7 @@ class Sandbox:
         first = state.nodes[0]
         return [
             f"REDISCLI_AUTH='{state.password}' redis-cli -c -h {first.host} -p {first.port}",
-            "python: redis.RedisCluster(host=%r, port=%d, password=%r)" % (first.host, first.port, state.password),
+            f"python: redis.RedisCluster(host={first.host!r}, port={first.port:d}, password={state.password!r})",
         ]
 
     # -- helpers ----------------------------------------------------------------------
@@ -324,32 +332,16 @@ class Sandbox:
         raise SandboxError(f"no pod {pod!r}; pods: " + ", ".join(n.pod for n in state.nodes))
 
     def _client(self, state: SandboxState, record: NodeRecord) -> redis.Redis:
-        return redis.Redis(
-            host=record.host, port=record.port, password=state.password,
-            socket_timeout=5, socket_connect_timeout=1, decode_responses=True,
-        )
+        return self.local_node(state, record).client(socket_timeout=5, socket_connect_timeout=1)
 
     def _stop(self, state: SandboxState, record: NodeRecord, prestop: bool) -> None:
-        if not _alive(record):
+        if not is_redis_server(record.pid):
             record.pid = None
             return
         if prestop:
             # The kubelet runs the hook to completion (bounded by the grace period), then SIGTERM.
             self.local_node(state, record).run_script("pre-stop.sh", timeout=90)
-        # Redis ignores SIGTERM while a replica writes its first AOF after a full sync
-        # ("can't exit"); ask again each second, as a patient kubelet would, then SIGKILL.
-        for _ in range(30):
-            try:
-                os.kill(record.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                break
-            if _wait_gone(record.pid, 1):
-                break
-        else:
-            kill_session(record.pid)
-            _wait_gone(record.pid, 10)
-        # Whatever the node left behind (a peer-recovery loop) ends with it, as in a container.
-        kill_session(record.pid)
+        stop_like_the_kubelet(record.pid)
         record.pid = None
 
     def _free_address(self, state: SandboxState, avoid: frozenset[str] | set[str] = frozenset()) -> str:
@@ -369,36 +361,6 @@ class Sandbox:
             except (redis.RedisError, OSError):
                 record.role = "unknown"
         self.save(state)
-
-
-def _alive(record: NodeRecord) -> bool:
-    """Whether the recorded pid is still this node's redis-server (pids get reused)."""
-    if not record.pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"redis-server" in cmdline
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Whether the process has ended (a zombie has) within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            # Reap it if it is our child (a node started by this very process).
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return True
-        if stat[stat.rfind(")") + 2] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _myself(nodes_text: str) -> NodeEntry:

@@ -118,9 +118,6 @@ class ProgramRun:
             raise AssertionError(f"expected one {type_token}, found {[r.name for r in found]}")
         return found[0]
 
-    def by_urn(self, urn: str) -> RegisteredResource:
-        return next(r for r in self.resources if r.urn == urn)
-
 
 class _FakeCloud(pulumi.runtime.Mocks):
     """Answers what the program reads back from AWS and the remote components."""

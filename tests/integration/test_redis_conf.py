@@ -5,43 +5,42 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from components.redis_node_files import (
+    REDIS_CONF_FILE,
     NodePaths,
     maxmemory_bytes,
     render_auth_conf,
     render_redis_conf,
 )
 from components.stack_settings import StackSettings, parse_settings
-from sandbox.local_nodes import LoopbackAddresses, kill_session
+from sandbox.local_nodes import LocalNode
+from testkit.redis_nodes import PASSWORD, LocalNodes, LoopbackAddresses
 
 pytestmark = pytest.mark.integration
-
-PASSWORD = "conf-test-Passw0rd_only"
 
 
 @dataclass
 class Server:
-    ip: str
-    paths: NodePaths
+    node: LocalNode
     conf_text: str
-    process: subprocess.Popen
+
+    @property
+    def ip(self) -> str:
+        return self.node.ip
+
+    @property
+    def paths(self) -> NodePaths:
+        return self.node.paths
 
     def client(self, password: str | None = PASSWORD, **options: object) -> redis.Redis:
         # No retries: a refused login must show at once, not after redis-py's backoff.
-        return redis.Redis(
-            host=self.ip, port=6379, password=password, socket_timeout=5, decode_responses=True,
-            retry=Retry(NoBackoff(), 0), **options,
-        )
+        return self.node.client(password=password, socket_timeout=5, **options)
 
 
 def _paths(root: Path) -> NodePaths:
@@ -51,45 +50,17 @@ def _paths(root: Path) -> NodePaths:
     return paths
 
 
-def _start(conf: Path, ip: str, log: Path, timeout: float = 10.0) -> subprocess.Popen:
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            ["redis-server", str(conf)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    deadline = time.monotonic() + timeout
-    while process.poll() is None:
-        try:
-            with socket.create_connection((ip, 6379), timeout=0.5):
-                return process
-        except OSError:
-            if time.monotonic() > deadline:
-                kill_session(process.pid)
-                process.wait(timeout=10)
-                raise
-            time.sleep(0.02)
-    return process
-
-
-def _run_server(tmp_path: Path, ip: str, settings: StackSettings) -> Iterator[Server]:
-    paths = _paths(tmp_path / "node")
-    conf_text = render_redis_conf(settings, paths, bind_address=ip)
-    conf = Path(paths.conf_dir) / "redis.conf"
-    conf.write_text(conf_text)
-    auth = Path(paths.secret_dir) / "auth.conf"
-    auth.write_text(render_auth_conf(PASSWORD))
-    auth.chmod(0o600)
-    process = _start(conf, ip, tmp_path / "redis.log")
-    try:
-        assert process.poll() is None, (tmp_path / "redis.log").read_text()
-        yield Server(ip, paths, conf_text, process)
-    finally:
-        kill_session(process.pid)
-        process.wait(timeout=10)
+def _run_server(nodes: LocalNodes, settings: StackSettings) -> Server:
+    """A node with the stack's rendered redis.conf (only its paths and bind line are the
+    node's own), started as a pod starts; `nodes` stops it when the test ends."""
+    node = nodes.new(settings=settings, password=PASSWORD)
+    node.start()
+    return Server(node, (Path(node.paths.conf_dir) / REDIS_CONF_FILE).read_text())
 
 
 @pytest.fixture
-def server(tmp_path: Path, loopback: LoopbackAddresses) -> Iterator[Server]:
-    yield from _run_server(tmp_path, loopback.allocate(), parse_settings({}))
+def server(nodes: LocalNodes) -> Server:
+    return _run_server(nodes, parse_settings({}))
 
 
 def test_the_server_requires_the_password(server: Server) -> None:
@@ -153,16 +124,18 @@ def test_every_directive_is_in_effect(server: Server) -> None:
         {"memoryLimit": "4Gi", "memoryRequest": "2Gi", "maxmemoryPolicy": "volatile-ttl", "replicasPerShard": "2"},
     ],
 )
-def test_settings_reach_the_running_server(tmp_path: Path, loopback: LoopbackAddresses, config: dict[str, str]) -> None:
+def test_settings_reach_the_running_server(nodes: LocalNodes, config: dict[str, str]) -> None:
     settings = parse_settings(config)
-    for server in _run_server(tmp_path, loopback.allocate(), settings):
-        running = server.client().config_get("*")
-        assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
-        assert running["maxmemory-policy"] == settings.maxmemory_policy
-        assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
+    server = _run_server(nodes, settings)
+    running = server.client().config_get("*")
+    assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
+    assert running["maxmemory-policy"] == settings.maxmemory_policy
+    assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
 
 
-def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(tmp_path: Path, loopback: LoopbackAddresses) -> None:
+def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(
+    tmp_path: Path, loopback: LoopbackAddresses
+) -> None:
     ip = loopback.allocate()
     paths = _paths(tmp_path / "node")
     conf_text = render_redis_conf(parse_settings({}), paths, bind_address=ip).replace(
@@ -171,7 +144,9 @@ def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(tmp_path: 
     conf = Path(paths.conf_dir) / "redis.conf"
     conf.write_text(conf_text)
     (Path(paths.secret_dir) / "auth.conf").write_text(render_auth_conf(PASSWORD))
-    result = subprocess.run(["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True)
+    result = subprocess.run(
+        ["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
+    )
     assert result.returncode != 0
     assert "appendonly" in result.stdout + result.stderr
 
@@ -181,7 +156,9 @@ def test_without_the_secret_the_server_does_not_start_passwordless(tmp_path: Pat
     paths = _paths(tmp_path / "node")
     conf = Path(paths.conf_dir) / "redis.conf"
     conf.write_text(render_redis_conf(parse_settings({}), paths, bind_address=ip))
-    result = subprocess.run(["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True)
+    result = subprocess.run(
+        ["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
+    )
     assert result.returncode != 0
     assert "auth.conf" in result.stdout + result.stderr
     assert not os.path.exists(Path(paths.data_dir) / "nodes.conf")

@@ -3,7 +3,7 @@
 
 Each test builds its own `Sandbox` (the stack's rendered redis.conf and shipped scripts,
 run through entrypoint.sh) on 127.0.4x.0/24 and stops every process it started, by pid,
-whether it passes or fails (see `reliability_support.ManagedSandbox`). Only outcomes are
+whether it passes or fails (see `testkit.sandbox_support.ManagedSandbox`). Only outcomes are
 asserted, never timings.
 
 What is proven:
@@ -46,13 +46,13 @@ import redis
 from redis.crc import key_slot
 
 from cluster_logic.errors import BootstrapError
+from cluster_logic.model import parse_cluster_nodes
 from sandbox.local_cluster import SandboxError
-from tests.integration.reliability_support import (
+from testkit.sandbox_support import (
     ManagedSandbox,
-    Writer,
+    cluster_client,
     cluster_problems,
     fresh_addresses,
-    lost_keys,
     masters,
     node_client,
     replica_of,
@@ -63,14 +63,17 @@ from tests.integration.reliability_support import (
     stop_pod,
     wait_healthy,
     wait_ready,
-    write_keys,
 )
+from testkit.writers import Writer, lost_keys, write_keys
 from tools.render_manifests import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; the suite owns 40..49 (the benchmark 50..59).
 KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, SCALE, UP_TWICE, PARTIAL, KILLED_UP, ZONE = range(40, 50)
+# Acknowledged writes a writer must have made before the failure it is there to see, and
+# again after it.
+WARM_UP_WRITES = 50
 
 
 @pytest.fixture
@@ -93,10 +96,12 @@ def _kill_under_writers(sb, pods: list[str], slots: set[int], durable_resumes: b
     """SIGKILLs `pods` (no preStop) while a plain and a `WAIT 1` writer run, and waits until
     the plain one (and the durable one, if asked) writes to `slots` again without help.
     Returns both writers, stopped, with when the kill started and when the pods were gone."""
-    plain = Writer(sb, "plain").start()
-    durable = Writer(sb, "durable", mode="wait").start()
+    plain = Writer(cluster_client(sb), "plain").start()
+    durable = Writer(cluster_client(sb), "durable", mode="wait").start()
     try:
-        time.sleep(1.5)
+        # Both writers under way, the durable one with WAIT-acknowledged writes to `slots`.
+        plain.wait_acknowledged(WARM_UP_WRITES)
+        durable.wait_acknowledged(WARM_UP_WRITES, slots=slots, durable=True)
         kill_started = time.monotonic()
         for pod in pods:
             sb.kill(pod)
@@ -104,8 +109,9 @@ def _kill_under_writers(sb, pods: list[str], slots: set[int], durable_resumes: b
         killed_at = time.monotonic()
         if durable_resumes:
             durable.wait_for_success_after(killed_at, slots, timeout=60)
-        plain.wait_for_success_after(killed_at, slots, timeout=60)
-        time.sleep(0.5)
+        resumed = plain.wait_for_success_after(killed_at, slots, timeout=60)
+        # And the writes go on after that.
+        plain.wait_acknowledged(WARM_UP_WRITES, after=resumed.ended)
     finally:
         plain.stop()
         durable.stop()
@@ -113,9 +119,19 @@ def _kill_under_writers(sb, pods: list[str], slots: set[int], durable_resumes: b
     return plain, durable, kill_started, killed_at
 
 
+def _write_keys(sandbox, prefix: str, count: int) -> dict[str, str]:
+    with cluster_client(sandbox) as client:
+        return write_keys(client, prefix, count)
+
+
+def _lost_keys(sandbox, expected: dict) -> list[str]:
+    with cluster_client(sandbox) as client:
+        return lost_keys(client, expected)
+
+
 def _assert_nothing_lost(sandbox, expected: dict, what: str) -> None:
     assert expected, f"no {what} to check: the test proves nothing"
-    lost = lost_keys(sandbox, expected)
+    lost = _lost_keys(sandbox, expected)
     assert not lost, f"{len(lost)} of {len(expected)} {what} lost, e.g. {lost[:10]}"
 
 
@@ -142,7 +158,7 @@ def test_kill_9_of_a_master_fails_over_without_losing_wait_acknowledged_writes(m
     assert durable.successes_after(killed_at, killed_slots) and plain.successes_after(killed_at, killed_slots)
     _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
     # Plain acknowledgements are asynchronous: a few may be lost; reported, not asserted.
-    print(f"plain acknowledged writes lost: {len(lost_keys(sb, plain.acknowledged()))}")
+    print(f"plain acknowledged writes lost: {len(_lost_keys(sb, plain.acknowledged()))}")
 
     # The dead pod comes back as a replica of the new master, and still nothing is lost.
     sb.restart([victim])
@@ -200,11 +216,11 @@ def test_one_pod_restarted_on_a_new_ip_rejoins_and_loses_nothing(make_sandbox):
     pod = sorted(masters(sb))[0]
     old_host = before[pod].host
 
-    with Writer(sb, "w") as writer:
-        time.sleep(1.0)
+    with Writer(cluster_client(sb), "w") as writer:
+        writer.wait_acknowledged(WARM_UP_WRITES)
         sb.restart([pod], new_ip=True)
         wait_healthy(sb)
-        time.sleep(0.5)
+        writer.wait_acknowledged(WARM_UP_WRITES, after=time.monotonic())
     print(writer.summary())
 
     after = snapshot(sb)
@@ -221,12 +237,12 @@ def test_one_pod_restarted_on_a_new_ip_rejoins_and_loses_nothing(make_sandbox):
             info = client.execute_command("CLUSTER INFO")
             assert info["cluster_state"] == "ok", (record.pod, info)
             assert int(info["cluster_known_nodes"]) == 6, (record.pod, info)
-            lines = [line.split() for line in client.execute_command("CLUSTER", "NODES").splitlines()]
+            entries = parse_cluster_nodes(client.execute_command("CLUSTER", "NODES"))
         finally:
             client.close()
-        entry = next(fields for fields in lines if fields[0] == before[pod].id)
-        assert entry[1].split("@")[0] == f"{new_host}:6379", (record.pod, entry)
-        assert not any(fields[1].startswith(f"{old_host}:") for fields in lines), (record.pod, lines)
+        entry = next(e for e in entries if e.id == before[pod].id)
+        assert (entry.host, entry.port) == (new_host, 6379), (record.pod, entry)
+        assert not any(e.host == old_host for e in entries), (record.pod, entries)
     assert not cluster_problems(sb)
     _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
 
@@ -239,7 +255,7 @@ def test_one_pod_restarted_on_a_new_ip_rejoins_and_loses_nothing(make_sandbox):
 def test_all_pods_restarted_at_once_on_new_ips_heal_on_their_own(make_sandbox):
     sb = make_sandbox(RESTART_ALL).sandbox
     sb.up()
-    keys = write_keys(sb, "k", 3000)
+    keys = _write_keys(sb, "k", 3000)
     old_hosts = {n.pod: n.host for n in sb.load().nodes}
 
     started = time.monotonic()
@@ -268,7 +284,7 @@ def test_all_pods_on_new_ips_without_peer_recovery_stay_down(make_sandbox):
     managed = make_sandbox(NO_PEER_RECOVERY)
     sb = managed.sandbox
     sb.up()
-    keys = write_keys(sb, "k", 1000)
+    keys = _write_keys(sb, "k", 1000)
     state = sb.load()
     pods = [n.pod for n in state.nodes]
     hosts = fresh_addresses(state, len(pods))
@@ -325,15 +341,15 @@ def test_rolling_restart_with_prestop_handover_fails_no_write(make_sandbox):
     before = snapshot(sb)
     pods = sorted(before, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
 
-    with Writer(sb, "w") as writer:
-        time.sleep(1.0)
+    with Writer(cluster_client(sb), "w") as writer:
+        writer.wait_acknowledged(WARM_UP_WRITES)
         for pod in pods:
             # As a StatefulSet rolls: one pod (preStop, SIGTERM, start on a new IP), and
             # the next one once this one's readiness probe passes, nothing else.
             sb.restart([pod], new_ip=True, wait=False)
             wait_ready(sb, pod)
         wait_healthy(sb)
-        time.sleep(1.0)
+        writer.wait_acknowledged(WARM_UP_WRITES, after=time.monotonic())
     print(writer.summary(), f"longest write: {writer.slowest_success():.3f}s", sep="\n")
 
     after = snapshot(sb)
@@ -354,10 +370,10 @@ def test_scale_out_under_load_loses_nothing_and_scale_in_is_refused(make_sandbox
     managed = make_sandbox(SCALE)
     sb = managed.sandbox
     sb.up()
-    with Writer(sb, "w") as writer:
-        time.sleep(1.0)
+    with Writer(cluster_client(sb), "w") as writer:
+        writer.wait_acknowledged(WARM_UP_WRITES)
         topology = sb.up(shards=4)
-        time.sleep(0.5)
+        writer.wait_acknowledged(WARM_UP_WRITES, after=time.monotonic())
     print(writer.summary())
     assert topology["state"] == "ok", topology["problems"]
     wait_healthy(sb)
@@ -380,7 +396,10 @@ def test_scale_out_under_load_loses_nothing_and_scale_in_is_refused(make_sandbox
         assert "scaling in is not supported" in message and "down --purge" in message
     cli = subprocess.run(
         [sys.executable, "-m", "sandbox", "--root", str(sb.root), "--third-octet", str(SCALE), "up", "--shards", "3"],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cli.returncode == 1 and cli.stderr.startswith("error: the sandbox runs 4 shards"), cli
     assert sb.state_path.read_text() == state_file
@@ -399,7 +418,7 @@ def test_scale_out_under_load_loses_nothing_and_scale_in_is_refused(make_sandbox
 def test_up_twice_is_a_no_op(make_sandbox):
     sb = make_sandbox(UP_TWICE).sandbox
     sb.up()
-    keys = write_keys(sb, "k", 500)
+    keys = _write_keys(sb, "k", 500)
     before = snapshot(sb)
     topology = sb.up()
     assert topology["state"] == "ok", topology["problems"]
@@ -498,7 +517,7 @@ def test_up_after_a_crash_in_the_middle_of_forming_converges(make_sandbox, monke
     if stage in ("after_meet", "one_replica_attached"):
         # The half-formed cluster already serves every slot: a client may have written.
         wait_healthy(sb)
-        keys = write_keys(sb, "k", 500)
+        keys = _write_keys(sb, "k", 500)
 
     try:
         topology = sb.up(timeout=60)
@@ -535,10 +554,10 @@ def _wait_all_met(sb, timeout: float) -> None:
         for record in state.nodes:
             client = node_client(state, record)
             try:
-                views.append(client.execute_command("CLUSTER", "NODES"))
+                views.append(parse_cluster_nodes(client.execute_command("CLUSTER", "NODES")))
             finally:
                 client.close()
-        if all(len(v.splitlines()) == len(state.nodes) and "handshake" not in v for v in views):
+        if all(len(v) == len(state.nodes) and not any("handshake" in e.flags for e in v) for v in views):
             return
         assert time.monotonic() < deadline, f"the nodes did not meet within {timeout:.0f}s: {views}"
         time.sleep(0.2)
@@ -552,7 +571,10 @@ def test_up_right_after_the_forming_process_was_killed(make_sandbox):
     sb = managed.sandbox
     forming = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "--root", str(sb.root), "--third-octet", str(KILLED_UP), "up"],
-        cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60

@@ -1,7 +1,6 @@
 """`python -m sandbox`, the README's first command, as a user runs it: one process per command."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from sandbox.processes import alive
 from tools.render_manifests import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
@@ -24,14 +24,6 @@ def sandbox(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
         timeout=300,
         check=check,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 @pytest.fixture
@@ -63,6 +55,15 @@ def test_up_forms_a_cluster_from_the_stack_files_and_records_it(root):
     conf = Path(nodes[0]["data_dir"]).parent / "conf"
     assert state["password"] not in (conf / "redis.conf").read_text()
     assert (conf / "entrypoint.sh").read_text() == (PROJECT_DIR / "components/scripts/entrypoint.sh").read_text()
+
+
+def test_a_refused_shape_changes_nothing(root):
+    refused = sandbox(root, "up", "--shards", "2", check=False)
+    assert refused.returncode != 0 and "shards" in refused.stderr
+    assert not (root / "cluster.json").exists(), "a refused command leaves no state behind"
+    # So nothing stands in the way of the next command.
+    status = sandbox(root, "status", check=False)
+    assert "shards" not in status.stderr
 
 
 def test_status_kill_and_down_work_on_the_recorded_pids(root):

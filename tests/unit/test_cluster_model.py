@@ -37,8 +37,8 @@ def test_parse_cluster_nodes_with_open_slots_and_hostnames() -> None:
     )
     entries = parse_cluster_nodes(text)
     me = entries[0]
-    assert me.myself and me.is_master and me.host == "10.0.0.1" and me.port == 6379
+    assert me.myself and me.is_master and me.host == "10.0.0.1" and me.port == 6379 and me.bus_port == 16379
     assert me.slots == ((0, 100), (200, 200)) and me.slot_count == 102
     assert me.migrating == ((101, "bbb"),) and me.importing == ((300, "ccc"),)
     assert entries[2].master_id == "aaa" and entries[2].failing and not entries[2].is_master
-    assert entries[3].failing and entries[3].port == 0
+    assert entries[3].failing and entries[3].port == 0 and entries[3].bus_port == 0
