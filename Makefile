@@ -2,16 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUFF := $(VENV)/bin/ruff
+# Proof that .venv holds requirements-dev.txt (and so requirements.txt): pip runs only when
+# one of them is newer than this file, or .venv is new. `rm .venv/.requirements.stamp` forces it.
+STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: setup system-packages test unit integration render sandbox sandbox-down bench lint clean
+# The shell scripts the repo tracks (and new ones not yet added, unless ignored); outside a git
+# checkout, every *.sh but those of .venv and .sandbox. $(wildcard) drops deleted files.
+SHELL_SCRIPTS := $(wildcard $(shell git ls-files --cached --others --exclude-standard -- '*.sh' 2>/dev/null))
+ifeq ($(strip $(SHELL_SCRIPTS)),)
+SHELL_SCRIPTS := $(shell find . \( -path ./.venv -o -path ./.sandbox -o -path ./.git \) -prune -o -name '*.sh' -type f -print | sort)
+endif
 
-$(PY):
+.PHONY: setup system-packages test unit integration lint golden render sandbox sandbox-down bench clean
+
+# Order-only: system-packages (python3-venv on a bare image) runs first, but never makes the
+# venv look out of date.
+$(PY): | system-packages
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(PY) system-packages
+$(STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
 
-# redis-server, redis-cli, shellcheck and dash from Debian, when missing.
+setup: system-packages $(STAMP)
+
+# redis-server, redis-cli, shellcheck and dash from Debian, when missing (fast when present).
 system-packages:
 	sh tools/install-system-packages.sh
 
@@ -32,8 +48,21 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/integration
 
-lint:
-	shellcheck -s sh components/scripts/*.sh
+# Ruff (rules in pyproject.toml), the formatter in check mode, and shellcheck: the pod scripts
+# run under dash, so every *.sh is checked as POSIX sh; .ci/run is bash (its shebang says so).
+# Every check runs even when an earlier one fails, so one run reports everything.
+lint: setup
+	@status=0; \
+	echo "$(RUFF) check ."; $(RUFF) check . || status=1; \
+	echo "$(RUFF) format --check ."; $(RUFF) format --check . || status=1; \
+	echo "shellcheck -s sh $(SHELL_SCRIPTS)"; shellcheck -s sh $(SHELL_SCRIPTS) || status=1; \
+	echo "shellcheck .ci/run"; shellcheck .ci/run || status=1; \
+	exit $$status
+
+# Rewrites the golden files of the rendered manifests from the current code. Commit them with
+# the change that caused them: reviewers then see every change to rendered output in the diff.
+golden: setup
+	$(PY) -m tools.render_manifests --update-golden
 
 # Review every Kubernetes object of a stack as YAML: make render STACK=prod
 STACK ?= dev
@@ -45,4 +74,4 @@ bench: setup
 	$(PY) -m benchmarks.reliability_benchmark
 
 clean:
-	rm -rf $(VENV) .pytest_cache .sandbox
+	rm -rf $(VENV) .pytest_cache .ruff_cache .sandbox

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the sandbox and the tests need, when this machine lacks them:
-# redis-server and redis-cli (real Redis on loopback), shellcheck and dash (the pods' /bin/sh),
-# and on a bare image make, python3 and its venv module (the Makefile builds .venv).
+# redis-server and redis-cli (real Redis on loopback), shellcheck (make lint) and dash (the
+# pods' /bin/sh), and on a bare image make, python3 and its venv module (the Makefile builds
+# .venv). Idempotent: with everything present it only runs the checks. POSIX sh.
 set -eu
 
 missing=""
@@ -15,8 +16,20 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3
 [ -n "$missing" ] || exit 0
 
 echo "installing:$missing"
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "no apt-get here: install these packages (Debian names) by hand:$missing" >&2
+    exit 1
+fi
 sudo_cmd=""
-[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "not root and no sudo: run as root, or install by hand:$missing" >&2
+        exit 1
+    fi
+    sudo_cmd="sudo"
+fi
 $sudo_cmd apt-get update -qq
+# DEBIAN_FRONTEND goes through env(1): sudo's env_reset would drop a plain prefix assignment,
+# and apt could then stop at a debconf prompt. $missing is a word list on purpose.
 # shellcheck disable=SC2086
-DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
+$sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
