@@ -107,10 +107,7 @@ class KubernetesTransport(NodeTransport):
                 api_client = k8s_client.ApiClient()
             except k8s_config.ConfigException:
                 api_client = k8s_config.new_client_from_config()
-        websocket_client = k8s_client.ApiClient(api_client.configuration)
-        return cls(
-            core_api=k8s_client.CoreV1Api(api_client), websocket_api=k8s_client.CoreV1Api(websocket_client), **kwargs
-        )
+        return cls(core_api=k8s_client.CoreV1Api(api_client), **kwargs)
 
     # -- pods ---------------------------------------------------------------------------
 

@@ -26,6 +26,14 @@ from cluster_logic.transports.base import TransportError
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
 
 NODE = NodeAddress("redis-cluster-3", "10.0.3.7", 6379, "zone-a")
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: u, user: {token: not-a-real-token}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
 
 
 def transport(core_api: Any = None, **kwargs: Any) -> KubernetesTransport:
@@ -54,7 +62,10 @@ def test_concurrent_port_forwards_never_cross_and_leave_the_clients_as_they_were
     # kubernetes.stream's own wrapper, with only the network call faked.
     fake = functools.partial(_websocket_request, slow_handshake, {"_preload_content": False})
     monkeypatch.setattr("kubernetes.stream.portforward", fake)
-    under_test = transport()
+    # Built the way the provider builds it.
+    under_test = KubernetesTransport.from_kubeconfig(
+        KUBECONFIG, namespace="redis", stateful_set_name="redis-cluster", password="pw-0123456789abcdef"
+    )
     rest_client = under_test._api.api_client
 
     def forward(i: int) -> None:
