@@ -38,6 +38,7 @@ from redis.crc import key_slot
 from benchmarks.machine_info import cpu_model
 from cluster_logic import formation, health
 from cluster_logic.cluster import Cluster
+from cluster_logic.deadline import Deadline
 from cluster_logic.model import SLOTS
 from cluster_logic.reconcile import ensure_cluster
 from cluster_logic.transports.direct import DirectTransport
@@ -74,7 +75,7 @@ def started_nodes(loopback: LoopbackAddresses, count: int) -> Iterator[LocalNode
 def wait_converged(nodes: LocalNodes, shards: int, timeout: float = 120) -> None:
     """The bootstrap's own convergence wait, polled as tightly as the bootstrap polls."""
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
-        health.wait_converged(Cluster(transport, transport.nodes), timeout, shards)
+        health.wait_converged(Cluster(transport, transport.nodes), Deadline(timeout), shards)
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def scale_setup(nodes: LocalNodes, total: int) -> float:
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
         cluster = Cluster(transport, transport.nodes)
         cluster.refresh()
-        formation.join(cluster, 4, 1, 120, [v for v in cluster.views if v.member])
+        formation.join(cluster, 4, 1, Deadline(120), [v for v in cluster.views if v.member])
     return load_seconds
 
 
@@ -194,7 +195,7 @@ def scale_once(loopback: LoopbackAddresses, total: int, mover: str) -> tuple[flo
         if mover == "bootstrap":
             with DirectTransport(nodes.inputs(), PASSWORD) as transport:
                 cluster = Cluster(transport, transport.nodes)
-                formation.rebalance(cluster, 4, 300, masters=_masters(cluster))
+                formation.rebalance(cluster, 4, Deadline(300), masters=_masters(cluster))
         else:
             redis_cli("--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters")
             wait_converged(nodes, 4)

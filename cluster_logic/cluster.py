@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping, Optional, Sequence
 
+from cluster_logic.deadline import POLL_SECONDS
 from cluster_logic.model import NodeAddress, NodeEntry
 from cluster_logic.observation import NodeView, probe
 from cluster_logic.planning import Layout
@@ -83,6 +84,11 @@ class Cluster:
             if not entry.is_master and entry.master_id in ids:
                 layout.replicas[pods.get(entry.master_id, entry.master_id)].append(pods.get(entry.id, entry.id))
         return layout
+
+    @property
+    def poll_interval(self) -> float:
+        """How often to look again while waiting: as often as the transport can afford."""
+        return self.transport.poll_interval if self.transport is not None else POLL_SECONDS
 
     def slots_covered(self) -> int:
         return sum(e.slot_count for e in self.reference_entries() if e.is_master)

@@ -1,11 +1,16 @@
 """Redis calls shared by the cluster logic: pipelines whose errors never quote a command
-(a MIGRATE carries the password), and reply and error text made printable."""
+(a MIGRATE carries the password), commands for a node the caller is done with afterwards,
+and reply and error text made printable."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
+
+if TYPE_CHECKING:
+    from cluster_logic.model import NodeAddress
+    from cluster_logic.transports.base import NodeTransport
 
 
 def pipeline(client: redis.Redis, commands: Sequence[tuple], raise_on_error: bool = True) -> list[Any]:
@@ -22,10 +27,26 @@ def pipeline(client: redis.Redis, commands: Sequence[tuple], raise_on_error: boo
     return replies
 
 
+def send_once(
+    transport: NodeTransport, node: NodeAddress, commands: Sequence[tuple], raise_on_error: bool = True
+) -> list[Any]:
+    """`commands` to a node the caller does not come back to soon (one step of a round over
+    every node): its connection is let go at once, so that a round over hundreds of pods
+    never holds a connection (a port-forward each) to all of them."""
+    try:
+        return pipeline(transport.client(node), commands, raise_on_error)
+    finally:
+        transport.release_idle(node)
+
+
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+def first_line(message: Any) -> str:
+    lines = str(message or "").strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
 def short_error(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
+    return first_line(error) or type(error).__name__

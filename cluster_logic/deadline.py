@@ -4,7 +4,7 @@ and every wait polls through `poll_until`."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TypeVar, Union
+from typing import Callable, Optional, TypeVar
 
 from cluster_logic.errors import BootstrapError
 
@@ -30,11 +30,6 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
         self._end = now() + self.seconds
-
-    @classmethod
-    def of(cls, budget: Union[Deadline, float]) -> Deadline:
-        """The deadline itself, or a new one of `budget` seconds from now."""
-        return budget if isinstance(budget, Deadline) else cls(budget)
 
     def remaining(self) -> float:
         return max(0.0, self._end - now())

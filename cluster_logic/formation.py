@@ -13,12 +13,12 @@ from typing import Any, Sequence
 import redis
 
 from cluster_logic.cluster import Cluster
-from cluster_logic.commands import pipeline
+from cluster_logic.commands import send_once
 from cluster_logic.deadline import POLL_SECONDS, Deadline
 from cluster_logic.errors import BootstrapError, ScaleInRefused
 from cluster_logic.health import wait_all_known, wait_converged
 from cluster_logic.migration import SlotMover
-from cluster_logic.model import expand_ranges
+from cluster_logic.model import expand_ranges, pod_ordinal
 from cluster_logic.observation import NodeView, probe
 from cluster_logic.planning import (
     Layout,
@@ -33,8 +33,9 @@ from cluster_logic.transports.base import TransportError
 log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# redis-cli --cluster create needs a moment even on a small cluster: never start it with
-# less than this left, whatever remains of the budget.
+# redis-cli --cluster create needs a moment even on a small cluster: it is not started
+# with less than this (or half the budget, if the budget is short) left, since a create
+# cut short leaves a half-formed cluster behind.
 MIN_CREATE_SECONDS = 60.0
 # How often placement is corrected before the cluster's own failovers are taken as given.
 PLACEMENT_ATTEMPTS = 3
@@ -46,9 +47,16 @@ def create(cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Dea
     order = [by_pod[p] for p in cli_create_order(layout)]
     args = ["--cluster", "create", *[n.endpoint for n in order]]
     args += ["--cluster-replicas", str(replicas_per_shard), "--cluster-yes"]
+    needed = min(MIN_CREATE_SECONDS, deadline.seconds / 2)
+    if deadline.remaining() < needed:
+        raise BootstrapError(
+            f"only {deadline.remaining():.0f}s of the {deadline.seconds:g}s time budget are left after waiting for "
+            f"the pods, and forming the cluster needs {needed:g}s; nothing was changed: run again, or give the "
+            "bootstrap more time"
+        )
     log.info("creating cluster: %s", " ".join(args))
     outcome: dict[str, Any] = {}
-    cli_timeout = max(MIN_CREATE_SECONDS, deadline.remaining())
+    cli_timeout = deadline.remaining()
 
     def run() -> None:
         try:
@@ -88,17 +96,16 @@ def _hasten_join(cluster: Cluster, worker: threading.Thread) -> None:
             for node in cluster.nodes:
                 others = [("CLUSTER", "MEET", o.host, o.port) for o in cluster.nodes if o != node]
                 try:
-                    pipeline(cluster.transport.client(node), others)
+                    send_once(cluster.transport, node, others)
                 except redis.RedisError:
                     pass  # gossip still gets there; this only saves time
             return
         worker.join(POLL_SECONDS)
 
 
-def correct_placement(cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline | float) -> None:
+def correct_placement(cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline) -> None:
     """Moves replicas (CLUSTER REPLICATE) until none shares its master's zone where
     another plan would avoid it. Only replicas move; no data is touched."""
-    deadline = Deadline.of(deadline)
     for _attempt in range(PLACEMENT_ATTEMPTS):
         wait_converged(cluster, deadline, shards, None, what="replicas to attach")
         live = cluster.live_layout()
@@ -119,7 +126,7 @@ def correct_placement(cluster: Cluster, shards: int, replicas_per_shard: int, de
         moves = [(r, m) for r, m in target.master_of().items() if current.get(r) != m]
         log.info("moving replicas to other zones: %s", moves)
         for replica, master in moves:
-            cluster.transport.client(cluster.view_of(replica).node).execute_command("CLUSTER", "REPLICATE", ids[master])
+            send_once(cluster.transport, cluster.view_of(replica).node, [("CLUSTER", "REPLICATE", ids[master])])
     wait_converged(cluster, deadline, shards, None, what="replicas to attach")
 
 
@@ -136,11 +143,10 @@ def scale_out(
 
 
 def join(
-    cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline | float, members: Sequence[NodeView]
+    cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline, members: Sequence[NodeView]
 ) -> Layout:
     """Meets the fresh nodes and attaches the new replicas; returns the planned layout.
     New masters hold no slots yet."""
-    deadline = Deadline.of(deadline)
     member_pods = {v.node.pod for v in members}
     reference = cluster.reference_entries()
     pods = cluster.pod_of_id()
@@ -164,8 +170,9 @@ def join(
     # Each new node greets every node itself: waiting for gossip to introduce them
     # takes seconds, a direct handshake a few cluster-cron ticks.
     for node in fresh:
-        pipeline(
-            cluster.transport.client(node),
+        send_once(
+            cluster.transport,
+            node,
             [("CLUSTER", "MEET", other.host, other.port) for other in cluster.nodes if other != node],
         )
     started = time.monotonic()
@@ -176,13 +183,13 @@ def join(
     current = {pods.get(e.id): pods.get(e.master_id or "") for e in cluster.reference_entries() if not e.is_master}
     for replica, master in target.master_of().items():
         if current.get(replica) != master:
-            cluster.transport.client(by_pod[replica]).execute_command("CLUSTER", "REPLICATE", ids[master])
+            send_once(cluster.transport, by_pod[replica], [("CLUSTER", "REPLICATE", ids[master])])
     wait_converged(cluster, deadline, None, None, what="new nodes to join")
     log.info("new replicas in sync after %.2fs", time.monotonic() - started)
     return target
 
 
-def rebalance(cluster: Cluster, shards: int, deadline: Deadline | float, masters: Sequence[str]) -> None:
+def rebalance(cluster: Cluster, shards: int, deadline: Deadline, masters: Sequence[str]) -> None:
     """Moves slots from over-filled to under-filled masters, several pairs at once."""
     cluster.refresh()
     pods = cluster.pod_of_id()
@@ -195,23 +202,28 @@ def rebalance(cluster: Cluster, shards: int, deadline: Deadline | float, masters
     if not moves:
         return
     by_pod = cluster.by_pod()
-    order = sorted(owned)
-    mover = SlotMover(cluster.transport, {by_pod[p]: ids[p] for p in order}, [by_pod[m] for m in order])
+    order = sorted(owned, key=lambda p: (pod_ordinal(p), p))
+    mover = SlotMover(
+        cluster.transport, {by_pod[p]: ids[p] for p in order}, [by_pod[m] for m in order], deadline=deadline
+    )
     log.info("moving slots: %s", [(s, t, len(sl)) for s, t, sl in moves])
     started = time.monotonic()
-    mover.move_all([(by_pod[s], by_pod[t], sl) for s, t, sl in moves])
+    try:
+        mover.move_all([(by_pod[s], by_pod[t], sl) for s, t, sl in moves])
+    finally:
+        cluster.transport.release_idle()
     log.info("moved %d keys in %.2fs", mover.moved_keys, time.monotonic() - started)
     wait_converged(cluster, deadline, shards, None, what="slot moves to settle")
     log.info("slot map settled after %.2fs", time.monotonic() - started)
 
 
-def close_open_slots(cluster: Cluster, deadline: Deadline | float) -> None:
+def close_open_slots(cluster: Cluster, deadline: Deadline) -> None:
     """Finishes migrations an interrupted run left open (the direction they had)."""
     cluster.refresh()
     nodes = {v.myid: v.node for v in cluster.views if v.myid}
     plan = plan_open_slots(cluster.reference_entries(), [v.me for v in cluster.views if v.me is not None])
     for node_id, slot in plan.stale_marks:
-        cluster.transport.client(nodes[node_id]).execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        send_once(cluster.transport, nodes[node_id], [("CLUSTER", "SETSLOT", slot, "STABLE")])
     if not plan.moves:
         return
     if any(source not in nodes or target not in nodes for source, target in plan.moves):
@@ -219,6 +231,9 @@ def close_open_slots(cluster: Cluster, deadline: Deadline | float) -> None:
             "open slots point at nodes outside this cluster; fix them with redis-cli --cluster fix first"
         )
     masters = [nodes[e.id] for e in cluster.reference_entries() if e.is_master and e.id in nodes]
-    mover = SlotMover(cluster.transport, {node: node_id for node_id, node in nodes.items()}, masters)
-    mover.move_all([(nodes[s], nodes[t], slots) for (s, t), slots in plan.moves.items()])
+    mover = SlotMover(cluster.transport, {node: node_id for node_id, node in nodes.items()}, masters, deadline=deadline)
+    try:
+        mover.move_all([(nodes[s], nodes[t], slots) for (s, t), slots in plan.moves.items()])
+    finally:
+        cluster.transport.release_idle()
     wait_converged(cluster, deadline, None, None, what="open slots to close")

@@ -58,7 +58,7 @@ def problems(cluster: Cluster, shards: Optional[int] = None, replicas_per_shard:
 
 def wait_converged(
     cluster: Cluster,
-    deadline: Deadline | float,
+    deadline: Deadline,
     shards: Optional[int] = None,
     replicas_per_shard: Optional[int] = None,
     what: str = "the cluster to converge",
@@ -71,10 +71,10 @@ def wait_converged(
         more = len(found) - _SHOWN_PROBLEMS
         return f"{what}: " + "; ".join(found[:_SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
-    poll_until(observe, lambda found: not found, Deadline.of(deadline), waiting_for=still)
+    poll_until(observe, lambda found: not found, deadline, waiting_for=still, interval=cluster.poll_interval)
 
 
-def wait_all_known(cluster: Cluster, deadline: Deadline | float) -> None:
+def wait_all_known(cluster: Cluster, deadline: Deadline) -> None:
     """Until every node knows every other one (needed before REPLICATE/SETSLOT NODE)."""
     expected = len(cluster.nodes)
 
@@ -91,8 +91,9 @@ def wait_all_known(cluster: Cluster, deadline: Deadline | float) -> None:
     poll_until(
         lagging,
         lambda pods: not pods,
-        Deadline.of(deadline),
+        deadline,
         waiting_for=lambda pods: "nodes to meet: " + ", ".join(pods),
+        interval=cluster.poll_interval,
     )
 
 

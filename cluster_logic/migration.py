@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import redis
 
 from cluster_logic.commands import pipeline, short_error
+from cluster_logic.deadline import Deadline
 from cluster_logic.errors import BootstrapError
 from cluster_logic.model import NodeAddress, format_ranges, slot_ranges
 from cluster_logic.transports.base import NodeTransport
@@ -21,6 +22,9 @@ MIGRATE_TIMEOUT_MS = 20000
 MAX_MOVE_THREADS = 8
 # Slots handled per pipelined round of a (source, target) pair.
 SLOTS_PER_ROUND = 64
+# Time a run keeps, after its last round of slots, for the cluster to settle: the mover
+# stops starting rounds when less than this (or a tenth of the budget) is left.
+SETTLE_RESERVE_SECONDS = 30.0
 
 
 class SlotMover:
@@ -42,6 +46,7 @@ class SlotMover:
         batch: int = MIGRATE_BATCH,
         migrate_timeout_ms: int = MIGRATE_TIMEOUT_MS,
         slots_per_round: int = SLOTS_PER_ROUND,
+        deadline: Optional[Deadline] = None,
     ) -> None:
         self.transport = transport
         self.ids = dict(ids)
@@ -49,6 +54,7 @@ class SlotMover:
         self.batch = batch
         self.migrate_timeout_ms = migrate_timeout_ms
         self.slots_per_round = slots_per_round
+        self.deadline = deadline
         self.moved_keys = 0
         self._count_lock = threading.Lock()
 
@@ -73,10 +79,20 @@ class SlotMover:
     def move_slots(self, source: NodeAddress, target: NodeAddress, slots: Sequence[int]) -> None:
         slots = list(slots)
         for i in range(0, len(slots), self.slots_per_round):
+            self._check_budget()
             self.move_round(slots[i : i + self.slots_per_round], source, target)
 
-    def move_slot(self, slot: int, source: NodeAddress, target: NodeAddress) -> None:
-        self.move_round([slot], source, target)
+    def _check_budget(self) -> None:
+        """A round is only started with time left for it and for the cluster to settle after;
+        every round finished has its slots wholly moved, so stopping between rounds is safe."""
+        if self.deadline is None:
+            return
+        reserve = min(SETTLE_RESERVE_SECONDS, self.deadline.seconds / 10)
+        if self.deadline.remaining() < reserve:
+            raise BootstrapError(
+                f"the {self.deadline.seconds:g}s time budget ran out while moving slots ({self.moved_keys} keys "
+                "moved); the slots moved so far stay moved, and the next update continues"
+            )
 
     def move_round(self, slots: Sequence[int], source: NodeAddress, target: NodeAddress) -> None:
         src = self.transport.client(source)

@@ -83,7 +83,7 @@ def probe(transport: NodeTransport, nodes: Sequence[NodeAddress]) -> list[NodeVi
         return list(pool.map(one, nodes))
 
 
-def wait_ready(transport: NodeTransport, count: int, deadline: Deadline | float) -> list[NodeAddress]:
+def wait_ready(transport: NodeTransport, count: int, deadline: Deadline) -> list[NodeAddress]:
     """Blocks until the first `count` pods are ready; names the laggards on timeout."""
 
     def ready(statuses: list[PodStatus]) -> bool:
@@ -104,7 +104,7 @@ def wait_ready(transport: NodeTransport, count: int, deadline: Deadline | float)
     statuses = poll_until(
         lambda: transport.pod_statuses(count),
         ready,
-        Deadline.of(deadline),
+        deadline,
         waiting_for=laggards,
         interval=transport.poll_interval,
     )

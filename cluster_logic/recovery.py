@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 import redis
 
 from cluster_logic.cluster import Cluster
+from cluster_logic.commands import send_once
 from cluster_logic.deadline import Deadline, poll_until
 from cluster_logic.errors import BootstrapError, ForeignNodes
 from cluster_logic.model import SLOTS, NodeEntry, pod_ordinal
@@ -117,7 +118,7 @@ def wait_membership_settled(cluster: Cluster, deadline: Deadline) -> None:
             return False
         return still.expired()
 
-    poll_until(members, settled, deadline)
+    poll_until(members, settled, deadline, interval=cluster.poll_interval)
 
 
 def introduce_members(cluster: Cluster, deadline: Deadline) -> None:
@@ -131,9 +132,8 @@ def introduce_members(cluster: Cluster, deadline: Deadline) -> None:
     log.warning("introducing %d cluster members that do not all know each other", len(members))
     # Every member meets every other: no reliance on gossip to pass the introductions on.
     for view in members:
-        for other in members:
-            if other is not view:
-                cluster.transport.client(view.node).execute_command("CLUSTER", "MEET", other.node.host, other.node.port)
+        meets = [("CLUSTER", "MEET", o.node.host, o.node.port) for o in members if o is not view]
+        send_once(cluster.transport, view.node, meets)
     cluster.refresh()
     wait_membership_settled(cluster, deadline)
 
@@ -186,15 +186,13 @@ def forget_lost_identities(cluster: Cluster, lost: Mapping[str, str]) -> None:
     for view in cluster.views:
         if not view.member:
             continue
-        client = cluster.transport.client(view.node)
-        for entry in view.entries:
-            if entry.id in lost:
-                try:
-                    client.execute_command("CLUSTER", "FORGET", entry.id)
-                except redis.ResponseError as error:
-                    raise BootstrapError(
-                        f"{view.node.pod} refused to forget {entry.id}, the old ID of {lost[entry.id]}: {error}"
-                    ) from None
+        old_ids = [e.id for e in view.entries if e.id in lost]
+        replies = send_once(cluster.transport, view.node, [("CLUSTER", "FORGET", i) for i in old_ids], False)
+        for old_id, reply in zip(old_ids, replies):
+            if isinstance(reply, redis.ResponseError):
+                raise BootstrapError(
+                    f"{view.node.pod} refused to forget {old_id}, the old ID of {lost[old_id]}: {reply}"
+                )
     cluster.refresh()
 
 
@@ -203,5 +201,5 @@ def start_formation_over(cluster: Cluster) -> None:
     # behind the zero-keys check in `abandoned_formation`.
     for view in cluster.views:
         if view.member:
-            cluster.transport.client(view.node).execute_command("CLUSTER", "RESET", "HARD")
+            send_once(cluster.transport, view.node, [("CLUSTER", "RESET", "HARD")])
     cluster.refresh()

@@ -228,7 +228,7 @@ def operator_message(error: BootstrapError) -> str:
         return scale_in_message(error.current, error.wanted, error.what)
     if isinstance(error, ForeignNodes) and error.failed_and_slotless:
         return (
-            f"{error}: if a pod lost its volume, `pulumi refresh` and then `pulumi up` join it again "
+            f"{error}: `pulumi refresh` and then `pulumi up` join such a pod again "
             "(see docs/operations.md, A pod lost its volume)"
         )
     if isinstance(error, UnexpectedCluster):

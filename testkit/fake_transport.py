@@ -56,6 +56,8 @@ class FakeNode:
             return self.replication
         if words[:1] == ("DBSIZE",):
             return self.keys
+        if words == ("CLUSTER", "GETKEYSINSLOT"):
+            return []
         if words == ("CLUSTER", "RESET"):
             # What Redis does: a fresh node under a new ID, alone, with no slot.
             self.myid = "reset-" + self.myid

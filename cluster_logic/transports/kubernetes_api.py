@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import redis
 from redis.connection import BlockingConnectionPool, Connection
 
+from cluster_logic.commands import first_line
 from cluster_logic.model import NodeAddress
 from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS, CliResult, NodeTransport, PodStatus, TransportError
 
@@ -24,8 +25,9 @@ ZONE_LOOKUP_PAUSE_SECONDS = 0.5
 # of reach; kubernetes.stream itself would wait for ever.
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 # Connections (each a port-forward: a websocket, a socket pair and a proxy thread) one node
-# may hold at once; callers beyond wait for one to be free.
-CONNECTIONS_PER_NODE = 2
+# may have in use at once: as many as threads may use one node (16 probes, 8 slot movers);
+# only one of them is kept when idle (`_ForwardPool`).
+CONNECTIONS_PER_NODE = 16
 SECRET_FILE = "/etc/redis-secret/password"
 CONTAINER = "redis"
 
@@ -55,6 +57,17 @@ class _SocketConnection(Connection):
         sock = self._open_socket()
         sock.settimeout(self.socket_timeout)
         return sock
+
+
+class _ForwardPool(BlockingConnectionPool):
+    """Keeps at most one idle connection: a node that several threads used at once keeps
+    one port-forward open for the next call, not one per thread, so that a cluster of
+    hundreds of pods stays within what kubernetes.stream's select() can watch."""
+
+    def release(self, connection: Connection) -> None:
+        if any(c is not None and c is not connection and c._sock is not None for c in list(self.pool.queue)):
+            connection.disconnect()
+        super().release(connection)
 
 
 class KubernetesTransport(NodeTransport):
@@ -161,7 +174,7 @@ class KubernetesTransport(NodeTransport):
     # -- redis-py through port-forward --------------------------------------------------
 
     def _make_client(self, node: NodeAddress) -> redis.Redis:
-        pool = BlockingConnectionPool(
+        pool = _ForwardPool(
             connection_class=_SocketConnection,
             open_socket=lambda: self._forward(node),
             # Only for redis-py's messages: they name the pod, not "localhost".
@@ -196,7 +209,9 @@ class KubernetesTransport(NodeTransport):
                 f"port-forward to pod {node.pod}",
             )
         except ApiException as error:
-            raise ConnectionError(f"port-forward to pod {node.pod} failed: {_first_line(error.reason)}") from None
+            raise ConnectionError(
+                f"port-forward to pod {node.pod} failed: {first_line(error.reason) or 'no reason given'}"
+            ) from None
 
     def _fresh_api(self) -> Any:
         from kubernetes import client as k8s_client
@@ -254,27 +269,34 @@ class KubernetesTransport(NodeTransport):
         return CliResult(int(returncode or 0), "".join(out), "".join(err))
 
 
-def _first_line(text: Any) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0][:200] if lines else "no reason given"
-
-
 def _within(seconds: float, call: Callable[[], Any], what: str) -> Any:
     """The result of `call`, or a connection error once `seconds` pass without one (the
     call's thread is left to finish or fail on its own)."""
     outcome: dict[str, Any] = {}
+    lock = threading.Lock()
 
     def run() -> None:
         try:
-            outcome["value"] = call()
+            value = call()
         except BaseException as error:  # noqa: BLE001 - handed to the caller below
             outcome["error"] = error
+            return
+        with lock:
+            if "abandoned" not in outcome:
+                outcome["value"] = value
+                return
+        # Nobody waits for it any more: a forward or an exec that opened late is closed.
+        close = getattr(value, "close", None)
+        if close is not None:
+            close()
 
     worker = threading.Thread(target=run, name=what, daemon=True)
     worker.start()
     worker.join(seconds)
-    if worker.is_alive():
-        raise ConnectionError(f"{what}: no websocket handshake within {seconds:g}s")
+    with lock:
+        if "value" not in outcome and "error" not in outcome:
+            outcome["abandoned"] = True
+            raise ConnectionError(f"{what}: no websocket handshake within {seconds:g}s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

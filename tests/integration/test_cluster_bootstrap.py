@@ -197,7 +197,7 @@ def test_replicate_corrects_a_same_zone_layout(nodes: LocalNodes) -> None:
     create_cluster(nodes.nodes, replicas_per_shard=1)
     with DirectTransport(nodes.inputs(), PASSWORD) as transport:
         cluster = Cluster(transport, transport.nodes)
-        health.wait_converged(cluster, 30, 3, None)
+        health.wait_converged(cluster, Deadline(30), 3, None)
         before = health.topology(cluster, 3, 1)
         assert len(before["placement"]["replicas_in_master_zone"]) == 3
         masters_before = [m["id"] for m in before["masters"]]
@@ -521,7 +521,7 @@ def test_kubernetes_pending_pod_times_out_naming_it(nodes: LocalNodes) -> None:
 def test_direct_transport_missing_node_is_named_immediately() -> None:
     transport = DirectTransport([{"pod": "redis-cluster-0", "host": "127.0.28.1"}], PASSWORD)
     with pytest.raises(BootstrapError) as missing:
-        wait_ready(transport, 6, 30)
+        wait_ready(transport, 6, Deadline(30))
     assert "redis-cluster-1" in str(missing.value)
 
 
@@ -559,7 +559,7 @@ def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed(nodes: Loca
 
         mover = SlotMover(transport, {by_pod[pods[e.id]]: e.id for e in masters}, [by_pod[pods[e.id]] for e in masters])
         with pytest.raises(BootstrapError) as refused:
-            mover.move_slot(slot, source, target)
+            mover.move_round([slot], source, target)
         assert f"slot {slot}" in str(refused.value) and "different values" in str(refused.value)
         assert PASSWORD not in str(refused.value)
         assert transport.client(source).get("busy") == b"mine", "the source copy is kept"

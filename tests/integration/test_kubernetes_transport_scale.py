@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cluster_logic.commands import send_once
 from cluster_logic.model import NodeAddress
 from cluster_logic.observation import probe
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
@@ -81,3 +82,44 @@ def test_a_probe_round_over_600_pods_holds_only_the_forwards_in_flight(nodes: Lo
     assert forwards.opened == 2 * pods
     assert forwards.peak <= transport.probe_concurrency
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
+
+
+def test_a_round_of_one_shot_commands_over_600_pods_holds_one_forward_at_a_time(nodes: LocalNodes) -> None:
+    """What join, the introductions and the placement moves do: one command to each pod."""
+    servers = nodes.started(6)
+    forwards = CountedForwards([(n.ip, n.port) for n in servers])
+    addresses = [NodeAddress(f"redis-cluster-{i}", f"10.0.{i // 250}.{i % 250 + 1}", 6379) for i in range(600)]
+    transport = KubernetesTransport(
+        core_api=None, namespace="redis", stateful_set_name="redis-cluster", password=PASSWORD, port_forward=forwards
+    )
+    with transport:
+        for node in addresses:
+            assert send_once(transport, node, [("PING",)]) == [True]
+        assert forwards.peak == 1 and forwards.open == 0
+
+
+def test_a_node_used_by_many_threads_keeps_one_idle_forward(nodes: LocalNodes) -> None:
+    (server,) = nodes.started(1)
+    forwards = CountedForwards([(server.ip, server.port)])
+    transport = KubernetesTransport(
+        core_api=None, namespace="redis", stateful_set_name="redis-cluster", password=PASSWORD, port_forward=forwards
+    )
+    node = NodeAddress("redis-cluster-0", "10.0.0.1", 6379)
+    barrier = threading.Barrier(8)
+    replies: list[object] = []
+
+    def slow_call() -> None:
+        client = transport.client(node)
+        barrier.wait()
+        # All eight hold a connection at once: WAIT blocks 0.5 s for a replica there is not.
+        replies.append(client.execute_command("WAIT", 1, 500))
+
+    with transport:
+        threads = [threading.Thread(target=slow_call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert replies == [0] * 8
+        assert forwards.peak == 8, "each thread had a forward of its own while it needed one"
+        assert forwards.open == 1, "one is kept for the next call, the others closed"

@@ -7,8 +7,9 @@ import pytest
 
 from cluster_logic.deadline import Deadline, poll_until
 from cluster_logic.errors import BootstrapError
+from cluster_logic.migration import SlotMover
 from cluster_logic.reconcile import ensure_cluster
-from testkit.fake_transport import FakeTransport, SimulatedClock, six_nodes
+from testkit.fake_transport import FakeTransport, SimulatedClock, fresh_node, six_nodes
 
 
 @pytest.fixture
@@ -24,7 +25,6 @@ def test_a_deadline_counts_down_and_a_capped_one_never_outlives_it(clock: Simula
     short = deadline.capped(2)
     clock.pause(2)
     assert short.expired() and not deadline.expired()
-    assert Deadline.of(deadline) is deadline and Deadline.of(5).seconds == 5
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,42 @@ def test_every_step_of_one_run_shares_the_budget(clock: SimulatedClock) -> None:
         ensure_cluster(transport, 3, 1, 100)
     assert "timed out after 100s waiting for the cluster to converge" in str(timed_out.value)
     assert 60 <= clock.now() < 101
+
+
+def test_a_create_is_not_started_without_the_time_it_needs(clock: SimulatedClock) -> None:
+    """Pods ready after 80 of 100 s: a create cut short would leave a half-formed cluster,
+    so none is started, and the nodes are left as they were."""
+    nodes = [fresh_node(i) for i in range(6)]
+    transport = FakeTransport(nodes, ready_at=80)
+    with pytest.raises(BootstrapError) as refused:
+        ensure_cluster(transport, 3, 1, 100)
+    assert "nothing was changed" in str(refused.value) and "needs 50s" in str(refused.value)
+    assert transport.cli_calls == []
+    probes = {("CLUSTER", "MYID"), ("CLUSTER", "NODES"), ("CLUSTER", "INFO"), ("INFO", "replication"), ("DBSIZE",)}
+    assert {args[:2] for n in nodes for args in n.sent} <= probes, "only looked at"
+
+
+@pytest.mark.parametrize("left, moves", [(100, True), (5, False)])
+def test_the_slot_mover_starts_a_round_only_with_time_to_settle_after(
+    clock: SimulatedClock, left: float, moves: bool
+) -> None:
+    nodes = six_nodes()
+    transport = FakeTransport(nodes)
+    source, target = nodes[0], nodes[1]
+    deadline = Deadline(100)
+    clock.pause(100 - left)
+    mover = SlotMover(
+        transport,
+        {source.address: source.myid, target.address: target.myid},
+        [n.address for n in nodes[:3]],
+        deadline=deadline,
+    )
+    setslots = lambda: [a for a in source.sent + target.sent if a[:2] == ("CLUSTER", "SETSLOT")]  # noqa: E731
+    if moves:
+        mover.move_all([(source.address, target.address, [0, 1, 2])])
+        assert setslots()
+    else:
+        with pytest.raises(BootstrapError) as stopped:
+            mover.move_all([(source.address, target.address, [0, 1, 2])])
+        assert "the next update continues" in str(stopped.value)
+        assert setslots() == [], "no round is started"
