@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,13 +115,13 @@ class Sandbox:
 
     def save(self, state: SandboxState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_path.with_suffix(".tmp")
-        temporary.unlink(missing_ok=True)
-        # The state holds the password, like the Secret it stands in for: private from the start.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # The state holds the password, like the Secret it stands in for: private (mkstemp's
+        # 0600) from the start. A file of its own per writer, so that two saves at once
+        # (two commands, or threads) each replace the state whole.
+        descriptor, temporary = tempfile.mkstemp(dir=self.root, prefix=".cluster-", suffix=".tmp")
         with os.fdopen(descriptor, "w") as handle:
             handle.write(json.dumps(state.to_json(self.root), indent=2) + "\n")
-        temporary.replace(self.state_path)
+        os.replace(temporary, self.state_path)
 
     def settings(self, state: SandboxState) -> StackSettings:
         """The stack's settings (Pulumi.<stack>.yaml), with the sandbox's cluster shape."""

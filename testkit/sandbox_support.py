@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -210,6 +211,20 @@ def record_of(state: SandboxState, pod: str) -> NodeRecord:
     return next(r for r in state.nodes if r.pod == pod)
 
 
+# Tests stop and start pods from several threads at once: each change to the recorded
+# state is a load, one record changed, and a save, one thread at a time.
+_STATE_LOCK = threading.Lock()
+
+
+def _update_record(sandbox: Sandbox, pod: str, **changes: Any) -> None:
+    with _STATE_LOCK:
+        state = _state(sandbox)
+        record = record_of(state, pod)
+        for name, value in changes.items():
+            setattr(record, name, value)
+        sandbox.save(state)
+
+
 def stop_pod(sandbox: Sandbox, pod: str, prestop: bool) -> None:
     """The kubelet's stop: preStop (when asked) to completion, then SIGTERM (repeated, as
     Redis drops one that arrives while it writes its first AOF), SIGKILL of the rest."""
@@ -219,8 +234,7 @@ def stop_pod(sandbox: Sandbox, pod: str, prestop: bool) -> None:
         if prestop:
             sandbox.local_node(state, record).run_script("pre-stop.sh", timeout=90)
         stop_like_the_kubelet(record.pid)
-    record.pid = None
-    sandbox.save(state)
+    _update_record(sandbox, pod, pid=None)
 
 
 def start_pod(
@@ -232,18 +246,16 @@ def start_pod(
 ) -> LocalNode:
     """Starts a stopped pod through the entrypoint as Sandbox.restart does (at `host` when
     given); `peers` replaces the peers file the sandbox would write."""
+    if host is not None:
+        _update_record(sandbox, pod, host=host)
     state = _state(sandbox)
     record = record_of(state, pod)
-    if host is not None:
-        record.host = host
-        sandbox.save(state)
     node = sandbox.local_node(state, record)
     if peers is not None:
         node = dataclasses.replace(node, peers=tuple(peers))
     if managed is not None:
         managed.extra_nodes.append(node)
-    record.pid = node.start()
-    sandbox.save(state)
+    _update_record(sandbox, pod, pid=node.start())
     return node
 
 
