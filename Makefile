@@ -14,7 +14,7 @@ ifeq ($(strip $(SHELL_SCRIPTS)),)
 SHELL_SCRIPTS := $(shell find . \( -path ./.venv -o -path ./.sandbox -o -path ./.git \) -prune -o -name '*.sh' -type f -print | sort)
 endif
 
-.PHONY: setup system-packages test unit integration lint golden render sandbox sandbox-down bench clean
+.PHONY: setup system-packages engines test unit integration lint golden render sandbox sandbox-down bench clean
 
 # Order-only: system-packages (python3-venv on a bare image) runs first, but never makes the
 # venv look out of date.
@@ -25,11 +25,15 @@ $(STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-setup: system-packages $(STAMP)
+setup: system-packages engines $(STAMP)
 
-# redis-server, redis-cli, shellcheck and dash from Debian, when missing (fast when present).
+# shellcheck, dash and Redis 7.0 from Debian bookworm, when missing (fast when present).
 system-packages:
 	sh tools/install-system-packages.sh
+
+# Redis and Valkey at the lines the stack deploys, into .engines/ (reused while current).
+engines: | system-packages
+	sh tools/fetch-engines.sh
 
 # The README's first command: the dev stack's Redis Cluster as local processes.
 sandbox: setup
@@ -38,15 +42,30 @@ sandbox: setup
 sandbox-down:
 	$(PY) -m sandbox down
 
-# The README's test command: unit tests (Pulumi mocks) and integration tests (real redis-server).
+# The engines the integration suite runs, each in a run of its own: make integration ENGINES=valkey
+ENGINES ?= redis valkey
+
+# The README's test command: unit tests (Pulumi mocks), then the integration tests (real
+# servers on loopback) once per engine. Every run goes ahead even when an earlier one fails.
 test: setup
-	$(PY) -m pytest
+	@status=0; \
+	echo "$(PY) -m pytest tests/unit"; $(PY) -m pytest tests/unit || status=1; \
+	for engine in $(ENGINES); do \
+		echo "$(PY) -m pytest tests/integration --engine $$engine"; \
+		$(PY) -m pytest tests/integration --engine $$engine || status=1; \
+	done; \
+	exit $$status
 
 unit: setup
 	$(PY) -m pytest tests/unit
 
 integration: setup
-	$(PY) -m pytest tests/integration
+	@status=0; \
+	for engine in $(ENGINES); do \
+		echo "$(PY) -m pytest tests/integration --engine $$engine"; \
+		$(PY) -m pytest tests/integration --engine $$engine || status=1; \
+	done; \
+	exit $$status
 
 # Ruff (rules in pyproject.toml), the formatter in check mode, and shellcheck: the pod scripts
 # run under dash, so every *.sh is checked as POSIX sh; .ci/run is bash (its shebang says so).

@@ -1,19 +1,27 @@
-"""Figures for the cluster bootstrap, beside the bare redis-cli doing the same job.
+"""Figures for the cluster bootstrap, beside each engine's own CLI doing the same job, per engine.
+
+Every measure runs once per engine (`--engines redis valkey`, both by default) on the same
+machine, the nodes running that engine's server and the bare contender being that engine's
+own CLI (`redis-cli`, `valkey-cli`, from .engines/: never the one on PATH by name):
 
 1. Bootstrap: N ready, empty nodes -> converged cluster (every node cluster_state:ok,
    knows N nodes, 16384 slots served, every replica master_link_status:up), for 6 and 30
-   nodes: `ensure_cluster` vs `redis-cli --cluster create` followed by the same
+   nodes: `ensure_cluster` vs `<engine>-cli --cluster create` followed by the same
    convergence wait (polled as tightly as the bootstrap polls, every POLL_SECONDS).
 2. Scale out 3 -> 4 shards with 1,000,000 keys: after the new master and its replica have
    joined (same code for both), moving a quarter of the slots onto the new master with
-   the bootstrap's `rebalance` vs `redis-cli --cluster rebalance --cluster-use-empty-masters`
+   the bootstrap's `rebalance` vs `<engine>-cli --cluster rebalance --cluster-use-empty-masters`
    with its defaults, each on a fresh, identical setup; keys counted after.
 
-The nodes are the tests' (`testkit.redis_nodes`): the stack's redis.conf (AOF on, as in a
-pod) with a 2 s node timeout, started through the entrypoint.
+The nodes are the tests' (`testkit.redis_nodes`): the stack's config for the engine (AOF on,
+as in a pod) with a 2 s node timeout, started through the entrypoint. The runs alternate
+between the engines, so that a change in the machine's load spreads over both columns.
+The table at the end has a column per engine and valkey / redis.
 
-Run from the project root: .venv/bin/python -m benchmarks.bootstrap_benchmark [--keys N] [--skip-bootstrap]
-Loopback only (locked addresses in 127.0.30.0/24 - 127.0.39.0/24); every redis-server is
+Run from the project root:
+  .venv/bin/python -m benchmarks.bootstrap_benchmark [--engines redis valkey] [--keys N]
+      [--repeats N] [--node-counts 6 30] [--skip-bootstrap] [--skip-scale]
+Loopback only (locked addresses in 127.0.30.0/24 - 127.0.39.0/24); every server is
 stopped by pid.
 """
 
@@ -21,76 +29,95 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import statistics
 import subprocess
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from redis.crc import key_slot
 
-from benchmarks.machine_info import cpu_model
+from benchmarks.machine_info import header_lines, load_average
+from benchmarks.side_by_side import (
+    Row,
+    add_engines_argument,
+    engine_binaries,
+    markdown_table,
+    median,
+    seconds_with_runs,
+)
 from cluster_logic import formation, health
 from cluster_logic.cluster import Cluster
 from cluster_logic.deadline import Deadline
 from cluster_logic.model import SLOTS
 from cluster_logic.reconcile import ensure_cluster
-from cluster_logic.transports.direct import DirectTransport
-from testkit.redis_nodes import BENCHMARK_OCTETS, PASSWORD, LocalNodes, LoopbackAddresses, count_keys
+from sandbox.engine_binaries import EngineBinaries
+from testkit.redis_nodes import (
+    BENCHMARK_OCTETS,
+    PASSWORD,
+    LocalNodes,
+    LoopbackAddresses,
+    cli_environment,
+    count_keys,
+)
 
 
-def machine() -> str:
-    model = cpu_model()
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
-
-
-def redis_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def engine_cli(binaries: EngineBinaries, *args: str, timeout: float = 600) -> None:
+    """The engine's own CLI (by its path), the password in the environment, never on argv."""
     done = subprocess.run(
-        ["redis-cli", *args],
-        env={**os.environ, "REDISCLI_AUTH": PASSWORD},
+        [binaries.cli, *args],
+        env=cli_environment(PASSWORD),
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"redis-cli {' '.join(args[:2])} failed: {done.stdout[-800:]} {done.stderr[-400:]}")
-    return done
+        raise RuntimeError(
+            f"{binaries.engine.cli} {' '.join(args[:2])} failed: {done.stdout[-800:]} {done.stderr[-400:]}"
+        )
 
 
 @contextmanager
-def started_nodes(loopback: LoopbackAddresses, count: int) -> Iterator[LocalNodes]:
-    """`count` started nodes in a directory of their own, on addresses no other set of the
-    run had; afterwards every process is stopped and the data deleted."""
-    with tempfile.TemporaryDirectory(prefix="bootstrap-benchmark-") as root, LocalNodes(Path(root), loopback) as nodes:
+def started_nodes(loopback: LoopbackAddresses, binaries: EngineBinaries, count: int) -> Iterator[LocalNodes]:
+    """`count` started nodes of the engine in a directory of their own, on addresses no
+    other set of the run had; afterwards every process is stopped and the data deleted."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"bootstrap-benchmark-{binaries.engine.name}-") as root,
+        LocalNodes(Path(root), loopback, binaries=binaries) as nodes,
+    ):
+        if nodes.settings.engine != binaries.engine.name:
+            raise RuntimeError(f"nodes set up for {nodes.settings.engine}, not {binaries.engine.name}")
         nodes.started(count)
         yield nodes
 
 
 def wait_converged(nodes: LocalNodes, shards: int, timeout: float = 120) -> None:
     """The bootstrap's own convergence wait, polled as tightly as the bootstrap polls."""
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    with nodes.transport() as transport:
         health.wait_converged(Cluster(transport, transport.nodes), Deadline(timeout), shards)
 
 
 # ---------------------------------------------------------------------------------------
+# 1. Bootstrap.
+# ---------------------------------------------------------------------------------------
 
 
-def bootstrap_once(loopback: LoopbackAddresses, count: int, use_bootstrap: bool) -> float:
+def bootstrap_once(loopback: LoopbackAddresses, binaries: EngineBinaries, count: int, use_bootstrap: bool) -> float:
     shards = count // 2
-    with started_nodes(loopback, count) as nodes:
+    with started_nodes(loopback, binaries, count) as nodes:
         started = time.monotonic()
         if use_bootstrap:
-            with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+            with nodes.transport() as transport:
                 topology = ensure_cluster(transport, shards, 1, 300, mode="create")
             assert topology["state"] == "ok", topology["problems"]
         else:
-            redis_cli(
+            engine_cli(
+                binaries,
                 "--cluster",
                 "create",
                 *[f"{n.ip}:{n.port}" for n in nodes.nodes],
@@ -102,28 +129,68 @@ def bootstrap_once(loopback: LoopbackAddresses, count: int, use_bootstrap: bool)
         return time.monotonic() - started
 
 
-def bench_bootstrap(loopback: LoopbackAddresses, repeats: int) -> None:
-    print("\n== Bootstrap: ready empty nodes -> converged cluster (1 replica per shard) ==")
-    for count in (6, 30):
-        ours: list[float] = []
-        bare: list[float] = []
-        for _ in range(repeats):
-            bare.append(bootstrap_once(loopback, count, use_bootstrap=False))
-            ours.append(bootstrap_once(loopback, count, use_bootstrap=True))
-        o, b = statistics.median(ours), statistics.median(bare)
-        print(
-            f"{count:3d} nodes: bootstrap {o:6.2f}s (runs {', '.join(f'{x:.2f}' for x in ours)})   "
-            f"redis-cli create + sync wait {b:6.2f}s (runs {', '.join(f'{x:.2f}' for x in bare)})   "
-            f"ratio {o / b:4.2f}x (target <= 1.2x)"
+@dataclass
+class BootstrapRuns:
+    ours: list[float]
+    bare: list[float]
+
+
+def bench_bootstrap(
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], counts: list[int], repeats: int
+) -> dict[int, dict[str, BootstrapRuns]]:
+    print("\n== Bootstrap: ready empty nodes -> converged cluster (1 replica per shard) ==", flush=True)
+    results: dict[int, dict[str, BootstrapRuns]] = {}
+    for count in counts:
+        results[count] = {name: BootstrapRuns([], []) for name in engines}
+        for i in range(repeats):
+            for name, binaries in engines.items():
+                runs = results[count][name]
+                runs.bare.append(bootstrap_once(loopback, binaries, count, use_bootstrap=False))
+                runs.ours.append(bootstrap_once(loopback, binaries, count, use_bootstrap=True))
+                print(
+                    f"  {count} nodes, run {i + 1}, {name}: bootstrap {runs.ours[-1]:.2f}s, "
+                    f"{binaries.engine.cli} create + sync wait {runs.bare[-1]:.2f}s",
+                    flush=True,
+                )
+    return results
+
+
+def bootstrap_rows(results: dict[int, dict[str, BootstrapRuns]], engines: Mapping[str, EngineBinaries]) -> list[Row]:
+    rows = []
+    for count, per_engine in results.items():
+        ours = {name: median(r.ours) for name, r in per_engine.items()}
+        bare = {name: median(r.bare) for name, r in per_engine.items()}
+        rows.append(
+            Row(
+                f"{count} ready nodes to full convergence: the bootstrap",
+                {name: seconds_with_runs(r.ours) for name, r in per_engine.items()},
+                ours,
+            )
         )
+        rows.append(
+            Row(
+                f"{count} ready nodes: the engine's CLI `--cluster create` + replica-sync wait",
+                {name: f"`{engines[name].engine.cli}`: {seconds_with_runs(r.bare)}" for name, r in per_engine.items()},
+                bare,
+            )
+        )
+        rows.append(
+            Row(
+                f"{count} nodes: bootstrap / CLI (target ≤ 1.2x)",
+                {name: f"{ours[name] / bare[name]:.2f}x" for name in per_engine},
+            )
+        )
+    return rows
 
 
+# ---------------------------------------------------------------------------------------
+# 2. Scale out 3 -> 4 shards.
 # ---------------------------------------------------------------------------------------
 
 
 def load_keys(nodes: LocalNodes, total: int) -> float:
     """Loads `total` keys with MSETs grouped by slot, one pipeline thread per master."""
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    with nodes.transport(nodes.nodes[:6]) as transport:
         cluster = Cluster(transport, transport.nodes[:6])
         cluster.refresh()
         owner = {}
@@ -165,11 +232,13 @@ def load_keys(nodes: LocalNodes, total: int) -> float:
 def scale_setup(nodes: LocalNodes, total: int) -> float:
     """3 shards of the 8 nodes, `total` keys, then the new master and its replica joined
     (the same way for both contenders); returns how long the load took."""
-    with DirectTransport(nodes.inputs()[:6], PASSWORD) as transport:
+    with nodes.transport(nodes.nodes[:6]) as transport:
         ensure_cluster(transport, 3, 1, 120, mode="create")
     load_seconds = load_keys(nodes, total)
-    assert count_keys(nodes.nodes[:6]) == total
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    loaded = count_keys(nodes.nodes[:6])
+    if loaded != total:
+        raise RuntimeError(f"{loaded:,} keys after loading {total:,}")
+    with nodes.transport() as transport:
         cluster = Cluster(transport, transport.nodes)
         cluster.refresh()
         formation.join(cluster, 4, 1, Deadline(120), [v for v in cluster.views if v.member])
@@ -177,7 +246,7 @@ def scale_setup(nodes: LocalNodes, total: int) -> float:
 
 
 def new_master_slots(nodes: LocalNodes) -> int:
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    with nodes.transport() as transport:
         cluster = Cluster(transport, transport.nodes)
         cluster.refresh()
         pods = cluster.pod_of_id()
@@ -188,59 +257,104 @@ def new_master_slots(nodes: LocalNodes) -> int:
         )
 
 
-def scale_once(loopback: LoopbackAddresses, total: int, mover: str) -> tuple[float, int, int, float]:
-    with started_nodes(loopback, 8) as nodes:
-        load_seconds = scale_setup(nodes, total)
-        started = time.monotonic()
-        if mover == "bootstrap":
-            with DirectTransport(nodes.inputs(), PASSWORD) as transport:
-                cluster = Cluster(transport, transport.nodes)
-                formation.rebalance(cluster, 4, Deadline(300), masters=_masters(cluster))
-        else:
-            redis_cli("--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters")
-            wait_converged(nodes, 4)
-        seconds = time.monotonic() - started
-        return seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds
-
-
 def _masters(cluster: Cluster) -> list[str]:
     cluster.refresh()
     pods = cluster.pod_of_id()
     return [pods[e.id] for e in cluster.reference_entries() if e.is_master]
 
 
-def bench_scale(loopback: LoopbackAddresses, total: int) -> None:
-    print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==")
-    results = {}
-    for mover in ("bootstrap", "redis-cli rebalance"):
-        seconds, keys_after, slots, load_seconds = scale_once(
-            loopback, total, "bootstrap" if mover == "bootstrap" else "cli"
-        )
-        moved = total * slots / SLOTS
-        results[mover] = seconds
-        print(
-            f"{mover:20s}: {seconds:6.2f}s for {slots} slots (~{moved:,.0f} keys, {moved / seconds:,.0f} keys/s); "
-            f"keys after {keys_after:,} ({'none lost' if keys_after == total else f'{total - keys_after} LOST'}); "
-            f"load took {load_seconds:.1f}s"
-        )
-    ratio = results["redis-cli rebalance"] / results["bootstrap"]
-    print(f"speed-up over redis-cli rebalance: {ratio:.2f}x (target >= 2x)")
+@dataclass
+class ScaleRun:
+    seconds: float
+    keys_after: int
+    slots: int
+    load_seconds: float
+
+
+def scale_once(loopback: LoopbackAddresses, binaries: EngineBinaries, total: int, use_bootstrap: bool) -> ScaleRun:
+    with started_nodes(loopback, binaries, 8) as nodes:
+        load_seconds = scale_setup(nodes, total)
+        started = time.monotonic()
+        if use_bootstrap:
+            with nodes.transport() as transport:
+                cluster = Cluster(transport, transport.nodes)
+                formation.rebalance(cluster, 4, Deadline(300), masters=_masters(cluster))
+        else:
+            engine_cli(binaries, "--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters")
+            wait_converged(nodes, 4)
+        seconds = time.monotonic() - started
+        return ScaleRun(seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds)
+
+
+def bench_scale(
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int
+) -> dict[str, dict[str, ScaleRun]]:
+    print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==", flush=True)
+    results: dict[str, dict[str, ScaleRun]] = {}
+    for name, binaries in engines.items():
+        results[name] = {}
+        for mover, use_bootstrap in (("bootstrap", True), ("cli", False)):
+            run = scale_once(loopback, binaries, total, use_bootstrap)
+            results[name][mover] = run
+            label = "bootstrap" if use_bootstrap else f"{binaries.engine.cli} rebalance"
+            print(
+                f"  {name}: {label}: {run.seconds:.2f}s for {run.slots} slots; keys after {run.keys_after:,}; "
+                f"load took {run.load_seconds:.1f}s",
+                flush=True,
+            )
+    return results
+
+
+def scale_cell(run: ScaleRun, total: int) -> str:
+    moved = total * run.slots / SLOTS
+    after = "none lost" if run.keys_after == total else f"{total - run.keys_after:,} LOST"
+    return f"{run.seconds:.2f} s, {moved / run.seconds:,.0f} keys/s ({run.slots} slots, ~{moved:,.0f} keys; {after})"
+
+
+def scale_rows(results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, EngineBinaries], total: int) -> list[Row]:
+    title = f"scale-out 3 → 4 shards, {total:,} keys"
+    return [
+        Row(
+            f"{title}: the bootstrap's rebalance",
+            {name: scale_cell(r["bootstrap"], total) for name, r in results.items()},
+            {name: r["bootstrap"].seconds for name, r in results.items()},
+        ),
+        Row(
+            f"{title}: the engine's CLI `--cluster rebalance --cluster-use-empty-masters`",
+            {name: f"`{engines[name].engine.cli}`: {scale_cell(r['cli'], total)}" for name, r in results.items()},
+            {name: r["cli"].seconds for name, r in results.items()},
+        ),
+        Row(
+            f"{title}: speed-up of the bootstrap over the CLI (target ≥ 2x)",
+            {name: f"{r['cli'].seconds / r['bootstrap'].seconds:.2f}x faster" for name, r in results.items()},
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_engines_argument(parser)
+    parser.add_argument("--keys", type=int, default=1_000_000, help="keys loaded before the scale-out")
+    parser.add_argument("--repeats", type=int, default=5, help="bootstrap runs per engine and node count")
+    parser.add_argument("--node-counts", type=int, nargs="+", default=[6, 30], help="bootstrap sizes (even)")
     parser.add_argument("--skip-bootstrap", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     args = parser.parse_args(argv)
+    if any(count < 6 or count % 2 for count in args.node_counts):
+        parser.error("--node-counts: even numbers of at least 6 (3 shards, 1 replica each)")
     logging.basicConfig(level=logging.WARNING)
-    print(f"machine: {machine()}")
+    engines = engine_binaries(args.engines)
+    for line in header_lines(engines.values()):
+        print(line)
+    rows: list[Row] = []
     with LoopbackAddresses(BENCHMARK_OCTETS) as loopback:
         if not args.skip_bootstrap:
-            bench_bootstrap(loopback, args.repeats)
+            rows += bootstrap_rows(bench_bootstrap(loopback, engines, args.node_counts, args.repeats), engines)
         if not args.skip_scale:
-            bench_scale(loopback, args.keys)
+            rows += scale_rows(bench_scale(loopback, engines, args.keys), engines, args.keys)
+    print(f"\nBootstrap and scale-out per engine (bootstrap: median of {args.repeats}):\n")
+    print("\n".join(markdown_table(engines, rows)))
+    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Figures for the sandbox cluster's behaviour under failures (not a test; prints a table).
+"""Figures for the sandbox cluster's behaviour under failures, per engine (not a test; prints a table).
+
+Every measure runs once per engine (`--engines redis valkey`, both by default) on the same
+machine, each sandbox running that engine's server and CLI (sandbox.engine_binaries):
 
 1. Write outage after kill -9 of a master: the product's default cluster-node-timeout
    (5000 ms, the dev stack) beside the seed's 15000 ms, on the same machine. Outage = time
@@ -6,13 +9,21 @@
    (a writer aimed at those slots only, redis-py RedisCluster). Median of --repeats runs,
    each on a fresh sandbox.
 2. Write outage per master during a rolling restart (highest ordinal first, one pod at a
-   time, each back Ready and the cluster healthy before the next), with and without the
-   preStop handover (with: pre-stop.sh, then SIGTERM; without: SIGTERM only), as the longest
-   gap of failed writes to that master's keys (start of the first failed write to the end
-   of the next successful one). Before the next pod, the restarted one must be Ready, the
-   cluster healthy and every replica in sync. Each pod comes back on a new address after
-   --pod-down-seconds (0: at once, as `Sandbox.restart` does; 10: closer to a rescheduled
-   pod on EKS, which is gone for longer than the node timeout).
+   time, each back Ready and the cluster healthy before the next), as the longest gap of
+   failed writes to that master's keys (start of the first failed write to the end of the
+   next successful one), with the failed writes and the acknowledged writes lost (read
+   back once the roll is over). Variants:
+   - SIGTERM only (no preStop), the engine's default shutdown;
+   - the product's preStop handover (pre-stop.sh), then SIGTERM;
+   - Valkey only (9.0+): SIGTERM only, after `CONFIG SET shutdown-on-sigterm failover` on
+     every node (again on each restarted node before the next pod stops, as a restart
+     loses runtime config; CONFIG GET checks it took each time): Valkey's native failover
+     on shutdown, where the primary waits up to shutdown-timeout for its replicas, sends
+     CLUSTER FAILOVER FORCE to the best one and exits.
+   Before the next pod, the restarted one must be Ready, the cluster healthy and every
+   replica in sync. Each pod comes back on a new address after --pod-down-seconds (0: at
+   once, as `Sandbox.restart` does; 10: closer to a rescheduled pod on EKS, which is gone
+   for longer than the node timeout).
 3. `restart --all --new-ip` (Sandbox.restart(None, new_ip=True)): time until every node
    reports cluster_state:ok, until the sandbox's own wait (`Sandbox.wait_ok`, the
    bootstrap's view) is satisfied, and until the strict check of the tests holds (every
@@ -20,29 +31,36 @@
    with every pod on an address no pod had before (Sandbox.restart hands a pod the address
    another pod just left).
 
-Run from the project root: .venv/bin/python -m benchmarks.reliability_benchmark [--repeats 3] [--pod-down-seconds 0 10]
-Loopback only (127.0.50.0/24 - 127.0.54.0/24); every redis-server is stopped by pid.
+The table at the end has a column per engine and valkey / redis where a ratio means something.
+
+Run from the project root:
+  .venv/bin/python -m benchmarks.reliability_benchmark [--engines redis valkey] [--repeats 3]
+      [--pod-down-seconds 0 10] [--skip-failover] [--skip-seed] [--skip-rolling] [--skip-restart-all]
+Loopback only (127.0.50.0/24 - 127.0.54.0/24); every server is stopped by pid.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, TypeVar
 
-import redis
-
-from benchmarks.machine_info import cpu_model
+from benchmarks.machine_info import header_lines, load_average
+from benchmarks.side_by_side import (
+    Row,
+    add_engines_argument,
+    engine_binaries,
+    markdown_table,
+    median,
+    seconds_with_runs,
+)
 from components.stack_settings import StackSettings, parse_settings
+from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import Sandbox, SandboxState
 from testkit.sandbox_support import (
     ManagedSandbox,
@@ -50,6 +68,8 @@ from testkit.sandbox_support import (
     cluster_problems,
     fresh_addresses,
     masters,
+    node_client,
+    record_of,
     slots_of,
     start_pod,
     states_ok,
@@ -64,6 +84,11 @@ SEED_NODE_TIMEOUT_MS = 15000
 OCTET_DEFAULT, OCTET_SEED, OCTET_ROLLING, OCTET_RESTART, OCTET_RESTART_FRESH = 50, 51, 52, 53, 54
 # Acknowledged writes a writer makes before the failure it measures, and after the last one.
 WARM_UP_WRITES = 200
+# Valkey's failover on shutdown: a value of shutdown-on-sigterm from Valkey 9.0 on.
+NATIVE_FAILOVER_SINCE = (9, 0, 0)
+RESTART_ALL_KEYS = 2000
+
+T = TypeVar("T")
 
 
 class SeedTimeoutSandbox(Sandbox):
@@ -79,6 +104,7 @@ class SeedTimeoutSandbox(Sandbox):
                 "memoryLimit": base.memory_limit,
                 "memoryRequest": base.memory_request,
                 "maxmemoryPolicy": base.maxmemory_policy,
+                "engine": state.engine,
             }
         )
         if seed != dataclasses.replace(base, node_timeout_ms=SEED_NODE_TIMEOUT_MS):
@@ -86,33 +112,52 @@ class SeedTimeoutSandbox(Sandbox):
         return seed
 
 
-def machine() -> list[str]:
-    model = cpu_model()
-    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return [
-        f"machine: nproc {nproc}, {model}, Python {platform.python_version()}, redis-py {redis.__version__}",
-        f"redis:   {version}",
-    ]
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def node_timeout_in_conf(sb: Sandbox) -> int:
     conf = (sb.root / "nodes" / "redis-cluster-0" / "conf" / "redis.conf").read_text()
     return int(next(line.split()[1] for line in conf.splitlines() if line.startswith("cluster-node-timeout")))
 
 
-def with_sandbox(root: Path, octet: int, body: Callable[[Sandbox], object], cls: type = Sandbox) -> object:
-    managed = ManagedSandbox(root, octet, sandbox=cls(root=root, stack="dev", third_octet=octet))
+def with_sandbox(
+    root: Path, octet: int, binaries: EngineBinaries, body: Callable[[Sandbox], T], cls: type = Sandbox
+) -> T:
+    """`body` on a new sandbox of the engine (its settings' engine and these binaries),
+    stopped by pid afterwards whatever happened."""
+    sandbox = cls(root=root, stack="dev", third_octet=octet, engine=binaries.engine.name, binaries=binaries)
+    managed = ManagedSandbox(root, octet, sandbox=sandbox)
     try:
-        return body(managed.sandbox)
+        return body(check_engine(managed.sandbox, binaries))
     finally:
         leftovers = managed.close()
         if leftovers:
             print(f"warning: swept processes that outlived Sandbox.down: {leftovers}", file=sys.stderr)
+
+
+def check_engine(sb: Sandbox, binaries: EngineBinaries) -> Sandbox:
+    """Refuses to measure a sandbox that would run anything but these binaries."""
+    if sb.engine != binaries.engine.name or sb.initial_binaries != binaries:
+        raise RuntimeError(f"sandbox set up for {sb.engine} ({sb.initial_binaries}), not {binaries.describe()}")
+    return sb
+
+
+def check_running(sb: Sandbox, binaries: EngineBinaries) -> None:
+    """After `up`: the pods run this engine's server, from these binaries."""
+    state = sb.load()
+    if state is None or state.engine != binaries.engine.name or sb.binaries() != binaries:
+        raise RuntimeError(f"the sandbox does not run {binaries.describe()}")
+    if sb.settings(state).engine != binaries.engine.name:
+        raise RuntimeError(f"the sandbox's settings name {sb.settings(state).engine}, not {binaries.engine.name}")
+    for record in state.nodes:
+        client = node_client(state, record)
+        try:
+            server = client.info("server")
+        finally:
+            client.close()
+        version = server.get(f"{binaries.engine.name}_version")
+        if binaries.engine.name == "redis":
+            # Valkey reports redis_version 7.2.4 too, for old clients; only it has valkey_version.
+            version = None if "valkey_version" in server else server.get("redis_version")
+        if version != ".".join(map(str, binaries.version)):
+            raise RuntimeError(f"{record.pod} runs {server.get('valkey_version') or server.get('redis_version')}")
 
 
 def probe_client(sb: Sandbox):
@@ -127,10 +172,11 @@ def probe_client(sb: Sandbox):
 # ---------------------------------------------------------------------------------------
 
 
-def failover_outage(sb: Sandbox, expected_timeout_ms: int) -> float:
+def failover_outage(sb: Sandbox, binaries: EngineBinaries, expected_timeout_ms: int) -> float:
     sb.up()
+    check_running(sb, binaries)
     if node_timeout_in_conf(sb) != expected_timeout_ms:
-        raise RuntimeError(f"redis.conf has cluster-node-timeout {node_timeout_in_conf(sb)}, not {expected_timeout_ms}")
+        raise RuntimeError(f"the config has cluster-node-timeout {node_timeout_in_conf(sb)}, not {expected_timeout_ms}")
     wait_replication_settled(sb)
     victim, facts = sorted(masters(sb).items())[0]
     slots = slots_of(facts)
@@ -150,6 +196,45 @@ def failover_outage(sb: Sandbox, expected_timeout_ms: int) -> float:
 # 2. Rolling restart.
 # ---------------------------------------------------------------------------------------
 
+SIGTERM_ONLY, PRESTOP, NATIVE_FAILOVER = "sigterm", "prestop", "native"
+VARIANT_LABELS = {
+    SIGTERM_ONLY: "SIGTERM only (no preStop)",
+    PRESTOP: "preStop handover, then SIGTERM",
+    NATIVE_FAILOVER: "SIGTERM only, `shutdown-on-sigterm failover` (Valkey's native failover)",
+}
+
+
+def native_failover_supported(binaries: EngineBinaries) -> bool:
+    return binaries.engine.name == "valkey" and binaries.version >= NATIVE_FAILOVER_SINCE
+
+
+def failover_on_sigterm(sb: Sandbox, pods: Optional[list[str]] = None) -> None:
+    """`CONFIG SET shutdown-on-sigterm failover` on `pods` (default: every pod), checked
+    with CONFIG GET: runtime config, which a restarted node no longer has."""
+    state = sb.load()
+    assert state is not None
+    for pod in pods if pods is not None else [n.pod for n in state.nodes]:
+        client = node_client(state, record_of(state, pod))
+        try:
+            client.config_set("shutdown-on-sigterm", "failover")
+            value = client.config_get("shutdown-on-sigterm").get("shutdown-on-sigterm", "")
+        finally:
+            client.close()
+        if "failover" not in value.split():
+            raise RuntimeError(f"{pod}: shutdown-on-sigterm is {value!r} after CONFIG SET ... failover")
+
+
+def check_failover_on_sigterm(sb: Sandbox, pod: str) -> None:
+    state = sb.load()
+    assert state is not None
+    client = node_client(state, record_of(state, pod))
+    try:
+        value = client.config_get("shutdown-on-sigterm").get("shutdown-on-sigterm", "")
+    finally:
+        client.close()
+    if "failover" not in value.split():
+        raise RuntimeError(f"{pod} is about to stop with shutdown-on-sigterm {value!r}, not failover")
+
 
 @dataclasses.dataclass
 class RollingResult:
@@ -157,11 +242,16 @@ class RollingResult:
     slowest: dict[str, float]  # original master pod -> slowest successful write
     failed: int
     writes: int
+    acknowledged: int
+    lost: int  # acknowledged writes missing or changed once the roll is over
 
 
-def rolling_restart(sb: Sandbox, handover: bool, pod_down: float) -> RollingResult:
+def rolling_restart(sb: Sandbox, binaries: EngineBinaries, variant: str, pod_down: float) -> RollingResult:
     sb.up()
+    check_running(sb, binaries)
     wait_replication_settled(sb)
+    if variant == NATIVE_FAILOVER:
+        failover_on_sigterm(sb)
     shards = {pod: slots_of(facts) for pod, facts in sorted(masters(sb).items())}
     writers = {pod: Writer(probe_client(sb), f"shard-{pod}", slots=slots).start() for pod, slots in shards.items()}
     try:
@@ -169,9 +259,14 @@ def rolling_restart(sb: Sandbox, handover: bool, pod_down: float) -> RollingResu
             writer.wait_acknowledged(WARM_UP_WRITES)
         pods = sorted((n.pod for n in sb.load().nodes), key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
         for pod in pods:
-            stop_pod(sb, pod, prestop=handover)
+            if variant == NATIVE_FAILOVER:
+                check_failover_on_sigterm(sb, pod)
+            stop_pod(sb, pod, prestop=variant == PRESTOP)
             time.sleep(pod_down)
             start_pod(sb, pod, host=fresh_addresses(sb.load(), 1)[0])
+            if variant == NATIVE_FAILOVER:
+                # Before anything else: the next stop may be this pod's new master's.
+                failover_on_sigterm(sb, [pod])
             wait_ready(sb, pod)
             wait_healthy(sb, timeout=120)
             # Every replica in sync before the next pod: what the handover needs (the
@@ -184,11 +279,18 @@ def rolling_restart(sb: Sandbox, handover: bool, pod_down: float) -> RollingResu
     finally:
         for writer in writers.values():
             writer.stop()
+    acknowledged: dict[str, str] = {}
+    for writer in writers.values():
+        acknowledged.update(writer.acknowledged())
+    with cluster_client(sb) as client:
+        lost = len(lost_keys(client, acknowledged))
     return RollingResult(
         gaps={pod: writers[pod].longest_outage() for pod in shards},
         slowest={pod: writers[pod].slowest_success() for pod in shards},
         failed=sum(len(w.failures()) for w in writers.values()),
         writes=sum(len(w.attempts) for w in writers.values()),
+        acknowledged=len(acknowledged),
+        lost=lost,
     )
 
 
@@ -204,14 +306,15 @@ class RestartAllResult:
     wait_ok: Optional[float]  # ... until Sandbox.wait_ok's condition held
     healthy: Optional[float]  # ... until the strict check held
     reused: int  # pods on an address another pod had before
-    lost: int
+    lost: int  # of RESTART_ALL_KEYS (-1: never healthy, not read)
 
 
-def restart_all(sb: Sandbox, fresh: bool) -> RestartAllResult:
+def restart_all(sb: Sandbox, binaries: EngineBinaries, fresh: bool) -> RestartAllResult:
     sb.up()
+    check_running(sb, binaries)
     wait_replication_settled(sb)
     with cluster_client(sb) as client:
-        keys = write_keys(client, "k", 2000)
+        keys = write_keys(client, "k", RESTART_ALL_KEYS)
     old_hosts = {n.pod: n.host for n in sb.load().nodes}
     started = time.monotonic()
     if fresh:
@@ -245,105 +348,178 @@ def restart_all(sb: Sandbox, fresh: bool) -> RestartAllResult:
 
 
 # ---------------------------------------------------------------------------------------
+# The runs and the table.
+# ---------------------------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def bench_failover(work: Path, engines: Mapping[str, EngineBinaries], repeats: int, seed: bool) -> list[Row]:
+    default: dict[str, list[float]] = {name: [] for name in engines}
+    seeds: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(repeats):
+        for name, binaries in engines.items():
+            default[name].append(
+                with_sandbox(
+                    work / f"{name}-default-{i}",
+                    OCTET_DEFAULT,
+                    binaries,
+                    lambda sb, binaries=binaries: failover_outage(sb, binaries, 5000),
+                )
+            )
+            line = f"  failover run {i + 1}, {name}: default {default[name][-1]:.2f}s"
+            if seed:
+                seeds[name].append(
+                    with_sandbox(
+                        work / f"{name}-seed-{i}",
+                        OCTET_SEED,
+                        binaries,
+                        lambda sb, binaries=binaries: failover_outage(sb, binaries, SEED_NODE_TIMEOUT_MS),
+                        SeedTimeoutSandbox,
+                    )
+                )
+                line += f", seed {seeds[name][-1]:.2f}s"
+            print(line, flush=True)
+    rows = [
+        Row(
+            "write outage after kill -9 of a master, product default (`cluster-node-timeout` 5000)",
+            {name: seconds_with_runs(v) for name, v in default.items()},
+            {name: median(v) for name, v in default.items()},
+        )
+    ]
+    if seed:
+        rows += [
+            Row(
+                f"the same with the seed's {SEED_NODE_TIMEOUT_MS}",
+                {name: seconds_with_runs(v) for name, v in seeds.items()},
+                {name: median(v) for name, v in seeds.items()},
+            ),
+            Row(
+                "seed / product default",
+                {name: f"{median(seeds[name]) / median(default[name]):.2f}x longer" for name in engines},
+            ),
+        ]
+    return rows
 
 
-def fmt(values: list[Optional[float]]) -> str:
-    return ", ".join("-" if v is None else f"{v:.2f}" for v in values)
+def rolling_cell(result: RollingResult) -> str:
+    per = ", ".join(f"{pod.rsplit('-', 1)[1]}: {gap:.2f}" for pod, gap in result.gaps.items())
+    return (
+        f"{max(result.gaps.values()):.2f} s (per master {per}); {result.failed:,} of {result.writes:,} writes failed; "
+        f"{result.lost:,} of {result.acknowledged:,} acknowledged lost; slowest ok write "
+        f"{max(result.slowest.values()):.2f} s"
+    )
 
 
-def main() -> int:
+def bench_rolling(work: Path, engines: Mapping[str, EngineBinaries], pod_downs: list[float]) -> list[Row]:
+    rows = []
+    for pod_down in pod_downs:
+        for variant in (SIGTERM_ONLY, PRESTOP, NATIVE_FAILOVER):
+            cells: dict[str, str] = {}
+            figures: dict[str, Optional[float]] = {}
+            for name, binaries in engines.items():
+                if variant == NATIVE_FAILOVER and not native_failover_supported(binaries):
+                    cells[name] = "n/a (Valkey 9.0+ only)"
+                    continue
+                result = with_sandbox(
+                    work / f"{name}-rolling-{variant}-{pod_down:g}",
+                    OCTET_ROLLING,
+                    binaries,
+                    lambda sb, binaries=binaries, variant=variant, pod_down=pod_down: rolling_restart(
+                        sb, binaries, variant, pod_down
+                    ),
+                )
+                cells[name] = rolling_cell(result)
+                figures[name] = max(result.gaps.values())
+                print(f"  rolling, {name}, {VARIANT_LABELS[variant]}, down {pod_down:g}s: {cells[name]}", flush=True)
+            if not any(native_failover_supported(b) for b in engines.values()) and variant == NATIVE_FAILOVER:
+                continue
+            rows.append(
+                Row(
+                    f"rolling restart, pod away {pod_down:g} s, {VARIANT_LABELS[variant]}: longest write gap per master",
+                    cells,
+                    figures,
+                    # A gap under 50 ms is a write or two: no ratio of those means anything.
+                    ratio_floor=0.05,
+                )
+            )
+    return rows
+
+
+def bench_restart_all(work: Path, engines: Mapping[str, EngineBinaries], repeats: int) -> list[Row]:
+    rows = []
+    for fresh, octet, label in (
+        (False, OCTET_RESTART, "`restart --all --new-ip`"),
+        (True, OCTET_RESTART_FRESH, "the same, every pod on an address no pod had"),
+    ):
+        results: dict[str, list[RestartAllResult]] = {name: [] for name in engines}
+        for i in range(repeats):
+            for name, binaries in engines.items():
+                r = with_sandbox(
+                    work / f"{name}-restart-{fresh}-{i}",
+                    octet,
+                    binaries,
+                    lambda sb, binaries=binaries, fresh=fresh: restart_all(sb, binaries, fresh),
+                )
+                results[name].append(r)
+                print(
+                    f"  restart all, {'fresh addresses' if fresh else 'Sandbox.restart'}, run {i + 1}, {name}: "
+                    f"stop+start {r.stop_and_start:.2f}s, all ok {seconds_with_runs([r.all_ok])}, "
+                    f"wait_ok {seconds_with_runs([r.wait_ok])}, strict {seconds_with_runs([r.healthy])}, "
+                    f"reused {r.reused}, lost {r.lost}",
+                    flush=True,
+                )
+
+        def row(measure: str, pick: Callable[[RestartAllResult], Optional[float]], results=results) -> Row:
+            return Row(
+                measure,
+                {name: seconds_with_runs([pick(r) for r in rs]) for name, rs in results.items()},
+                {name: median([v for r in rs if (v := pick(r)) is not None]) for name, rs in results.items()},
+            )
+
+        rows += [
+            row(f"{label}: the restart call (preStop, SIGTERM, start)", lambda r: r.stop_and_start),
+            row(f"{label}: until every node reports `cluster_state:ok`", lambda r: r.all_ok),
+            row(f"{label}: until the bootstrap's full check (`Sandbox.wait_ok`, replicas linked)", lambda r: r.wait_ok),
+            row(f"{label}: until the tests' strict check (every address known, linked, no flag)", lambda r: r.healthy),
+            Row(
+                f"{label}: keys lost of {RESTART_ALL_KEYS:,}; pods on a reused address",
+                {
+                    name: "; ".join(f"{'never healthy' if r.lost < 0 else r.lost}, {r.reused} reused" for r in rs)
+                    for name, rs in results.items()
+                },
+            ),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_engines_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="runs per failover configuration and restart variant")
     parser.add_argument("--pod-down-seconds", type=float, nargs="+", default=[0.0, 10.0])
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--skip-seed", action="store_true", help="no kill -9 runs with the seed's node timeout")
     parser.add_argument("--skip-rolling", action="store_true")
     parser.add_argument("--skip-restart-all", action="store_true")
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
 
-    lines = machine()
-    for line in lines:
+    engines = engine_binaries(options.engines)
+    for line in header_lines(engines.values()):
         print(line)
-    print(f"load average at start: {load()}")
     work = Path(tempfile.mkdtemp(prefix="reliability-benchmark-"))
-    table: list[str] = []
-
+    rows: list[Row] = []
     if not options.skip_failover:
-        default, seed = [], []
-        for i in range(options.repeats):
-            default.append(with_sandbox(work / f"default-{i}", OCTET_DEFAULT, lambda sb: failover_outage(sb, 5000)))
-            seed.append(
-                with_sandbox(
-                    work / f"seed-{i}",
-                    OCTET_SEED,
-                    lambda sb: failover_outage(sb, SEED_NODE_TIMEOUT_MS),
-                    SeedTimeoutSandbox,
-                )
-            )
-            print(f"  failover run {i + 1}: default {default[-1]:.2f}s, seed {seed[-1]:.2f}s", flush=True)
-        table += [
-            "",
-            f"1. Write outage after kill -9 of a master (s; median of {options.repeats}; runs in brackets)",
-            f"   {'configuration':42} {'median':>8}  runs",
-            f"   {'product default (cluster-node-timeout 5000)':42} {median(default):8.2f}  [{fmt(default)}]",
-            f"   {'seed (cluster-node-timeout 15000)':42} {median(seed):8.2f}  [{fmt(seed)}]",
-            f"   ratio seed / default: {median(seed) / median(default):.2f}x",
-        ]
-
+        rows += bench_failover(work, engines, options.repeats, seed=not options.skip_seed)
     if not options.skip_rolling:
-        table += [
-            "",
-            "2. Rolling restart, highest ordinal first: longest gap of failed writes per original master (s)",
-            f"   {'variant':36} {'pod down':>8}  {'per master (pod: gap)':52} {'max':>6}  {'failed/writes':>14}  slowest ok write",
-        ]
-        for pod_down in options.pod_down_seconds:
-            for handover in (False, True):
-                label = "preStop handover, then SIGTERM" if handover else "SIGTERM only (no preStop)"
-                result: RollingResult = with_sandbox(
-                    work / f"rolling-{handover}-{pod_down}",
-                    OCTET_ROLLING,
-                    lambda sb, handover=handover, pod_down=pod_down: rolling_restart(sb, handover, pod_down),
-                )
-                per = ", ".join(f"{pod.rsplit('-', 1)[1]}: {gap:.2f}" for pod, gap in result.gaps.items())
-                table.append(
-                    f"   {label:36} {pod_down:7.0f}s  {per:52} {max(result.gaps.values()):6.2f}  "
-                    f"{result.failed:>6}/{result.writes:<7}  {max(result.slowest.values()):.2f}s"
-                )
-                print(f"  rolling ({label}, down {pod_down:.0f}s) done", flush=True)
-
+        rows += bench_rolling(work, engines, options.pod_down_seconds)
     if not options.skip_restart_all:
-        table += [
-            "",
-            f"3. Restart of every pod at once on new addresses (s from the start of the restart; {options.repeats} runs)",
-            f"   {'variant':44} {'stop+start':>10} {'all ok':>8} {'wait_ok':>8} {'strict':>8}  reused  lost",
-        ]
-        for fresh, octet, label in (
-            (False, OCTET_RESTART, "Sandbox.restart(None, new_ip=True)"),
-            (True, OCTET_RESTART_FRESH, "same, every pod on an address no pod had"),
-        ):
-            results: list[RestartAllResult] = []
-            for i in range(options.repeats):
-                results.append(
-                    with_sandbox(work / f"restart-{fresh}-{i}", octet, lambda sb, fresh=fresh: restart_all(sb, fresh))
-                )
-            for r in results:
-                table.append(
-                    f"   {label:44} {r.stop_and_start:10.2f} {fmt([r.all_ok]):>8} {fmt([r.wait_ok]):>8} "
-                    f"{fmt([r.healthy]):>8}  {r.reused:6}  {r.lost:4}"
-                )
-            table.append(
-                f"   {'  median':44} {median([r.stop_and_start for r in results]):10.2f} "
-                f"{median([r.all_ok for r in results if r.all_ok is not None]):8.2f} "
-                f"{median([r.wait_ok for r in results if r.wait_ok is not None]):8.2f} "
-                f"{median([r.healthy for r in results if r.healthy is not None]):8.2f}"
-            )
-            print(f"  restart all ({label}) done", flush=True)
+        rows += bench_restart_all(work, engines, options.repeats)
 
-    print("\n".join(table))
-    print(f"\nload average at the end: {load()} (other work on this machine shows here)")
+    print(
+        f"\nReliability per engine (kill -9 and restart-all: median of {options.repeats}; "
+        "rolling restart: one run per variant):\n"
+    )
+    print("\n".join(markdown_table(engines, rows)))
+    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
     try:
         work.rmdir()
     except OSError:

@@ -60,7 +60,7 @@ def create(cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Dea
 
     def run() -> None:
         try:
-            outcome["result"] = cluster.transport.run_redis_cli(args, timeout=cli_timeout, via=order[0])
+            outcome["result"] = cluster.transport.run_cli(args, timeout=cli_timeout, via=order[0])
         except BaseException as error:  # noqa: BLE001 - handed to the caller below
             outcome["error"] = error
 

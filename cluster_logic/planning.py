@@ -205,11 +205,17 @@ class OpenSlotPlan:
 
 def plan_open_slots(reference: Sequence[NodeEntry], own: Sequence[NodeEntry]) -> OpenSlotPlan:
     """`reference` is the agreed slot map, `own` each node's line about itself (the only
-    one that carries its migrating and importing marks)."""
+    one that carries its migrating and importing marks).
+
+    Only masters' marks count: Valkey 8 and later copy a primary's marks to its replicas
+    (so that a failover keeps the migration going), and a replica refuses SETSLOT; moving
+    the slot on the primary clears the copies too."""
     owners = {slot: e.id for e in reference for a, b in e.slots for slot in range(a, b + 1)}
     pending: dict[tuple[str, str], set[int]] = defaultdict(set)
     stale: list[tuple[str, int]] = []
     for me in own:
+        if not me.is_master:
+            continue
         for slot, target in me.migrating:
             pending[(me.id, target)].add(slot)
         for slot, source in me.importing:

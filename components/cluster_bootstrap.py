@@ -29,6 +29,7 @@ from cluster_logic.errors import BootstrapError, ForeignNodes, ScaleInRefused, U
 from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.direct import DirectTransport
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
+from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, image_version
 from components.stack_settings import MAX_REPLICAS_PER_SHARD, MAX_SHARDS, MIN_SHARDS
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ INPUT_FIELDS = (
     "nodes",
     "ready_timeout_seconds",
     "accept_manual_change",
+    "engine",
 )
 # node_ids (node ID -> pod, for every ID the members list) outlives a pod's identity: after
 # a pod lost its volume, it is what ties the old ID, still listed as failed, to that pod.
@@ -72,6 +74,8 @@ class ClusterBootstrapArgs:
     # The operator's explicit opt-in (stack setting acceptManualChange) after a scale-in
     # done by hand, e.g. ["shards=3"]: exactly that smaller shape is adopted, not refused.
     accept_manual_change: pulumi.Input[Sequence[str]] = ()
+    # Whose CLI forms the cluster inside the pods (redis-cli or valkey-cli).
+    engine: str = DEFAULT_ENGINE
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,6 +117,7 @@ class BootstrapSpec:
     pod_selector: Optional[str] = None
     nodes: tuple[Mapping[str, Any], ...] = ()
     ready_timeout_seconds: int = DEFAULT_READY_TIMEOUT
+    engine: str = DEFAULT_ENGINE
 
     @property
     def pod_count(self) -> int:
@@ -138,6 +143,8 @@ class BootstrapSpec:
             pod_selector=plain.get("pod_selector") or None,
             nodes=tuple(dict(n) for n in (plain.get("nodes") or ())),
             ready_timeout_seconds=int(plain.get("ready_timeout_seconds") or DEFAULT_READY_TIMEOUT),
+            # Stacks from before the engine setting ran Redis.
+            engine=str(plain.get("engine") or DEFAULT_ENGINE),
         )
 
 
@@ -172,6 +179,8 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     timeout = get("ready_timeout_seconds")
     if known("ready_timeout_seconds") and timeout is not None and (_whole(timeout) is None or _whole(timeout) < 1):
         failures.append(("ready_timeout_seconds", "expected a positive whole number of seconds"))
+    if known("engine") and get("engine") is not None and get("engine") not in ENGINES:
+        failures.append(("engine", "expected one of " + ", ".join(ENGINES)))
     transport = get("transport")
     if known("transport") and transport not in TRANSPORTS:
         failures.append(("transport", "expected one of " + ", ".join(TRANSPORTS)))
@@ -211,7 +220,8 @@ def accepted_changes(news: Mapping[str, Any]) -> set[str]:
 def scale_in_message(current: int, wanted: int, what: str) -> str:
     return (
         f"{what} cannot go from {current} to {wanted}: scaling in is not automated because the "
-        "pods that go away must first hand over every key. Supported procedure: (1) move all "
+        "pods that go away must first hand over every key. Supported procedure (with valkey-cli "
+        "in place of redis-cli on Valkey): (1) move all "
         "slots off the masters that will be removed, e.g. `redis-cli --cluster rebalance "
         "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
         "pods with the highest ordinals (they are removed first) hold no slots, failing over "
@@ -251,10 +261,11 @@ def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[
 
 def make_transport(spec: BootstrapSpec) -> Any:
     if spec.transport == "direct":
-        return DirectTransport(spec.nodes, spec.password)
+        return DirectTransport(spec.nodes, spec.password, cli=ENGINES[spec.engine].cli)
     try:
         return KubernetesTransport.from_kubeconfig(
             spec.kubeconfig,
+            cli=ENGINES[spec.engine].cli,
             namespace=spec.namespace,
             stateful_set_name=spec.stateful_set_name,
             pod_selector=spec.pod_selector,
@@ -431,6 +442,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
             else [dict(n) for n in args.nodes],
             "ready_timeout_seconds": args.ready_timeout_seconds,
             "accept_manual_change": list(args.accept_manual_change),
+            "engine": args.engine,
         }
         props.update({key: None for key in OUTPUT_FIELDS})
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS)))
@@ -441,7 +453,7 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "password")
+GUARD_FIELDS = ("shards", "replicas_per_shard", "password", "engine", "image")
 PASSWORD_CHANGE_MESSAGE = (
     "the password of a running Redis Cluster cannot change through a deployment: pods that "
     "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
@@ -451,9 +463,31 @@ PASSWORD_CHANGE_MESSAGE = (
 )
 
 
+def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Another engine, or an older line of the same one, than the running pods'. A guard
+    from before the engine setting held neither: that stack ran Redis, at a version it no
+    longer says."""
+    if not olds.get("shards") or any(_is_unknown(news.get(key)) for key in ("engine", "image")):
+        return []
+    old_engine = _unwrap(olds.get("engine")) or DEFAULT_ENGINE
+    old_image = _unwrap(olds.get("image"))
+    new_engine, new_image = _unwrap(news.get("engine")) or DEFAULT_ENGINE, _unwrap(news.get("image"))
+    new_version = image_version(new_image or "")
+    if new_version is None:
+        return []
+    old_version = image_version(old_image) if old_image else None
+    refusal = change_refusal(old_engine, old_version, new_engine, new_version)
+    if refusal is None:
+        return []
+    key = "engine" if old_engine != new_engine else "image"
+    value = new_engine if key == "engine" else new_image
+    return [(key, f"redis-eks:{key} = {value!r} is refused on this running stack: {refusal}")]
+
+
 def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Changes that must not reach the pods: fewer shards or replicas, a new password."""
-    failures = scale_in_failures(olds, news)
+    """Changes that must not reach the pods: fewer shards or replicas, a new password,
+    another engine or an older line of it."""
+    failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
     old_password, new_password = olds.get("password"), news.get("password")
     if (
         "password" not in accepted_changes(news)
@@ -497,7 +531,8 @@ def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
 
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
     """Refuses scale-in and password changes before anything is changed, unless the
-    operator accepts one they made by hand (`accept_manual_change`)."""
+    operator accepts one they made by hand (`accept_manual_change`), and refuses another
+    engine or an older line of it outright."""
 
     def __init__(
         self,
@@ -506,6 +541,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         replicas_per_shard: pulumi.Input[int],
         password: pulumi.Input[str],
         accept_manual_change: pulumi.Input[Sequence[str]] = (),
+        engine: str = DEFAULT_ENGINE,
+        image: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
@@ -513,6 +550,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "replicas_per_shard": replicas_per_shard,
             "password": pulumi.Output.secret(password),
             "accept_manual_change": list(accept_manual_change),
+            "engine": engine,
+            "image": image,
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

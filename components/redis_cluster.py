@@ -92,6 +92,8 @@ class RedisCluster(pulumi.ComponentResource):
             replicas_per_shard=settings.replicas_per_shard,
             password=self.password,
             accept_manual_change=settings.accept_manual_change,
+            engine=settings.engine,
+            image=settings.image,
             opts=pulumi.ResourceOptions(parent=self),
         )
 
@@ -199,6 +201,7 @@ class RedisCluster(pulumi.ComponentResource):
                 stateful_set_name=stateful_set.metadata.name,
                 pod_selector=",".join(f"{key}={value}" for key, value in selector.items()),
                 ready_timeout_seconds=settings.bootstrap_timeout_seconds,
+                engine=settings.engine,
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[stateful_set]),
         )
@@ -264,7 +267,8 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
             ),
         )
     ] + [
-        k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(files.script_environment(paths).items())
+        k8s.core.v1.EnvVarArgs(name=key, value=value)
+        for key, value in sorted(files.script_environment(settings.engine_spec, paths).items())
     ]
 
     zone_rule = "DoNotSchedule" if settings.platform == "eks" else "ScheduleAnyway"
@@ -311,7 +315,7 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                         image=settings.image,
                         image_pull_policy="IfNotPresent",
                         command=["sh", f"{paths.conf_dir}/entrypoint.sh"],
-                        args=["redis-server", f"{paths.conf_dir}/redis.conf"],
+                        args=[settings.engine_spec.server, f"{paths.conf_dir}/{files.REDIS_CONF_FILE}"],
                         ports=[
                             k8s.core.v1.ContainerPortArgs(name="client", container_port=files.REDIS_PORT),
                             k8s.core.v1.ContainerPortArgs(name="bus", container_port=files.BUS_PORT),

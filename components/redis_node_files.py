@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from components.engines import Engine
 from components.stack_settings import StackSettings
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
@@ -184,9 +185,11 @@ def config_files(
     return files
 
 
-def script_environment(paths: NodePaths = POD_PATHS) -> dict[str, str]:
-    """The environment the scripts read besides POD_IP, pointing at `paths`."""
+def script_environment(engine: Engine, paths: NodePaths = POD_PATHS) -> dict[str, str]:
+    """The environment the scripts read besides POD_IP, pointing at `paths`; ENGINE_CLI is
+    the engine's own CLI (redis-cli, valkey-cli), which the scripts call."""
     return {
+        "ENGINE_CLI": engine.cli,
         "REDIS_PORT": str(REDIS_PORT),
         "REDIS_DATA_DIR": paths.data_dir,
         "REDIS_CONF_DIR": paths.conf_dir,

@@ -182,15 +182,17 @@ def as_principal_list(raw: Any) -> tuple[str, ...]:
 
 def as_image(raw: str) -> str:
     allowed = (
-        "an image pinned by an exact version tag (redis:7.4.10, redis:7.4.10-bookworm, "
-        "registry.example.com:5000/redis:8.2.3-alpine), by digest (redis@sha256:<64 hex>), or both"
+        "an image pinned by an exact version tag (redis:8.0.6, valkey/valkey:9.1.2-trixie, "
+        "registry.example.com:5000/redis:8.0.6-alpine), with a digest beside it if you like (redis:8.0.6@sha256:<64 hex>)"
     )
     match = _IMAGE.match(raw)
     if not match:
         raise ValueError(allowed)
-    if match.group("digest"):
-        return raw
     tag = match.group("tag")
+    if tag is None and match.group("digest"):
+        # The digest pins the bytes, but only the tag says which release they are, and the
+        # release decides the config and which changes a running stack may take.
+        raise ValueError(f"{allowed}; a digest alone does not say which release it is")
     if tag is None:
         raise ValueError(f"{allowed}; it names no tag, which means latest")
     if not _EXACT_VERSION_TAG.match(tag):

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from components.engines import DEFAULT_ENGINE, ENGINES, Engine, Version, image_problems, image_version
 from components.setting_values import (
     DNS_LABEL,
     INSTANCE_TYPE,
@@ -60,8 +61,6 @@ EBS_CSI_DRIVER_VERSIONS = {
     "1.36": "v1.66.0-eksbuild.1",
 }
 
-# Redis 7.4 is the current Redis 7 line; pinned to a patch release, never a moving tag.
-DEFAULT_REDIS_IMAGE = "redis:7.4.10-bookworm"
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -134,7 +133,9 @@ class StackSettings:
     namespace: str = "redis"
     shards: int = 3
     replicas_per_shard: int = 1
-    image: str = DEFAULT_REDIS_IMAGE
+    engine: str = DEFAULT_ENGINE
+    # The engine's default image unless `image` names another.
+    image: str = ENGINES[DEFAULT_ENGINE].default_image
     node_timeout_ms: int = 5000
     maxmemory_policy: str = "noeviction"
     cpu_request: str = "250m"
@@ -157,6 +158,17 @@ class StackSettings:
     @property
     def pod_count(self) -> int:
         return self.shards * (1 + self.replicas_per_shard)
+
+    @property
+    def engine_spec(self) -> Engine:
+        return ENGINES[self.engine]
+
+    @property
+    def engine_version(self) -> Version:
+        """The release the image's tag names (the settings refuse an image without one)."""
+        version = image_version(self.image)
+        assert version is not None, self.image
+        return version
 
     @property
     def memory_limit_bytes(self) -> int:
@@ -192,6 +204,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "namespace": ("namespace", matching(DNS_LABEL, "a DNS-1123 label: lower-case letters, digits and '-'")),
     "shards": ("shards", as_int(MIN_SHARDS, MAX_SHARDS, "Redis Cluster needs at least 3 masters to elect a failover")),
     "replicasPerShard": ("replicas_per_shard", as_int(0, MAX_REPLICAS_PER_SHARD)),
+    "engine": ("engine", one_of(tuple(ENGINES))),
     "image": ("image", as_image),
     "nodeTimeoutMs": ("node_timeout_ms", as_int(1000, 60000)),
     "maxmemoryPolicy": ("maxmemory_policy", one_of(MAXMEMORY_POLICIES)),
@@ -248,6 +261,8 @@ def parse_settings(values: Mapping[str, Any]) -> StackSettings:
             problems.append(_fail(key, raw, f"expected {error}"))
             bad.add(key)
 
+    if "engine" in parsed and "image" not in values:
+        parsed["image"] = ENGINES[parsed["engine"]].default_image
     if "cluster_version" in parsed and "ebs_csi_driver_version" not in parsed:
         parsed["ebs_csi_driver_version"] = EBS_CSI_DRIVER_VERSIONS[parsed["cluster_version"]]
     if parsed.get("platform") == "existing" and "storageProvisioner" not in values:
@@ -273,6 +288,11 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
     def parsed(*keys: str) -> bool:
         return not bad.intersection(keys)
 
+    if parsed("engine", "image"):
+        problems.extend(
+            f"{NAMESPACE}:image = {s.image!r} is not valid with {NAMESPACE}:engine = {s.engine!r}: expected {problem}"
+            for problem in image_problems(s.engine_spec, s.image)
+        )
     if parsed("nodeMinSize", "nodeDesiredSize", "nodeMaxSize") and not (
         s.node_min_size <= s.node_desired_size <= s.node_max_size
     ):

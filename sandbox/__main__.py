@@ -1,9 +1,11 @@
 """python -m sandbox <command>: the stack's Redis Cluster as local processes.
 
-up [--shards 3] [--replicas-per-shard 1]   start the pods and form (or adopt, or scale out) the cluster
+up [--engine redis|valkey] [--shards 3] [--replicas-per-shard 1]
+                                           start the pods and form (or adopt, or scale out) the cluster
 status                                     each node's address, role, master, slots, link and keys
 kill <pod>                                 SIGKILL one pod, like a crashed container
 restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
+roll [--binaries DIR]                      a rolling update, pod by pod, onto another release's binaries
 down [--purge]                             stop every process; --purge deletes the data too
 """
 
@@ -15,7 +17,9 @@ import sys
 from pathlib import Path
 
 from cluster_logic.errors import BootstrapError
+from components.engines import ENGINES
 from components.stack_settings import SettingsError
+from sandbox.engine_binaries import EngineBinaries, EngineNotFound
 from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
 
 
@@ -32,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--shards", type=int, help="masters (default: what the sandbox runs, or 3)")
     up.add_argument("--replicas-per-shard", type=int, help="replicas per master (default: what it runs, or 1)")
     up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument(
+        "--engine", choices=tuple(ENGINES), help="redis or valkey (default: what the sandbox runs, or the stack's)"
+    )
     status = commands.add_parser("status", help="the state of every node")
     status.add_argument("--json", action="store_true")
     kill = commands.add_parser("kill", help="SIGKILL a pod")
@@ -41,14 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("pod", nargs="?")
     which.add_argument("--all", action="store_true")
     restart.add_argument("--new-ip", action="store_true", help="come back on a new loopback address")
+    roll = commands.add_parser("roll", help="a rolling update of every pod, as the StatefulSet runs one")
+    roll.add_argument(
+        "--binaries", type=Path, help="a folder with the engine's server and CLI of another release (default: the same)"
+    )
     down = commands.add_parser("down", help="stop every process")
     down.add_argument("--purge", action="store_true", help="delete the data directories too")
     options = parser.parse_args(argv)
 
-    sandbox = Sandbox(root=options.root, stack=options.stack, third_octet=options.third_octet)
+    engine = getattr(options, "engine", None)
+    sandbox = Sandbox(root=options.root, stack=options.stack, third_octet=options.third_octet, engine=engine)
     try:
         if options.command == "up":
             topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout)
+            print(f"engine: {sandbox.binaries().describe()}")
             print(f"cluster {topology['state']}: {topology['node_count']} nodes")
             print_status(sandbox.status())
             print("\nconnect:")
@@ -65,17 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         elif options.command == "restart":
             sandbox.restart(None if options.all else [options.pod], new_ip=options.new_ip)
             print_status(sandbox.status())
+        elif options.command == "roll":
+            state_engine = sandbox.binaries().engine
+            binaries = None if options.binaries is None else EngineBinaries(state_engine, options.binaries.resolve())
+            sandbox.roll(binaries)
+            print(f"rolled every pod onto {sandbox.binaries().describe()}")
+            print_status(sandbox.status())
         elif options.command == "down":
             sandbox.down(purge=options.purge)
             print("stopped" + (" and purged" if options.purge else "; data kept (down --purge deletes it)"))
-    except (SandboxError, BootstrapError, SettingsError) as error:
+    except (SandboxError, BootstrapError, SettingsError, EngineNotFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 def print_status(rows: list[dict]) -> None:
-    columns = ("pod", "address", "zone", "state", "role", "master", "slots", "link", "keys")
+    columns = ("pod", "address", "zone", "state", "version", "role", "master", "slots", "link", "keys")
     table = [[str(row.get(column, "") if row.get(column) is not None else "") for column in columns] for row in rows]
     widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
     print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))

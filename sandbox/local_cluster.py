@@ -25,10 +25,12 @@ import redis
 from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_cluster_nodes
 from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.direct import DirectTransport
+from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal
 from components.redis_node_files import REDIS_PORT
 from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings
+from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
-from sandbox.processes import is_redis_server, kill_session, stop_like_the_kubelet, wait_gone
+from sandbox.processes import is_server, kill_session, stop_like_the_kubelet, wait_gone
 
 DEFAULT_ROOT = Path(".sandbox")
 STATE_FILE = "cluster.json"
@@ -62,10 +64,21 @@ class SandboxState:
     stack: str
     third_octet: int
     nodes: list[NodeRecord] = field(default_factory=list)
+    engine: str = DEFAULT_ENGINE
+    # The folder of the server and CLI the pods run, once a roll chose one; until then the
+    # engine's binaries from .engines/ (or PATH).
+    bin_dir: Optional[str] = None
+
+    def binaries(self) -> EngineBinaries:
+        if self.bin_dir is not None:
+            return EngineBinaries(ENGINES[self.engine], Path(self.bin_dir))
+        return find_binaries(self.engine)
 
     def to_json(self, root: Path) -> dict[str, Any]:
         return {
             "stack": self.stack,
+            "engine": self.engine,
+            "bin_dir": self.bin_dir,
             "shards": self.shards,
             "replicas_per_shard": self.replicas_per_shard,
             "third_octet": self.third_octet,
@@ -88,10 +101,22 @@ class SandboxState:
 class Sandbox:
     """A Redis Cluster of local processes, driven like the StatefulSet and the bootstrap."""
 
-    def __init__(self, root: Path = DEFAULT_ROOT, stack: str = "dev", third_octet: int = DEFAULT_THIRD_OCTET):
+    def __init__(
+        self,
+        root: Path = DEFAULT_ROOT,
+        stack: str = "dev",
+        third_octet: int = DEFAULT_THIRD_OCTET,
+        engine: Optional[str] = None,
+        binaries: Optional[EngineBinaries] = None,
+    ):
+        """`engine` None: what the sandbox runs, else the stack's `engine` setting.
+        `binaries`: the server and CLI a new sandbox starts on (default: the engine's from
+        .engines/), e.g. an older release to roll from."""
         self.root = Path(root)
         self.stack = stack
         self.third_octet = third_octet
+        self.engine = engine or (binaries.engine.name if binaries else None)
+        self.initial_binaries = binaries
 
     # -- state ------------------------------------------------------------------------
 
@@ -111,6 +136,9 @@ class Sandbox:
             stack=raw["stack"],
             third_octet=raw["third_octet"],
             nodes=nodes,
+            # A state from before the engine setting ran Redis.
+            engine=raw.get("engine", DEFAULT_ENGINE),
+            bin_dir=raw.get("bin_dir"),
         )
 
     def save(self, state: SandboxState) -> None:
@@ -132,8 +160,12 @@ class Sandbox:
         # Only what shapes the pods applies here; the platform keys describe AWS.
         workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest"}
         values = {key: value for key, value in values.items() if key in workload_keys}
-        values.update(shards=str(state.shards), replicasPerShard=str(state.replicas_per_shard))
+        values.update(shards=str(state.shards), replicasPerShard=str(state.replicas_per_shard), engine=state.engine)
         return parse_settings(values)
+
+    def stack_engine(self) -> str:
+        """The engine the stack file names (`redis-eks:engine`), or the default."""
+        return str(load_stack_config(self.stack).get(f"{NAMESPACE}:engine", DEFAULT_ENGINE))
 
     def local_node(self, state: SandboxState, record: NodeRecord) -> LocalNode:
         return LocalNode(
@@ -144,6 +176,7 @@ class Sandbox:
             settings=self.settings(state),
             password=state.password,
             peers=tuple(n.host for n in state.nodes),
+            binaries=state.binaries(),
         )
 
     # -- commands ---------------------------------------------------------------------
@@ -165,6 +198,13 @@ class Sandbox:
                 replicas_per_shard=replicas_per_shard,
                 stack=self.stack,
                 third_octet=self.third_octet,
+                engine=self.engine or self.stack_engine(),
+                bin_dir=None if self.initial_binaries is None else str(self.initial_binaries.bin_dir),
+            )
+        elif self.engine is not None and self.engine != state.engine:
+            raise SandboxError(
+                f"the sandbox runs {state.engine}; pods of {self.engine} cannot load its data. "
+                f"`down --purge` and `up --engine {self.engine}` for a new one"
             )
         elif shards < state.shards or replicas_per_shard < state.replicas_per_shard:
             raise SandboxError(
@@ -184,12 +224,14 @@ class Sandbox:
                     zone=ZONES[ordinal % len(ZONES)],
                 )
             )
+        # Binaries that cannot be found change nothing either.
+        state.binaries()
         self.save(state)
         # Every node learns the full peer list (the ConfigMap's peers file), running or not.
         for record in state.nodes:
             self.local_node(state, record).write_files()
         for record in state.nodes:
-            if not is_redis_server(record.pid):
+            if not is_server(record.pid):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
         with _transport(state) as transport:
@@ -209,7 +251,7 @@ class Sandbox:
                 "zone": record.zone,
                 "pid": record.pid,
             }
-            if not is_redis_server(record.pid):
+            if not is_server(record.pid):
                 row.update(state="down")
                 rows.append(row)
                 continue
@@ -217,8 +259,11 @@ class Sandbox:
                 client = self._client(state, record)
                 myself = _myself(client.execute_command("CLUSTER", "NODES"))
                 info = client.info("replication")
+                server = client.info("server")
                 row.update(
                     state="up",
+                    # Valkey keeps redis_version at 7.2.4 for old clients; its own is valkey_version.
+                    version=server.get("valkey_version") or server.get("redis_version"),
                     id=myself.id,
                     role=info["role"],
                     master_id=myself.master_id,
@@ -237,6 +282,10 @@ class Sandbox:
                 row["master"] = by_id.get(row["master_id"], row["master_id"][:8])
         return rows
 
+    def binaries(self) -> EngineBinaries:
+        """The server and CLI the sandbox's pods run."""
+        return self._require_state().binaries()
+
     def topology(self) -> dict[str, Any]:
         """The live topology as `pulumi refresh` would report it."""
         state = self._require_state()
@@ -247,7 +296,7 @@ class Sandbox:
         """SIGKILL, like a crashed container: no preStop, no shutdown."""
         state = self._require_state()
         record = self._record(state, pod)
-        if is_redis_server(record.pid):
+        if is_server(record.pid):
             kill_session(record.pid)
             wait_gone(record.pid, 10)
         record.pid = None
@@ -285,6 +334,38 @@ class Sandbox:
             self.wait_ok(timeout)
             self._record_roles(state)
 
+    def roll(self, binaries: Optional[EngineBinaries] = None, timeout: float = 120.0) -> None:
+        """A rolling update as the StatefulSet runs one: from the highest ordinal down, each
+        pod through preStop and SIGTERM, started again (on `binaries`, another release of the
+        same engine, when given), and the next only once this one passes its readiness probe.
+        Another engine, or an older line, is refused before any pod stops, as the stack's
+        guard refuses it."""
+        state = self._require_state()
+        current = state.binaries()
+        target = binaries or current
+        refusal = change_refusal(state.engine, current.version, target.engine.name, target.version)
+        if refusal is not None:
+            raise SandboxError(refusal)
+        state.bin_dir = str(target.bin_dir)
+        self.save(state)
+        for record in sorted(state.nodes, key=lambda r: int(r.pod.rsplit("-", 1)[1]), reverse=True):
+            self._stop(state, record, prestop=True)
+            node = self.local_node(state, record)
+            record.pid = node.start()
+            self.save(state)
+            self._wait_ready(node, timeout)
+        self.wait_ok(timeout)
+        self._record_roles(state)
+
+    def _wait_ready(self, node: LocalNode, timeout: float) -> None:
+        # What the StatefulSet controller waits for before it takes the next pod: Ready,
+        # i.e. the pod's own readiness probe passing (a replica in sync, the cluster ok).
+        deadline = time.monotonic() + timeout
+        while node.run_script("probe-readiness.sh", timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"{node.pod} is not ready {timeout:.0f}s after its restart")
+            time.sleep(0.5)
+
     def down(self, purge: bool = False) -> None:
         """Stops every process the sandbox started, by pid; keeps the data unless `purge`."""
         state = self.load()
@@ -312,8 +393,9 @@ class Sandbox:
     def connection_lines(self) -> list[str]:
         state = self._require_state()
         first = state.nodes[0]
+        auth = "VALKEYCLI_AUTH" if state.engine == "valkey" else "REDISCLI_AUTH"
         return [
-            f"REDISCLI_AUTH='{state.password}' redis-cli -c -h {first.host} -p {first.port}",
+            f"{auth}='{state.password}' {state.binaries().cli} -c -h {first.host} -p {first.port}",
             f"python: redis.RedisCluster(host={first.host!r}, port={first.port:d}, password={state.password!r})",
         ]
 
@@ -336,7 +418,7 @@ class Sandbox:
         return self.local_node(state, record).client(socket_timeout=5, socket_connect_timeout=1)
 
     def _stop(self, state: SandboxState, record: NodeRecord, prestop: bool) -> None:
-        if not is_redis_server(record.pid):
+        if not is_server(record.pid):
             record.pid = None
             return
         if prestop:
@@ -373,4 +455,4 @@ def _myself(nodes_text: str) -> NodeEntry:
 
 def _transport(state: SandboxState) -> DirectTransport:
     nodes = [NodeAddress(n.pod, n.host, n.port, n.zone) for n in state.nodes]
-    return DirectTransport(nodes, state.password)
+    return DirectTransport(nodes, state.password, cli=state.binaries().cli)

@@ -3,13 +3,14 @@
 A `LocalNode` gets what Kubernetes gives a pod: a conf dir with the ConfigMap's files
 (`config_files`, scripts mode 0755), a secret dir with `password` and `auth.conf` (mode
 0600), a data dir that survives restarts, POD_IP and `script_environment` in its
-environment, and `sh entrypoint.sh redis-server redis.conf` as its command. So the sandbox
-runs the very files a pod runs; only the paths and a `bind` line differ.
+environment, and `sh entrypoint.sh <engine>-server redis.conf` as its command, the engine's
+binaries first on its PATH. So the sandbox runs the very files a pod runs; only the paths
+and a `bind` line differ.
 
-Each node runs in a session of its own: the entrypoint exec's redis-server, which thereby
+Each node runs in a session of its own: the entrypoint exec's the server, which thereby
 becomes the session leader (its pid is `LocalNode.pid`), and the background peer-recovery
-and every redis-cli it starts stay in that session even when `timeout` moves them to a
-process group of their own. Stopping a node ends the whole session, as a container's end
+and every CLI it starts stay in that session even when `timeout` moves them to a process
+group of their own. Stopping a node ends the whole session, as a container's end
 would.
 """
 
@@ -41,6 +42,7 @@ from components.redis_node_files import (
     script_environment,
 )
 from components.stack_settings import StackSettings
+from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.processes import kill_session, stop_like_the_kubelet
 
 LOG_FILE = "redis.log"
@@ -50,7 +52,7 @@ def ports_free(address: str, ports: Sequence[int] = (REDIS_PORT, BUS_PORT)) -> b
     """Whether a node could listen on `ports` of `address` now."""
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # As redis-server does: a port lingering in TIME_WAIT is free to listen on.
+            # As the server does: a port lingering in TIME_WAIT is free to listen on.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((address, port))
@@ -61,12 +63,14 @@ def ports_free(address: str, ports: Sequence[int] = (REDIS_PORT, BUS_PORT)) -> b
 
 @dataclass
 class LocalNode:
-    """One Redis "pod": a redis-server process started through entrypoint.sh.
+    """One Redis "pod": a server process of the settings' engine started through entrypoint.sh.
 
     `root` is the node's directory (conf/, secret/, data/, redis.log); data/ survives
     stop/start like a PersistentVolume. `peers` is what the ConfigMap's peers file lists.
     `extra_env` adds to or overrides the scripts' environment (e.g. shorter timeouts).
-    `shell` runs the scripts; the redis image's sh is dash, so tests pass "dash".
+    `shell` runs the scripts; the images' sh is dash, so tests pass "dash".
+    `binaries` are the engine's server and CLI (default: `find_binaries(settings.engine)`);
+    a version roll starts the node again with another release's.
     """
 
     pod: str
@@ -78,7 +82,14 @@ class LocalNode:
     peers: Sequence[str] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
     shell: str = "sh"
+    binaries: Optional[EngineBinaries] = None
     process: Optional[subprocess.Popen] = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.binaries is None:
+            self.binaries = find_binaries(self.settings.engine_spec)
+        if self.binaries.engine != self.settings.engine_spec:
+            raise ValueError(f"{self.pod}: {self.binaries.engine.name} binaries for a {self.settings.engine} stack")
 
     @property
     def paths(self) -> NodePaths:
@@ -94,13 +105,13 @@ class LocalNode:
 
     @property
     def pid(self) -> Optional[int]:
-        """The pid of redis-server (the entrypoint's sh exec's into it), while running."""
+        """The pid of the server (the entrypoint's sh exec's into it), while running."""
         return self.process.pid if self.is_running() else None
 
     def environment(self) -> dict[str, str]:
         """What the container's environment would hold: POD_IP and the script settings."""
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "POD_IP": self.ip}
-        env.update(script_environment(self.paths))
+        env = {"PATH": self.binaries.search_path(), "POD_IP": self.ip}
+        env.update(script_environment(self.settings.engine_spec, self.paths))
         env["REDIS_PORT"] = str(self.port)
         env.update(self.extra_env)
         return env
@@ -123,7 +134,7 @@ class LocalNode:
             raise RuntimeError(f"{self.pod} is already running as pid {self.process.pid}")
         self.write_files()
         conf_dir = Path(self.paths.conf_dir)
-        argv = [self.shell, str(conf_dir / "entrypoint.sh"), "redis-server", str(conf_dir / REDIS_CONF_FILE)]
+        argv = [self.shell, str(conf_dir / "entrypoint.sh"), self.binaries.server, str(conf_dir / REDIS_CONF_FILE)]
         if self.port != REDIS_PORT:
             # Arguments after the file override it; the bus port follows as port + 10000.
             argv += ["--port", str(self.port)]

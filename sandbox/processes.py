@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from components.engines import ENGINES
+
 # How long a stop waits for the process to end on SIGTERM before it SIGKILLs it: the pod's
 # terminationGracePeriodSeconds as far as the process is concerned.
 GRACE_SECONDS = 30.0
@@ -55,9 +57,15 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def is_redis_server(pid: Optional[int]) -> bool:
-    """Whether `pid` is a running redis-server: a recorded pid may have been reused since."""
-    return alive(pid) and "redis-server" in cmdline(pid)
+def is_server(pid: Optional[int]) -> bool:
+    """Whether `pid` is a running server of either engine (redis-server, valkey-server): a
+    recorded pid may have been reused since."""
+    if not alive(pid):
+        return False
+    # The server sets its title to `<path of the binary> <addr:port> [cluster]`; until then
+    # the name is in the command that started it (through a loader, a wrapper, entrypoint.sh).
+    command = cmdline(pid)
+    return any(engine.server in command for engine in ENGINES.values())
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

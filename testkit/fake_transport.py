@@ -130,7 +130,7 @@ class FakeTransport(NodeTransport):
     def _make_client(self, node: NodeAddress) -> Any:
         return _Client(self.fake_nodes[node])
 
-    def run_redis_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
+    def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
         self.cli_calls.append(list(args))
         return self.cli_result
 

@@ -31,15 +31,33 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from cluster_logic.model import SLOTS, NodeEntry, parse_cluster_nodes
+from cluster_logic.transports.direct import DirectTransport
+from components.engines import DEFAULT_ENGINE
 from components.redis_node_files import BUS_PORT, REDIS_PORT
 from components.stack_settings import StackSettings, parse_settings
+from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.processes import session_members
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "redis-eks-loopback-locks"
 PASSWORD = "sandbox-Passw0rd.for_tests-only"
-# A short node timeout keeps failure detection, and so the tests, fast.
-FAST_SETTINGS = parse_settings({"nodeTimeoutMs": "2000"})
+
+
+def fast_settings(engine: str, **values: str) -> StackSettings:
+    """The engine's stack settings with a short node timeout, which keeps failure detection,
+    and so the tests, fast; `values` add or override settings (`parse_settings` keys)."""
+    return parse_settings({"nodeTimeoutMs": "2000", "engine": engine, **values})
+
+
+def cli_environment(password: str, path: Optional[str] = None) -> dict[str, str]:
+    """An environment in which either engine's CLI finds the password (never on argv)."""
+    return {
+        "PATH": path or os.environ.get("PATH", "/usr/bin:/bin"),
+        "REDISCLI_AUTH": password,
+        "VALKEYCLI_AUTH": password,
+    }
+
+
 # Pods spread over zones round-robin, as a topology spread constraint spreads a StatefulSet.
 ZONES = ("zone-a", "zone-b", "zone-c")
 # 127.0.<octet>.0/24 ranges: the node tests (tests/integration, through the `loopback`
@@ -123,13 +141,17 @@ class LocalNodes:
         self,
         root: Path,
         loopback: LoopbackAddresses,
-        settings: StackSettings = FAST_SETTINGS,
+        settings: Optional[StackSettings] = None,
         password: str = PASSWORD,
         shell: str = "sh",
+        binaries: Optional[EngineBinaries] = None,
     ) -> None:
+        """`binaries` (default: the settings' engine's, found by `find_binaries`) decide the
+        engine: `settings` default to `fast_settings` of that engine."""
         self.root = Path(root)
         self.loopback = loopback
-        self.settings = settings
+        self.settings = settings or fast_settings(binaries.engine.name if binaries else DEFAULT_ENGINE)
+        self.binaries = binaries or find_binaries(self.settings.engine_spec)
         self.password = password
         self.shell = shell
         self.nodes: list[LocalNode] = []
@@ -157,6 +179,7 @@ class LocalNodes:
             peers=tuple(peers),
             extra_env=dict(extra_env or {}),
             shell=self.shell,
+            binaries=self.binaries,
         )
         self.zones[pod] = zone or ZONES[len(self.nodes) % len(ZONES)]
         self.nodes.append(node)
@@ -187,6 +210,10 @@ class LocalNodes:
 
     def inputs(self, nodes: Optional[Iterable[LocalNode]] = None) -> list[dict[str, Any]]:
         return [self.as_input(node) for node in (self.nodes if nodes is None else nodes)]
+
+    def transport(self, nodes: Optional[Iterable[LocalNode]] = None) -> DirectTransport:
+        """The bootstrap's direct transport to `nodes` (default all), with this engine's CLI."""
+        return DirectTransport(self.inputs(nodes), self.password, cli=self.binaries.cli)
 
     def close(self) -> list[str]:
         """Kills every node (its whole session); returns the sessions that survived."""
@@ -429,11 +456,11 @@ def wait_gossip_rounds(nodes: Sequence[LocalNode], rounds: int = 5, timeout: flo
 
 
 def create_cluster(nodes: Sequence[LocalNode], replicas_per_shard: int, timeout: float = 60.0) -> None:
-    """Forms a cluster of fresh nodes with `redis-cli --cluster create`, as a bootstrap
-    would, and waits until the cluster is healthy and every replica is in sync."""
+    """Forms a cluster of fresh nodes with the engine's `<cli> --cluster create`, as a
+    bootstrap would, and waits until the cluster is healthy and every replica is in sync."""
     result = subprocess.run(
         [
-            "redis-cli",
+            nodes[0].binaries.cli,
             "--cluster",
             "create",
             *[f"{node.ip}:{node.port}" for node in nodes],
@@ -441,14 +468,14 @@ def create_cluster(nodes: Sequence[LocalNode], replicas_per_shard: int, timeout:
             str(replicas_per_shard),
             "--cluster-yes",
         ],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDISCLI_AUTH": nodes[0].password},
+        env=cli_environment(nodes[0].password),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"{nodes[0].binaries.cli} --cluster create failed:\n{result.stdout}\n{result.stderr}")
     wait_cluster_ok(nodes, timeout=timeout)
     wait_replicas_online(nodes, timeout=timeout)
 

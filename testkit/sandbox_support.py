@@ -23,7 +23,7 @@ from redis.retry import Retry
 from cluster_logic.model import expand_ranges, parse_cluster_nodes
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
 from sandbox.local_nodes import LocalNode, ports_free
-from sandbox.processes import is_redis_server, stop_like_the_kubelet
+from sandbox.processes import is_server, stop_like_the_kubelet
 from testkit import redis_nodes
 from testkit.processes import sweep
 
@@ -37,9 +37,11 @@ class ManagedSandbox:
     them by pid (Sandbox.down, then a sweep of every process still working under the root)
     and reports what had to be swept."""
 
-    def __init__(self, root: Path, third_octet: int, sandbox: Optional[Sandbox] = None) -> None:
+    def __init__(
+        self, root: Path, third_octet: int, sandbox: Optional[Sandbox] = None, engine: Optional[str] = None
+    ) -> None:
         self.root = Path(root)
-        self.sandbox = sandbox or Sandbox(root=self.root, stack="dev", third_octet=third_octet)
+        self.sandbox = sandbox or Sandbox(root=self.root, stack="dev", third_octet=third_octet, engine=engine)
         self.extra_nodes: list[LocalNode] = []
         # Two runs of the suite at once queue up per 127.0.<octet>.0/24 instead of meeting
         # each other's nodes there; the kernel drops the lock of a dead process.
@@ -230,7 +232,7 @@ def stop_pod(sandbox: Sandbox, pod: str, prestop: bool) -> None:
     Redis drops one that arrives while it writes its first AOF), SIGKILL of the rest."""
     state = _state(sandbox)
     record = record_of(state, pod)
-    if is_redis_server(record.pid):
+    if is_server(record.pid):
         if prestop:
             sandbox.local_node(state, record).run_script("pre-stop.sh", timeout=90)
         stop_like_the_kubelet(record.pid)

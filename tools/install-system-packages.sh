@@ -1,8 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages the sandbox and the tests need, when this machine lacks them:
-# redis-server and redis-cli (real Redis on loopback), shellcheck (make lint) and dash (the
-# pods' /bin/sh), and on a bare image make, python3 and its venv module (the Makefile builds
-# .venv). Idempotent: with everything present it only runs the checks. POSIX sh.
+# bookworm's redis-server and redis-cli (Redis 7.0: the older release of the version-roll
+# test; the engines the stack deploys come from tools/fetch-engines.sh), shellcheck (make
+# lint), dash (the pods' /bin/sh), apt's download tools and Debian's archive keys (for
+# tools/fetch-engines.sh), and on a bare image make, python3 and its venv module (the
+# Makefile builds .venv). Idempotent: with everything present it only runs the checks. POSIX sh.
 set -eu
 
 missing=""
@@ -11,6 +13,8 @@ command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v dash >/dev/null 2>&1 || missing="$missing dash"
 command -v make >/dev/null 2>&1 || missing="$missing make"
+command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
+[ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || missing="$missing debian-archive-keyring"
 # Debian ships the venv module without ensurepip; `python3 -m venv` needs both.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3 python3-venv"
 [ -n "$missing" ] || exit 0

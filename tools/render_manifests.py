@@ -15,6 +15,11 @@ prints) and tests/golden/<stack>/redis.conf (the redis.conf every pod of the sta
 for the dev and prod stacks; tests/unit/test_golden_renders.py fails until they match, so
 every change to what reaches a cluster shows up in review as a diff of those files.
 
+A golden file records a stack file as it is, so `--update-golden` takes no `--set`. The
+one exception is defined here, in GOLDEN_VARIANTS, not on the command line:
+tests/golden/dev-valkey/ is the dev stack file with `engine=valkey` (what
+`--stack dev --set engine=valkey` prints), so that the Valkey rendering is reviewed too.
+
 The unit tests use `run_program` to build whole stacks.
 """
 
@@ -39,6 +44,13 @@ from components.stack_settings import NAMESPACE, PROJECT_DIR, SettingsError, loa
 PROJECT = "redis-eks"
 GOLDEN_DIR = PROJECT_DIR / "tests" / "golden"
 GOLDEN_STACKS = ("dev", "prod")
+# Golden directory -> (stack file, `redis-eks:` settings over it): the only golden renders
+# that are not a stack file as it is (see the module docstring).
+GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "dev-valkey": ("dev", {"engine": "valkey"}),
+}
+# Every directory under tests/golden/.
+GOLDEN_RENDERS = GOLDEN_STACKS + tuple(GOLDEN_VARIANTS)
 # Objects print in this order, those that others refer to first; any other kind follows,
 # by kind and name.
 KIND_ORDER = (
@@ -262,11 +274,22 @@ def stack_redis_conf(config: dict[str, str]) -> str:
     return render_redis_conf(parse_settings(values))
 
 
-def golden_renders(stack: str) -> dict[Path, str]:
-    """Golden file -> its expected content, for one stack file as it is."""
+def golden_config(name: str) -> tuple[str, dict[str, str]]:
+    """The stack and config a golden directory records: a stack file as it is, or for a
+    variant (GOLDEN_VARIANTS) its stack file with the variant's settings over it."""
+    if name not in GOLDEN_RENDERS:
+        raise ValueError(f"no golden render {name!r}; there are {', '.join(GOLDEN_RENDERS)}")
+    stack, overrides = GOLDEN_VARIANTS.get(name, (name, {}))
     config = load_stack_config(stack)
+    config.update({f"{NAMESPACE}:{key}": value for key, value in overrides.items()})
+    return stack, config
+
+
+def golden_renders(name: str) -> dict[Path, str]:
+    """Golden file -> its expected content, for one golden directory (a stack or a variant)."""
+    stack, config = golden_config(name)
     manifests = kubernetes_manifests(run_program(config, stack=stack))
-    directory = GOLDEN_DIR / stack
+    directory = GOLDEN_DIR / name
     return {directory / "manifests.yaml": manifests_yaml(manifests), directory / "redis.conf": stack_redis_conf(config)}
 
 
@@ -339,7 +362,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--update-golden",
         action="store_true",
-        help=f"rewrite the golden renders of the {' and '.join(GOLDEN_STACKS)} stacks under tests/golden/",
+        help=f"rewrite the golden renders under tests/golden/ ({', '.join(GOLDEN_RENDERS)})",
     )
     options = parser.parse_args(argv)
     if options.update_golden:
@@ -361,8 +384,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def update_golden() -> int:
-    for stack in GOLDEN_STACKS:
-        for path, text in golden_renders(stack).items():
+    for name in GOLDEN_RENDERS:
+        for path, text in golden_renders(name).items():
             path.parent.mkdir(parents=True, exist_ok=True)
             changed = not path.exists() or path.read_text() != text
             path.write_text(text)

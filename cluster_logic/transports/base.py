@@ -68,7 +68,7 @@ class NodeTransport(ABC):
     def _make_client(self, node: NodeAddress) -> redis.Redis: ...
 
     @abstractmethod
-    def run_redis_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
+    def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
         """Runs `redis-cli args...` authenticated with the cluster password, next to `via`."""
 
     def client(self, node: NodeAddress) -> redis.Redis:

@@ -5,9 +5,8 @@ benchmarks): redis-py connects to host:port, and `redis-cli` runs here with the 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import redis
 
@@ -30,12 +29,13 @@ class DirectTransport(NodeTransport):
         self,
         nodes: Iterable[Mapping[str, Any] | NodeAddress],
         password: str,
-        redis_cli: Optional[str] = None,
+        cli: str = "redis-cli",
     ) -> None:
         super().__init__(password)
         addresses = [n if isinstance(n, NodeAddress) else _address_from_mapping(n) for n in nodes]
         self._nodes = sorted(addresses, key=lambda n: (n.ordinal, n.pod))
-        self._redis_cli = redis_cli or shutil.which("redis-cli") or "redis-cli"
+        # The engine's own CLI (redis-cli, valkey-cli), a name on PATH or a path.
+        self._cli = cli
 
     @property
     def nodes(self) -> list[NodeAddress]:
@@ -81,12 +81,12 @@ class DirectTransport(NodeTransport):
         finally:
             probe.close()
 
-    def run_redis_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
+    def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
         env = dict(os.environ)
         env["REDISCLI_AUTH"] = self._password
         try:
             done = subprocess.run(
-                [self._redis_cli, *args],
+                [self._cli, *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,

@@ -37,13 +37,14 @@ ExecFunction = Callable[[str, str, str, Sequence[str], float], CliResult]
 PortForwardFunction = Callable[[str, str, int], Any]
 """(namespace, pod, port) -> a connected socket-like object to that port of the pod."""
 
-# Runs redis-cli inside the pod with the password read from the mounted secret by the
-# pod's own shell: the password is in neither the exec request nor any argv.
-_IN_POD_REDIS_CLI = 'REDISCLI_AUTH="$(cat "$0")" exec redis-cli "$@"'
+# Runs the engine's CLI ($1) inside the pod with the password read from the mounted secret
+# by the pod's own shell: the password is in neither the exec request nor any argv. Each CLI
+# reads a variable of its own (valkey-cli: VALKEYCLI_AUTH).
+_IN_POD_CLI = 'p="$(cat "$0")"; cli=$1; shift; REDISCLI_AUTH=$p VALKEYCLI_AUTH=$p exec "$cli" "$@"'
 
 
-def in_pod_redis_cli_argv(args: Sequence[str], secret_file: str = SECRET_FILE) -> list[str]:
-    return ["sh", "-c", _IN_POD_REDIS_CLI, secret_file, *args]
+def in_pod_cli_argv(args: Sequence[str], cli: str = "redis-cli", secret_file: str = SECRET_FILE) -> list[str]:
+    return ["sh", "-c", _IN_POD_CLI, secret_file, cli, *args]
 
 
 class _SocketConnection(Connection):
@@ -88,8 +89,10 @@ class KubernetesTransport(NodeTransport):
         exec_function: Optional[ExecFunction] = None,
         port_forward: Optional[PortForwardFunction] = None,
         websocket_api: Optional[Callable[[], Any]] = None,
+        cli: str = "redis-cli",
     ) -> None:
         super().__init__(password)
+        self._cli = cli
         self._api = core_api
         # kubernetes.stream swaps `call_api` on the ApiClient it is given for the length of
         # the handshake (kubernetes-client/python#928): each websocket call gets an ApiClient
@@ -227,8 +230,8 @@ class KubernetesTransport(NodeTransport):
 
     # -- redis-cli inside a pod ---------------------------------------------------------
 
-    def run_redis_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
-        argv = in_pod_redis_cli_argv(args, self._secret_file)
+    def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
+        argv = in_pod_cli_argv(args, self._cli, self._secret_file)
         return self._exec(self._namespace, via.pod, self._container, argv, timeout)
 
     def _stream_exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> CliResult:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Container entrypoint: entrypoint.sh redis-server /conf/redis.conf
+# Container entrypoint: entrypoint.sh redis-server /conf/redis.conf (or valkey-server)
 #
 # A restarted pod usually has a new IP while nodes.conf on its volume still holds the old
 # one. The `myself` line gets the new address before Redis reads the file; the peers learn
@@ -15,7 +15,7 @@ REDIS_CONF_DIR=${REDIS_CONF_DIR:-/conf}
 nodes_conf="$REDIS_DATA_DIR/nodes.conf"
 
 if [ "$#" -eq 0 ]; then
-    echo "entrypoint: usage: entrypoint.sh redis-server <redis.conf> [args...]" >&2
+    echo "entrypoint: usage: entrypoint.sh <redis-server or valkey-server> <redis.conf> [args...]" >&2
     exit 64
 fi
 
@@ -41,7 +41,7 @@ if [ -s "$nodes_conf" ]; then
     fi
 fi
 
-# In the background, never instead of exec: redis-server must become PID 1 to get SIGTERM.
+# In the background, never instead of exec: the server must become PID 1 to get SIGTERM.
 sh "$REDIS_CONF_DIR/peer-recovery.sh" </dev/null &
 
 exec "$@"

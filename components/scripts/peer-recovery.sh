@@ -11,7 +11,7 @@
 # A fresh node (no nodes.conf, or one that knows only itself) has nothing to recover: the
 # bootstrap forms the cluster. Exits once the cluster is healthy or the time is up.
 #
-# Environment: POD_IP (required), REDIS_PORT (6379), REDIS_DATA_DIR (/data),
+# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379), REDIS_DATA_DIR (/data),
 # REDIS_PEERS_FILE (/conf/peers), REDIS_PASSWORD_FILE (/etc/redis-secret/password),
 # REDIS_PEER_RECOVERY_TIMEOUT_SECONDS (1800), REDIS_PEER_RECOVERY_INTERVAL_SECONDS (3).
 set -u
@@ -37,18 +37,21 @@ if [ "$known_nodes" -le 1 ]; then
     exit 0
 fi
 
-# The password reaches redis-cli through its environment only, never through argv.
+# The engine's own CLI (redis-cli, valkey-cli): the images ship no common name for both.
+: "${ENGINE_CLI:?ENGINE_CLI must name the CLI of the engine (redis-cli or valkey-cli)}"
 if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    # Each CLI reads the password from a variable of its own; it never goes on argv.
     REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
-    export REDISCLI_AUTH
+    VALKEYCLI_AUTH=$REDISCLI_AUTH
+    export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
-# redis-cli on stdin=/dev/null so it never eats the peers file being read in a loop; a
+# The CLI on stdin=/dev/null so it never eats the peers file being read in a loop; a
 # `timeout` because a peer address may drop packets rather than refuse.
 redis_at() {
     host=$1
     shift
-    timeout 5 redis-cli -h "$host" -p "$REDIS_PORT" "$@" </dev/null 2>/dev/null | tr -d '\r'
+    timeout 5 "$ENGINE_CLI" -h "$host" -p "$REDIS_PORT" "$@" </dev/null 2>/dev/null | tr -d '\r'
 }
 
 deadline=$(($(date +%s) + timeout_seconds))

@@ -8,7 +8,7 @@
 # first (see below). Bounded by REDIS_PRESTOP_TIMEOUT_SECONDS; the pod's
 # terminationGracePeriodSeconds leaves room after it for Redis to shut down.
 #
-# Environment: POD_IP (required), REDIS_PORT (6379),
+# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
 # REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PRESTOP_TIMEOUT_SECONDS (60).
 set -u
 
@@ -22,16 +22,20 @@ log() {
     echo "pre-stop: $*"
 }
 
+# The engine's own CLI (redis-cli, valkey-cli): the images ship no common name for both.
+: "${ENGINE_CLI:?ENGINE_CLI must name the CLI of the engine (redis-cli or valkey-cli)}"
 if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    # Each CLI reads the password from a variable of its own; it never goes on argv.
     REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
-    export REDISCLI_AUTH
+    VALKEYCLI_AUTH=$REDISCLI_AUTH
+    export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
 redis_at() {
     host=$1
     port=$2
     shift 2
-    timeout 5 redis-cli -h "$host" -p "$port" "$@" </dev/null 2>/dev/null | tr -d '\r'
+    timeout 5 "$ENGINE_CLI" -h "$host" -p "$port" "$@" </dev/null 2>/dev/null | tr -d '\r'
 }
 
 role_of() {

@@ -7,7 +7,7 @@
 #              deliberate rollout, so it is only reported.
 # Only no reply at all (refused, reset, timed out) fails.
 #
-# Environment: POD_IP (required), REDIS_PORT (6379),
+# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
 # REDIS_PASSWORD_FILE (/etc/redis-secret/password).
 set -u
 
@@ -15,12 +15,16 @@ set -u
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-/etc/redis-secret/password}
 
+# The engine's own CLI (redis-cli, valkey-cli): the images ship no common name for both.
+: "${ENGINE_CLI:?ENGINE_CLI must name the CLI of the engine (redis-cli or valkey-cli)}"
 if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    # Each CLI reads the password from a variable of its own; it never goes on argv.
     REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
-    export REDISCLI_AUTH
+    VALKEYCLI_AUTH=$REDISCLI_AUTH
+    export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
-reply=$(timeout 4 redis-cli -h "$POD_IP" -p "$REDIS_PORT" PING </dev/null 2>&1)
+reply=$(timeout 4 "$ENGINE_CLI" -h "$POD_IP" -p "$REDIS_PORT" PING </dev/null 2>&1)
 case "$reply" in
     PONG | LOADING* | BUSY* | MASTERDOWN*)
         exit 0

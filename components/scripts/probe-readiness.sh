@@ -12,7 +12,7 @@
 # the probe's timeoutSeconds: the kubelet would otherwise count a probe that is still
 # running as failed without its reason, and the next one would start beside it.
 #
-# Environment: POD_IP (required), REDIS_PORT (6379),
+# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
 # REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PROBE_BUDGET_SECONDS (4).
 set -u
 
@@ -29,13 +29,17 @@ fi
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-/etc/redis-secret/password}
 
+# The engine's own CLI (redis-cli, valkey-cli): the images ship no common name for both.
+: "${ENGINE_CLI:?ENGINE_CLI must name the CLI of the engine (redis-cli or valkey-cli)}"
 if [ -r "$REDIS_PASSWORD_FILE" ]; then
+    # Each CLI reads the password from a variable of its own; it never goes on argv.
     REDISCLI_AUTH=$(cat "$REDIS_PASSWORD_FILE")
-    export REDISCLI_AUTH
+    VALKEYCLI_AUTH=$REDISCLI_AUTH
+    export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
 redis() {
-    timeout 2 redis-cli -h "$POD_IP" -p "$REDIS_PORT" "$@" </dev/null 2>&1 | tr -d '\r'
+    timeout 2 "$ENGINE_CLI" -h "$POD_IP" -p "$REDIS_PORT" "$@" </dev/null 2>&1 | tr -d '\r'
 }
 
 reply=$(redis PING)

@@ -1,4 +1,5 @@
-"""Shared fixtures for the tests that run real redis-server processes as local "pods".
+"""Shared fixtures for the tests that run real servers of the engine under test (`--engine`,
+tests/conftest.py) as local "pods".
 
 Addresses come from 127.0.10.0/24 to 127.0.19.0/24 (`testkit.redis_nodes.TEST_OCTETS`),
 locked per address so parallel runs never collide. Every node a test creates is killed by
@@ -7,17 +8,14 @@ pid (its whole session) when the test ends, failed or not.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from testkit.redis_nodes import TEST_OCTETS, LocalNodes, LoopbackAddresses, dash
-
-for tool in ("redis-server", "redis-cli"):
-    if shutil.which(tool) is None:
-        raise RuntimeError(f"{tool} is not installed: the integration tests need it (apt-get install redis-server)")
+from components.stack_settings import StackSettings
+from sandbox.engine_binaries import EngineBinaries
+from testkit.redis_nodes import TEST_OCTETS, LocalNodes, LoopbackAddresses, dash, fast_settings
 
 
 @pytest.fixture(scope="session")
@@ -29,15 +27,26 @@ def loopback() -> Iterator[LoopbackAddresses]:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, loopback: LoopbackAddresses) -> Iterator[LocalNodes]:
-    """The test's nodes (`LocalNodes`), their scripts run under dash as in the image."""
+def nodes(tmp_path: Path, loopback: LoopbackAddresses, engine: EngineBinaries) -> Iterator[LocalNodes]:
+    """The test's nodes (`LocalNodes`) of the engine under test, their scripts run under
+    dash as in the image."""
     try:
         shell = dash()
     except RuntimeError as error:
         pytest.fail(str(error))
-    group = LocalNodes(tmp_path / "nodes", loopback, shell=shell)
+    group = LocalNodes(tmp_path / "nodes", loopback, shell=shell, binaries=engine)
     try:
         yield group
     finally:
         leftovers = group.close()
         assert not leftovers, f"processes survived the cleanup: {leftovers}"
+
+
+@pytest.fixture
+def engine_settings(engine: EngineBinaries):
+    """`parse_settings` for the engine under test: `engine_settings(shards="4")`."""
+
+    def settings(**values: str) -> StackSettings:
+        return fast_settings(engine.engine.name, **values)
+
+    return settings

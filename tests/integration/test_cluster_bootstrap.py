@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -31,6 +32,7 @@ from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.base import CliResult
 from cluster_logic.transports.direct import DirectTransport
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
+from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from testkit.provider_server import (
     ProviderServer,
@@ -43,6 +45,7 @@ from testkit.provider_server import (
 from testkit.redis_nodes import (
     PASSWORD,
     LocalNodes,
+    cli_environment,
     cluster_info,
     cluster_nodes,
     count_keys,
@@ -61,14 +64,25 @@ def server() -> Iterator[ProviderServer]:
         yield running
 
 
+@dataclass(frozen=True)
+class ProviderUnderTest:
+    """The pickled provider, and the engine whose CLI it is to run."""
+
+    blob: str
+    engine: str
+
+
 @pytest.fixture(scope="module")
-def provider_blob() -> str:
-    return serialized_provider()
+def provider_blob(engine: EngineBinaries) -> ProviderUnderTest:
+    return ProviderUnderTest(serialized_provider(), engine.engine.name)
 
 
-def props(provider_blob: str, nodes: list[dict[str, Any]], shards: int = 3, replicas: int = 1, **extra: Any) -> dict:
+def props(
+    provider_blob: ProviderUnderTest, nodes: list[dict[str, Any]], shards: int = 3, replicas: int = 1, **extra: Any
+) -> dict:
     values = {
-        "__provider": provider_blob,
+        "__provider": provider_blob.blob,
+        "engine": provider_blob.engine,
         "shards": shards,
         "replicas_per_shard": replicas,
         "password": secret(PASSWORD),
@@ -106,7 +120,9 @@ def cluster_nodes_snapshot(nodes: LocalNodes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def test_create_adopt_read_and_delete_over_grpc(server: ProviderServer, provider_blob: str, nodes: LocalNodes) -> None:
+def test_create_adopt_read_and_delete_over_grpc(
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
+) -> None:
     nodes.started(6)
     inputs = props(provider_blob, nodes.inputs())
     checked = server.check({}, inputs)
@@ -170,7 +186,7 @@ def test_create_adopt_read_and_delete_over_grpc(server: ProviderServer, provider
 
 
 def test_replicas_land_in_other_zones_than_redis_cli_would_choose(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     # In ordinal order redis-cli would make 0,1,2 masters and give them 4,5,3: all three
     # in their master's zone with these zones (see the unit test that replays its rule).
@@ -195,7 +211,7 @@ def test_replicate_corrects_a_same_zone_layout(nodes: LocalNodes) -> None:
         nodes.zones[node.pod] = zone
     # A bare `redis-cli --cluster create` in ordinal order.
     create_cluster(nodes.nodes, replicas_per_shard=1)
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    with nodes.transport() as transport:
         cluster = Cluster(transport, transport.nodes)
         health.wait_converged(cluster, Deadline(30), 3, None)
         before = health.topology(cluster, 3, 1)
@@ -209,7 +225,7 @@ def test_replicate_corrects_a_same_zone_layout(nodes: LocalNodes) -> None:
 
 
 def test_non_empty_or_foreign_nodes_are_refused_untouched(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(7)
     ours, outsider = nodes.nodes[:6], nodes.nodes[6]
@@ -248,7 +264,7 @@ def test_non_empty_or_foreign_nodes_are_refused_untouched(
 
 
 def test_a_pod_that_never_gets_ready_times_out_naming_it(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(5)
     # The sixth pod's address is locked for it, but nothing listens there.
@@ -268,7 +284,7 @@ def test_a_pod_that_never_gets_ready_times_out_naming_it(
 
 
 def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(8)
     six = props(provider_blob, nodes.inputs(nodes.nodes[:6]))
@@ -339,7 +355,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
     assert len(leaving) == 1, outs["masters"]
     (leaving_master,) = leaving.values()
     assert leaving_master["replicas"] == sorted({"redis-cluster-6", "redis-cluster-7"} - set(leaving)), outs
-    cli_env = {**os.environ, "REDISCLI_AUTH": PASSWORD}
+    cli_env = cli_environment(PASSWORD)
     entry = f"{nodes.nodes[0].ip}:6379"
     for argv in (
         ["rebalance", entry, "--cluster-weight", f"{leaving_master['id']}=0"],
@@ -347,7 +363,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
         ["del-node", entry, leaving_master["id"]],
     ):
         done = subprocess.run(
-            ["redis-cli", "--cluster", *argv], env=cli_env, capture_output=True, text=True, timeout=120
+            [nodes.binaries.cli, "--cluster", *argv], env=cli_env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stdout + done.stderr
     for node in nodes.nodes[6:]:
@@ -369,7 +385,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
 
 
 def test_a_pod_that_lost_its_volume_joins_again_on_update(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(6)
     inputs = props(provider_blob, nodes.inputs())
@@ -468,7 +484,8 @@ def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward(node
         def exec_locally(namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> CliResult:
             execs.append((namespace, pod, container, list(argv)))
             # The very argv the pod would run; only the environment lacks the password.
-            env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+            env = {k: v for k, v in os.environ.items() if k not in ("REDISCLI_AUTH", "VALKEYCLI_AUTH")}
+            env["PATH"] = nodes.binaries.search_path()
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
             return CliResult(done.returncode, done.stdout, done.stderr)
 
@@ -481,6 +498,7 @@ def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward(node
             password=PASSWORD,
             secret_file=secret_file,
             exec_function=exec_locally,
+            cli=nodes.binaries.engine.cli,
             port_forward=local_port_forward({n.pod: (n.ip, n.port) for n in nodes.nodes}),
         )
         with transport:
@@ -533,7 +551,7 @@ def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed(nodes: Loca
     from redis.crc import key_slot
 
     nodes.started(6)
-    with DirectTransport(nodes.inputs(), PASSWORD) as transport:
+    with nodes.transport() as transport:
         ensure_cluster(transport, 3, 1, 30)
         cluster = Cluster(transport, transport.nodes)
         cluster.refresh()
@@ -632,7 +650,7 @@ def _meet_and_wait(first: LocalNode, second: LocalNode) -> None:
 
 
 def test_a_formation_that_died_half_way_is_started_over(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     """What a `--cluster create` killed mid-way leaves: some slots assigned, some nodes met."""
     nodes.started(6)
@@ -651,7 +669,7 @@ def test_a_formation_that_died_half_way_is_started_over(
 
 
 def test_a_half_formed_cluster_holding_a_key_is_left_alone(
-    server: ProviderServer, provider_blob: str, nodes: LocalNodes
+    server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(6)
     first = nodes.nodes[0].client()

@@ -19,6 +19,7 @@ import pytest
 from redis.crc import key_slot
 
 from components.redis_node_files import PRESTOP_TIMEOUT_SECONDS, SCRIPTS_DIR
+from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from sandbox.processes import kill_session
 from testkit.redis_nodes import (
@@ -246,7 +247,7 @@ def test_probes_on_a_fresh_node_and_on_a_stopped_one(nodes: LocalNodes) -> None:
     assert readiness.returncode == 1
 
 
-def test_peer_recovery_gives_up_when_the_local_server_never_answers(tmp_path: Path) -> None:
+def test_peer_recovery_gives_up_when_the_local_server_never_answers(tmp_path: Path, engine: EngineBinaries) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "nodes.conf").write_text(
@@ -254,7 +255,8 @@ def test_peer_recovery_gives_up_when_the_local_server_never_answers(tmp_path: Pa
         f"{ID_B} 10.1.2.4:6379@16379 slave {ID_A} 0 0 1 connected\n"
     )
     env = {
-        "PATH": os.environ["PATH"],
+        "PATH": engine.search_path(),
+        "ENGINE_CLI": engine.engine.cli,
         "POD_IP": "127.0.10.254",
         "REDIS_PORT": "1",
         "REDIS_DATA_DIR": str(data),
@@ -513,18 +515,23 @@ def test_peer_recovery_repairs_two_replicas_that_lost_each_others_address(
         time.sleep(0.2)
     # Redis does not repair this by itself: each waits for the other to ping it. Every
     # node gets five rounds of gossip from each of its peers, and still nothing changes.
+    # Valkey 9 repairs it within those rounds; peer recovery must then find nothing to do.
     wait_gossip_rounds(cluster, rounds=5)
-    assert _peers_without_address(first) == [ids[second.pod]]
-    assert _peers_without_address(second) == [ids[first.pod]]
-    assert cluster_info(first)["cluster_state"] == "ok", "noaddr hides from cluster_state"
+    still_blind = bool(_peers_without_address(first) or _peers_without_address(second))
+    if nodes.binaries.engine.name == "redis":
+        assert _peers_without_address(first) == [ids[second.pod]]
+        assert _peers_without_address(second) == [ids[first.pod]]
+        assert cluster_info(first)["cluster_state"] == "ok", "noaddr hides from cluster_state"
 
     for node in cluster:
         node.peers = tuple(peer.ip for peer in cluster)
         node.write_files()
     recovery = first.run_script("peer-recovery.sh", env={"REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "30"}, timeout=60)
     assert recovery.returncode == 0, recovery.stdout
-    assert "sent CLUSTER MEET" in recovery.stdout, "a node with a noaddr peer called itself healthy"
+    if still_blind:
+        assert "sent CLUSTER MEET" in recovery.stdout, "a node with a noaddr peer called itself healthy"
     wait_cluster_ok(cluster, timeout=30)
+    assert _peers_without_address(first) == [] and _peers_without_address(second) == []
 
 
 def test_without_peers_all_pods_on_new_ips_stay_down_as_in_the_seed(

@@ -1,4 +1,4 @@
-"""The rendered redis.conf, unchanged but for its paths, runs a real redis-server."""
+"""The rendered redis.conf, unchanged but for its paths, runs a real server of the engine under test."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from components.redis_node_files import (
     render_auth_conf,
     render_redis_conf,
 )
-from components.stack_settings import StackSettings, parse_settings
+from components.stack_settings import StackSettings
+from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from testkit.redis_nodes import PASSWORD, LocalNodes, LoopbackAddresses
 
@@ -59,8 +60,8 @@ def _run_server(nodes: LocalNodes, settings: StackSettings) -> Server:
 
 
 @pytest.fixture
-def server(nodes: LocalNodes) -> Server:
-    return _run_server(nodes, parse_settings({}))
+def server(nodes: LocalNodes, engine_settings) -> Server:
+    return _run_server(nodes, engine_settings())
 
 
 def test_the_server_requires_the_password(server: Server) -> None:
@@ -124,8 +125,8 @@ def test_every_directive_is_in_effect(server: Server) -> None:
         {"memoryLimit": "4Gi", "memoryRequest": "2Gi", "maxmemoryPolicy": "volatile-ttl", "replicasPerShard": "2"},
     ],
 )
-def test_settings_reach_the_running_server(nodes: LocalNodes, config: dict[str, str]) -> None:
-    settings = parse_settings(config)
+def test_settings_reach_the_running_server(nodes: LocalNodes, engine_settings, config: dict[str, str]) -> None:
+    settings = engine_settings(**config)
     server = _run_server(nodes, settings)
     running = server.client().config_get("*")
     assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
@@ -133,31 +134,33 @@ def test_settings_reach_the_running_server(nodes: LocalNodes, config: dict[str, 
     assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
 
 
-def test_redis_refuses_inline_comments_which_is_why_the_file_has_none(
-    tmp_path: Path, loopback: LoopbackAddresses
+def test_the_server_refuses_inline_comments_which_is_why_the_file_has_none(
+    tmp_path: Path, loopback: LoopbackAddresses, engine: EngineBinaries, engine_settings
 ) -> None:
     ip = loopback.allocate()
     paths = _paths(tmp_path / "node")
-    conf_text = render_redis_conf(parse_settings({}), paths, bind_address=ip).replace(
+    conf_text = render_redis_conf(engine_settings(), paths, bind_address=ip).replace(
         "appendonly yes", "appendonly yes # replay on restart"
     )
     conf = Path(paths.conf_dir) / "redis.conf"
     conf.write_text(conf_text)
     (Path(paths.secret_dir) / "auth.conf").write_text(render_auth_conf(PASSWORD))
     result = subprocess.run(
-        ["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
+        [engine.server, str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
     )
     assert result.returncode != 0
     assert "appendonly" in result.stdout + result.stderr
 
 
-def test_without_the_secret_the_server_does_not_start_passwordless(tmp_path: Path, loopback: LoopbackAddresses) -> None:
+def test_without_the_secret_the_server_does_not_start_passwordless(
+    tmp_path: Path, loopback: LoopbackAddresses, engine: EngineBinaries, engine_settings
+) -> None:
     ip = loopback.allocate()
     paths = _paths(tmp_path / "node")
     conf = Path(paths.conf_dir) / "redis.conf"
-    conf.write_text(render_redis_conf(parse_settings({}), paths, bind_address=ip))
+    conf.write_text(render_redis_conf(engine_settings(), paths, bind_address=ip))
     result = subprocess.run(
-        ["redis-server", str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
+        [engine.server, str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
     )
     assert result.returncode != 0
     assert "auth.conf" in result.stdout + result.stderr

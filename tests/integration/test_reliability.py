@@ -47,6 +47,7 @@ from redis.crc import key_slot
 
 from cluster_logic.errors import BootstrapError
 from cluster_logic.model import parse_cluster_nodes
+from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import SandboxError
 from testkit.sandbox_support import (
     ManagedSandbox,
@@ -77,11 +78,11 @@ WARM_UP_WRITES = 50
 
 
 @pytest.fixture
-def make_sandbox(tmp_path: Path) -> Iterator[Callable[[int], ManagedSandbox]]:
+def make_sandbox(tmp_path: Path, engine: EngineBinaries) -> Iterator[Callable[[int], ManagedSandbox]]:
     created: list[ManagedSandbox] = []
 
     def make(octet: int) -> ManagedSandbox:
-        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet)
+        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet, engine=engine.engine.name)
         created.append(managed)
         return managed
 
@@ -570,7 +571,8 @@ def test_up_right_after_the_forming_process_was_killed(make_sandbox):
     managed = make_sandbox(KILLED_UP)
     sb = managed.sandbox
     forming = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--root", str(sb.root), "--third-octet", str(KILLED_UP), "up"],
+        [sys.executable, "-m", "sandbox", "--root", str(sb.root), "--third-octet", str(KILLED_UP), "up"]
+        + ["--engine", sb.engine],
         cwd=PROJECT_DIR,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

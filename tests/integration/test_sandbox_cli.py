@@ -26,6 +26,14 @@ def sandbox(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     )
 
 
+def state_version_lines(stdout: str) -> set[str]:
+    """The version column of the printed status table."""
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("pod "))
+    column = header.index("version")
+    return {line[column:].split()[0] for line in lines if line.startswith("redis-cluster-")}
+
+
 @pytest.fixture
 def root(tmp_path):
     root = tmp_path / "sandbox"
@@ -34,9 +42,12 @@ def root(tmp_path):
     sandbox(root, "down", "--purge", check=False)
 
 
-def test_up_forms_a_cluster_from_the_stack_files_and_records_it(root):
-    result = sandbox(root, "up")
+def test_up_forms_a_cluster_from_the_stack_files_and_records_it(root, engine):
+    result = sandbox(root, "up", "--engine", engine.engine.name)
     assert "cluster ok: 6 nodes" in result.stdout
+    # Which engine and release the pods run, as the user reads it.
+    assert f"engine: {engine.describe()}" in result.stdout
+    assert state_version_lines(result.stdout) == {".".join(map(str, engine.version))}
     state = json.loads((root / "cluster.json").read_text())
     assert oct((root / "cluster.json").stat().st_mode & 0o777) == "0o600"
     nodes = state["nodes"]
@@ -57,8 +68,8 @@ def test_up_forms_a_cluster_from_the_stack_files_and_records_it(root):
     assert (conf / "entrypoint.sh").read_text() == (PROJECT_DIR / "components/scripts/entrypoint.sh").read_text()
 
 
-def test_a_refused_shape_changes_nothing(root):
-    refused = sandbox(root, "up", "--shards", "2", check=False)
+def test_a_refused_shape_changes_nothing(root, engine):
+    refused = sandbox(root, "up", "--engine", engine.engine.name, "--shards", "2", check=False)
     assert refused.returncode != 0 and "shards" in refused.stderr
     assert not (root / "cluster.json").exists(), "a refused command leaves no state behind"
     # So nothing stands in the way of the next command.
@@ -66,8 +77,8 @@ def test_a_refused_shape_changes_nothing(root):
     assert "shards" not in status.stderr
 
 
-def test_status_kill_and_down_work_on_the_recorded_pids(root):
-    sandbox(root, "up")
+def test_status_kill_and_down_work_on_the_recorded_pids(root, engine):
+    sandbox(root, "up", "--engine", engine.engine.name)
     pids = [n["pid"] for n in json.loads((root / "cluster.json").read_text())["nodes"]]
     sandbox(root, "kill", "redis-cluster-4")
     assert not alive(pids[4])
@@ -81,11 +92,13 @@ def test_status_kill_and_down_work_on_the_recorded_pids(root):
     assert not root.exists()
 
 
-def test_unknown_pod_and_scale_in_get_clear_errors(root):
-    sandbox(root, "up")
+def test_unknown_pod_and_scale_in_get_clear_errors(root, engine):
+    sandbox(root, "up", "--engine", engine.engine.name)
     unknown = sandbox(root, "kill", "redis-cluster-9", check=False)
     assert unknown.returncode == 1 and "no pod 'redis-cluster-9'" in unknown.stderr
-    smaller = sandbox(root, "up", "--shards", "3", "--replicas-per-shard", "0", check=False)
+    smaller = sandbox(
+        root, "up", "--engine", engine.engine.name, "--shards", "3", "--replicas-per-shard", "0", check=False
+    )
     assert smaller.returncode == 1 and "scaling in is not supported" in smaller.stderr
 
 

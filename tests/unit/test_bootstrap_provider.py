@@ -4,6 +4,7 @@ outputs and errors, and that the provider pickles and imports the way the engine
 from __future__ import annotations
 
 import base64
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from cluster_logic.errors import BootstrapError, ForeignNodes, UnexpectedCluster
-from cluster_logic.transports.kubernetes_api import in_pod_redis_cli_argv
+from cluster_logic.transports.kubernetes_api import in_pod_cli_argv
 from components import cluster_bootstrap as cb
 from testkit.fake_transport import FakeTransport, SimulatedClock, formed_nodes, six_nodes
 
@@ -123,10 +124,33 @@ def test_a_broken_kubeconfig_is_not_quoted_in_the_error() -> None:
     assert "very-secret-token" not in str(failed.value) and failed.value.__cause__ is None
 
 
-def test_in_pod_argv_reads_the_password_inside_the_pod() -> None:
-    argv = in_pod_redis_cli_argv(["--cluster", "create", "10.0.0.1:6379"])
-    assert argv[:2] == ["sh", "-c"] and argv[3] == "/etc/redis-secret/password"
-    assert argv[4:] == ["--cluster", "create", "10.0.0.1:6379"]
+@pytest.mark.parametrize("cli", ["redis-cli", "valkey-cli"])
+def test_in_pod_argv_runs_the_engines_cli_with_the_password_read_inside_the_pod(tmp_path: Path, cli: str) -> None:
+    # What the pod's sh does with the exec request: a stand-in CLI reports its arguments
+    # and the variables each engine's CLI reads the password from.
+    secret = tmp_path / "password"
+    secret.write_text("pod-side-Passw0rd")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / cli).write_text('#!/bin/sh\necho "$0 $* REDISCLI_AUTH=$REDISCLI_AUTH VALKEYCLI_AUTH=$VALKEYCLI_AUTH"\n')
+    (bin_dir / cli).chmod(0o755)
+    argv = in_pod_cli_argv(["--cluster", "create", "10.0.0.1:6379"], cli, str(secret))
+    assert "pod-side-Passw0rd" not in " ".join(argv)
+    ran = subprocess.run(
+        ["dash" if shutil.which("dash") else "sh", *argv[1:]],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ran.stdout.split() == [
+        str(bin_dir / cli),
+        "--cluster",
+        "create",
+        "10.0.0.1:6379",
+        "REDISCLI_AUTH=pod-side-Passw0rd",
+        "VALKEYCLI_AUTH=pod-side-Passw0rd",
+    ]
 
 
 # -- how the engine loads it ------------------------------------------------------------

@@ -213,6 +213,18 @@ B_OWNS_REST = "B 10.0.0.2:6379@16379 myself,master - 0 0 2 connected 5461-16383"
             {},
             [("B", 6000)],
         ),
+        (
+            # Valkey 8+ copies a primary's marks to its replicas; a replica refuses SETSLOT.
+            "marks a replica mirrors from its master are not moves of their own",
+            [
+                A_OWNS_100,
+                B_OWNS_REST + " [100-<-A]",
+                "C 10.0.0.3:6379@16379 myself,slave B 0 0 2 connected [100-<-A]",
+                "D 10.0.0.4:6379@16379 myself,slave A 0 0 1 connected [100->-B]",
+            ],
+            {("A", "B"): [100]},
+            [],
+        ),
     ],
 )
 def test_plan_open_slots(case: str, own: list[str], moves: dict, stale: list) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from components import redis_node_files as files
+from components.engines import ENGINES, REDIS, VALKEY
 from components.redis_node_files import (
     POD_PATHS,
     PRESTOP_TIMEOUT_SECONDS,
@@ -180,7 +181,8 @@ def test_config_files_carry_redis_conf_the_scripts_and_peers() -> None:
 
 
 def test_script_environment_points_at_the_paths() -> None:
-    assert script_environment() == {
+    assert script_environment(REDIS) == {
+        "ENGINE_CLI": "redis-cli",
         "REDIS_PORT": "6379",
         "REDIS_DATA_DIR": "/data",
         "REDIS_CONF_DIR": "/conf",
@@ -191,20 +193,36 @@ def test_script_environment_points_at_the_paths() -> None:
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(files.PEER_RECOVERY_TIMEOUT_SECONDS),
         "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(files.PEER_RECOVERY_INTERVAL_SECONDS),
     }
-    other = script_environment(NodePaths("/c", "/s", "/d"))
+    other = script_environment(VALKEY, NodePaths("/c", "/s", "/d"))
     assert other["REDIS_PASSWORD_FILE"] == "/s/password" and other["REDIS_PEERS_FILE"] == "/c/peers"
+    assert other["ENGINE_CLI"] == "valkey-cli"
 
 
 def test_script_defaults_match_the_pod_environment() -> None:
-    """A script run without the environment (e.g. by hand in a pod) behaves the same."""
-    environment = script_environment(POD_PATHS)
+    """A script run without the environment (e.g. by hand in a pod) behaves the same; only
+    ENGINE_CLI has no default, as no one CLI suits both engines' images."""
+    environment = script_environment(REDIS, POD_PATHS)
     used = set()
     for name, text in script_files().items():
         for variable, default in re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", text):
             if variable in environment:
                 assert default == environment[variable], f"{name}: {variable} defaults to {default!r}"
                 used.add(variable)
+        assert "${ENGINE_CLI:-" not in text, f"{name} must not default ENGINE_CLI to one engine's CLI"
+        if "$ENGINE_CLI" in text:
+            assert re.search(r"^: \"\$\{ENGINE_CLI:\?", text, re.M), f"{name} calls $ENGINE_CLI without requiring it"
+            used.add("ENGINE_CLI")
     assert used == set(environment), f"variables no script reads: {set(environment) - used}"
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_scripts_call_the_engines_cli_from_the_environment(engine: str) -> None:
+    assert script_environment(ENGINES[engine])["ENGINE_CLI"] == ENGINES[engine].cli
+    for name, text in script_files().items():
+        # Code only: no comments, and not the message of the ENGINE_CLI requirement.
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines() if "${ENGINE_CLI:?" not in line)
+        # No script names one engine's CLI: the other's image does not ship it.
+        assert not re.search(r"\b(redis|valkey)-cli\b", code), f"{name} calls a CLI by name"
 
 
 def test_prestop_bound_leaves_the_grace_period_meaningful() -> None:
@@ -216,12 +234,15 @@ def test_scripts_are_posix_sh_and_never_put_the_password_in_argv() -> None:
         assert text.startswith("#!/bin/sh\n"), name
         for line in text.splitlines():
             code = line.split("#", 1)[0]
-            if "redis-cli" in code:
+            if "$ENGINE_CLI" in code:
                 assert not re.search(r"\s-a\s|--pass|--user|\bAUTH\b", code), f"{name}: {line.strip()}"
-        if "redis-cli" in text:
-            assert "export REDISCLI_AUTH" in text, f"{name} must pass the password through REDISCLI_AUTH"
+        if "$ENGINE_CLI" in text:
+            # redis-cli reads REDISCLI_AUTH, valkey-cli VALKEYCLI_AUTH.
+            assert re.search(r"^\s*export REDISCLI_AUTH VALKEYCLI_AUTH$", text, re.M), (
+                f"{name} must pass the password through REDISCLI_AUTH and VALKEYCLI_AUTH"
+            )
         # Nothing echoes the secret.
-        assert not re.search(r"echo[^\n]*REDISCLI_AUTH", text), name
+        assert not re.search(r"echo[^\n]*(REDIS|VALKEY)CLI_AUTH", text), name
 
 
 def test_shellcheck_passes_on_every_script() -> None:

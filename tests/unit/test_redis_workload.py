@@ -3,6 +3,7 @@
 import pytest
 
 from components import redis_node_files as files
+from components.engines import REDIS
 from tests.unit.conftest import build_stack, is_secret, reveal
 
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
@@ -70,13 +71,14 @@ def test_volume_claims_use_the_data_storage_class_sized_by_config():
 
 def test_container_runs_the_entrypoint_which_execs_redis_server(dev_stack):
     container = redis_container(dev_stack)
-    assert container["image"] == "redis:7.4.10-bookworm"
+    assert container["image"] == "redis:8.10.2-trixie" == REDIS.default_image
     assert container["command"] == ["sh", "/conf/entrypoint.sh"]
     assert container["args"] == ["redis-server", "/conf/redis.conf"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"client": 6379, "bus": 16379}
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    for name, value in files.script_environment(files.POD_PATHS).items():
+    assert env["ENGINE_CLI"]["value"] == "redis-cli"
+    for name, value in files.script_environment(REDIS, files.POD_PATHS).items():
         assert env[name]["value"] == value
 
 

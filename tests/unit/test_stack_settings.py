@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from components.engines import REDIS
 from components.stack_settings import (
     DEFAULT_CLUSTER_VERSION,
-    DEFAULT_REDIS_IMAGE,
     EBS_CSI_DRIVER_VERSIONS,
     SettingsError,
     load_stack_config,
@@ -89,12 +89,13 @@ BAD_VALUES = [
     ({"image": "redis latest"}, ["redis-eks:image", "pinned"]),
     ({"image": "redis"}, ["redis-eks:image", "'redis'", "exact version tag", "digest", "names no tag"]),
     ({"image": "redis:latest"}, ["redis-eks:image", "'redis:latest'", "exact version tag", "'latest' moves"]),
-    ({"image": "redis:7"}, ["redis-eks:image", "'redis:7'", "redis:7.4.10", "'7' moves"]),
+    ({"image": "redis:7"}, ["redis-eks:image", "'redis:7'", "redis:8.0.6", "'7' moves"]),
     ({"image": "redis:7.4"}, ["redis-eks:image", "'redis:7.4'", "'7.4' moves"]),
     ({"image": "redis:7.4-bookworm"}, ["redis-eks:image", "'7.4-bookworm' moves"]),
     ({"image": "redis:alpine"}, ["redis-eks:image", "'alpine' moves"]),
     ({"image": "registry.example.com:5000/redis"}, ["redis-eks:image", "names no tag"]),
     ({"image": "redis@sha256:abc123"}, ["redis-eks:image", "@sha256:<64 hex>"]),
+    ({"image": "redis@sha256:" + "0123456789abcdef" * 4}, ["redis-eks:image", "a digest alone"]),
     (
         {"publicAccessCidrs": '["0.0.0.0"]'},
         ["redis-eks:publicAccessCidrs", "'0.0.0.0'", "prefix notation", "0.0.0.0/0"],
@@ -170,14 +171,13 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, fragments
 
 
 GOOD_IMAGES = [
-    DEFAULT_REDIS_IMAGE,
+    REDIS.default_image,
     "redis:7.4.10",
     "redis:8.2.3-alpine",
     "redis:7.4.10-alpine3.21",
-    "redis@sha256:" + "0123456789abcdef" * 4,
     "redis:7.4.10-bookworm@sha256:" + "0123456789abcdef" * 4,
     "registry.example.com:5000/redis:7.4.10",
-    "registry.example.com:5000/team/redis@sha256:" + "0123456789abcdef" * 4,
+    "registry.example.com:5000/team/redis:8.0.6@sha256:" + "0123456789abcdef" * 4,
     "localhost:5000/redis:7.4.10",
     "public.ecr.aws/docker/library/redis:7.4.10-bookworm",
     "111122223333.dkr.ecr.eu-west-1.amazonaws.com/mirror/redis:7.4.10",
