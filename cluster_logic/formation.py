@@ -231,7 +231,10 @@ def close_open_slots(cluster: Cluster, deadline: Deadline) -> None:
             "open slots point at nodes outside this cluster; fix them with redis-cli --cluster fix first"
         )
     masters = [nodes[e.id] for e in cluster.reference_entries() if e.is_master and e.id in nodes]
-    mover = SlotMover(cluster.transport, {node: node_id for node_id, node in nodes.items()}, masters, deadline=deadline)
+    # Slots left open are finished the way they were started: MIGRATE, key by key.
+    mover = SlotMover(
+        cluster.transport, {node: node_id for node_id, node in nodes.items()}, masters, deadline=deadline, atomic=False
+    )
     try:
         mover.move_all([(nodes[s], nodes[t], slots) for (s, t), slots in plan.moves.items()])
     finally:

@@ -1,6 +1,8 @@
 """Live slot migration: moves slots between masters in redis-cli's safe order, several
 (source, target) pairs at once, a batch of keys per MIGRATE and a round of slots per
-pipeline, and never overwrites a key whose value differs on the two sides."""
+pipeline, and never overwrites a key whose value differs on the two sides; on an engine
+with atomic slot migration (Valkey 9: CLUSTER MIGRATESLOTS) the source streams the slots
+itself."""
 
 from __future__ import annotations
 
@@ -25,6 +27,28 @@ SLOTS_PER_ROUND = 64
 # Time a run keeps, after its last round of slots, for the cluster to settle: the mover
 # stops starting rounds when less than this (or a tenth of the budget) is left.
 SETTLE_RESERVE_SECONDS = 30.0
+# An atomic migration without a deadline of the run's own is given this long.
+ATOMIC_TIMEOUT_SECONDS = 600.0
+ATOMIC_POLL_SECONDS = 0.05
+# CLUSTER GETSLOTMIGRATIONS states that end a job.
+ATOMIC_DONE, ATOMIC_ENDED = "success", ("failed", "cancelled", "canceled")
+
+
+def atomic_job(entries: Sequence[Mapping[str, str]], known: set[str]) -> Optional[Mapping[str, str]]:
+    """The export job `CLUSTER MIGRATESLOTS` just started: the one entry of CLUSTER
+    GETSLOTMIGRATIONS that was not there before it (`known` holds the names seen then)."""
+    new = [e for e in entries if e.get("operation") == "EXPORT" and e.get("name") not in known]
+    return new[-1] if new else None
+
+
+def _as_text_map(entry: Any) -> dict[str, str]:
+    """One GETSLOTMIGRATIONS entry (a map, or a flat list of fields and values) as text."""
+    if isinstance(entry, (list, tuple)):
+        entry = dict(zip(entry[::2], entry[1::2]))
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+        for k, v in dict(entry).items()
+    }
 
 
 class SlotMover:
@@ -47,7 +71,11 @@ class SlotMover:
         migrate_timeout_ms: int = MIGRATE_TIMEOUT_MS,
         slots_per_round: int = SLOTS_PER_ROUND,
         deadline: Optional[Deadline] = None,
+        atomic: bool = True,
     ) -> None:
+        """`atomic`: use the engine's atomic slot migration where it has one and the slots
+        are plain (not left open, no keys on the target); closing slots an interrupted run
+        left open passes False."""
         self.transport = transport
         self.ids = dict(ids)
         self.masters = list(masters)
@@ -57,6 +85,8 @@ class SlotMover:
         self.deadline = deadline
         self.moved_keys = 0
         self._count_lock = threading.Lock()
+        self._atomic = atomic
+        self._atomic_sources: dict[NodeAddress, bool] = {}
 
     def move_all(self, moves: Sequence[tuple[NodeAddress, NodeAddress, Sequence[int]]]) -> None:
         moves = [m for m in moves if m[2]]
@@ -78,9 +108,72 @@ class SlotMover:
 
     def move_slots(self, source: NodeAddress, target: NodeAddress, slots: Sequence[int]) -> None:
         slots = list(slots)
+        if self._can_move_atomically(source, target, slots):
+            self._check_budget()
+            self.move_atomically(slots, source, target)
+            return
         for i in range(0, len(slots), self.slots_per_round):
             self._check_budget()
             self.move_round(slots[i : i + self.slots_per_round], source, target)
+
+    # -- atomic slot migration (Valkey 9) -----------------------------------------------
+
+    def _can_move_atomically(self, source: NodeAddress, target: NodeAddress, slots: Sequence[int]) -> bool:
+        if not self._atomic:
+            return False
+        if source not in self._atomic_sources:
+            try:
+                self.transport.client(source).execute_command("CLUSTER", "GETSLOTMIGRATIONS")
+                self._atomic_sources[source] = True
+            except redis.ResponseError:
+                # Redis: unknown subcommand. The MIGRATE path works on every engine.
+                self._atomic_sources[source] = False
+        if not self._atomic_sources[source]:
+            return False
+        # Keys the target holds in slots it does not own are a leftover that only the
+        # MIGRATE path judges key by key (never overwriting a different value).
+        counts = pipeline(self.transport.client(target), [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots])
+        return not any(counts)
+
+    def move_atomically(self, slots: Sequence[int], source: NodeAddress, target: NodeAddress) -> None:
+        """CLUSTER MIGRATESLOTS on the source, then its job followed until it ends. The
+        engine moves the slots as one: on failure (or a cancel when time runs out) every
+        one of them stays with the source."""
+        src = self.transport.client(source)
+        where = f"slots {format_ranges(slot_ranges(slots))} from {source.pod} to {target.pod}"
+        keys = sum(pipeline(src, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots]))
+        known = {e.get("name", "") for e in self._slot_migrations(src)}
+        ranges = [bound for pair in slot_ranges(slots) for bound in pair]
+        try:
+            src.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", *ranges, "NODE", self.ids[target])
+        except redis.RedisError as error:
+            raise BootstrapError(f"moving {where} failed: {short_error(error)}; nothing was moved") from None
+        ends = time.monotonic() + (self.deadline.remaining() if self.deadline else ATOMIC_TIMEOUT_SECONDS)
+        while True:
+            job = atomic_job(self._slot_migrations(src), known)
+            state = None if job is None else job.get("state")
+            if state == ATOMIC_DONE:
+                self._count(keys)
+                return
+            if state in ATOMIC_ENDED:
+                raise BootstrapError(
+                    f"moving {where} failed ({state}: {job.get('message') or 'no reason given'}); "
+                    "the slots stay with the source and the next update tries again"
+                )
+            if time.monotonic() > ends:
+                try:
+                    src.execute_command("CLUSTER", "CANCELSLOTMIGRATIONS", "ALL")
+                except redis.RedisError:
+                    pass
+                raise BootstrapError(
+                    f"the time budget ran out while moving {where}; the migration was cancelled, the slots "
+                    "stay with the source, and the next update continues"
+                )
+            time.sleep(ATOMIC_POLL_SECONDS)
+
+    @staticmethod
+    def _slot_migrations(client: Any) -> list[dict[str, str]]:
+        return [_as_text_map(entry) for entry in client.execute_command("CLUSTER", "GETSLOTMIGRATIONS") or []]
 
     def _check_budget(self) -> None:
         """A round is only started with time left for it and for the cluster to settle after;

@@ -352,8 +352,11 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
             if key == "accept_manual_change":
                 # Only a permission: setting or clearing it changes nothing on the nodes.
                 continue
-            new = news.get(key)
-            if _is_unknown(new) or _unwrap(olds.get(key)) != _unwrap(new):
+            new, old = news.get(key), olds.get(key)
+            if key == "engine" and not _is_unknown(new):
+                # Stacks from before the engine setting ran Redis: no engine is Redis.
+                old, new = _unwrap(old) or DEFAULT_ENGINE, _unwrap(new) or DEFAULT_ENGINE
+            if _is_unknown(new) or _unwrap(old) != _unwrap(new):
                 changed.append(key)
         replaces = [k for k in changed if k in REPLACE_FIELDS and olds.get(k) is not None]
         # Drift seen by refresh (a failed node, a lost replica, open slots) makes
@@ -477,7 +480,9 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
         return []
     old_version = image_version(old_image) if old_image else None
     refusal = change_refusal(old_engine, old_version, new_engine, new_version)
-    if refusal is None:
+    # An older image is let through once when the operator names it: an upgrade whose
+    # image never started (a bad tag, a crash loop) has written nothing to go back from.
+    if refusal is None or (old_engine == new_engine and f"image={new_image}" in accepted_changes(news)):
         return []
     key = "engine" if old_engine != new_engine else "image"
     value = new_engine if key == "engine" else new_image

@@ -99,12 +99,13 @@ def image_problems(engine: Engine, image: str) -> list[str]:
     named = image_engine(image)
     if named is None:
         return [
-            f"an image of the {engine.name} engine: its repository's last part must be "
+            f"an image of the {engine.name} engine, whose repository's last part is "
             f"{engine.name!r} (like {engine.default_image})"
         ]
     if named != engine.name:
         return [
-            f"a {named} image cannot run as engine {engine.name!r}; set engine to {named!r} or use a {engine.name} image"
+            f"an image of the {engine.name} engine, not a {named} image; set engine to {named!r} "
+            f"or use a {engine.name} image (like {engine.default_image})"
         ]
     version = image_version(image)
     if version is None:
@@ -114,7 +115,7 @@ def image_problems(engine: Engine, image: str) -> list[str]:
         ]
     if version[:2] < engine.oldest_line:
         oldest = ".".join(map(str, engine.oldest_line))
-        return [f"{engine.name} {oldest} or newer; {format_version(version)} is older than the product supports"]
+        return [f"{engine.name} {oldest} or newer, not {format_version(version)}"]
     return []
 
 
@@ -140,7 +141,8 @@ def change_refusal(
         return (
             f"the stack runs {old_engine} {format_version(old_version)} and cannot roll back to "
             f"{format_version(new_version)}: an older line is not guaranteed to load the AOF and RDB a newer one "
-            "wrote. Deploy a new stack at the older version and move the data over (docs/operations.md, "
-            "Changing the engine)"
+            "wrote. If no pod ever ran the newer release (its image never started), let this image through "
+            "once with acceptManualChange image=<this image>; otherwise deploy a new stack at the older "
+            "version and move the data over (docs/operations.md, Changing the engine)"
         )
     return None

@@ -136,12 +136,12 @@ def as_string_list(item_check):
     return parse
 
 
-_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|password)$")
+_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|password|image=\S+)$")
 
 
 def manual_change(item: str) -> None:
     if not _MANUAL_CHANGE.match(item):
-        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n> or password; {item!r} is not one")
+        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n>, password or image=<image>; {item!r} is not one")
 
 
 def subnet_id(item: str) -> None:

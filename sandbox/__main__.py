@@ -1,11 +1,11 @@
 """python -m sandbox <command>: the stack's Redis Cluster as local processes.
 
-up [--engine redis|valkey] [--shards 3] [--replicas-per-shard 1]
+up [--engine redis|valkey] [--binaries DIR] [--shards 3] [--replicas-per-shard 1]
                                            start the pods and form (or adopt, or scale out) the cluster
 status                                     each node's address, role, master, slots, link and keys
 kill <pod>                                 SIGKILL one pod, like a crashed container
 restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
-roll [--binaries DIR]                      a rolling update, pod by pod, onto another release's binaries
+roll [--binaries DIR]                      a rolling update, pod by pod, onto the engine's .engines/ release (or DIR's)
 down [--purge]                             stop every process; --purge deletes the data too
 """
 
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--engine", choices=tuple(ENGINES), help="redis or valkey (default: what the sandbox runs, or the stack's)"
     )
+    up.add_argument(
+        "--binaries",
+        type=Path,
+        help="a new sandbox only: a folder with another release of the engine's server and CLI, to roll from later",
+    )
     status = commands.add_parser("status", help="the state of every node")
     status.add_argument("--json", action="store_true")
     kill = commands.add_parser("kill", help="SIGKILL a pod")
@@ -50,14 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     restart.add_argument("--new-ip", action="store_true", help="come back on a new loopback address")
     roll = commands.add_parser("roll", help="a rolling update of every pod, as the StatefulSet runs one")
     roll.add_argument(
-        "--binaries", type=Path, help="a folder with the engine's server and CLI of another release (default: the same)"
+        "--binaries",
+        type=Path,
+        help="a folder with another release of the engine's server and CLI (default: .engines/)",
     )
     down = commands.add_parser("down", help="stop every process")
     down.add_argument("--purge", action="store_true", help="delete the data directories too")
     options = parser.parse_args(argv)
 
     engine = getattr(options, "engine", None)
-    sandbox = Sandbox(root=options.root, stack=options.stack, third_octet=options.third_octet, engine=engine)
+    initial = None
+    if options.command == "up" and options.binaries is not None:
+        initial = EngineBinaries(
+            ENGINES[engine or Sandbox(options.root, options.stack).stack_engine()], options.binaries.resolve()
+        )
+    sandbox = Sandbox(
+        root=options.root, stack=options.stack, third_octet=options.third_octet, engine=engine, binaries=initial
+    )
     try:
         if options.command == "up":
             topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout)

@@ -1,5 +1,5 @@
 """Where the sandbox, the tests and the benchmarks find an engine's server and CLI, and which
-release they are: the folder `tools/fetch-engines.sh` fills (`.engines/<engine>/bin`, the
+release they are: the folder `tools/fetch-engines.sh` fills (`.engines/current/<engine>/bin`, the
 lines the product deploys), else this machine's PATH."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Optional
 from components.engines import ENGINES, Engine, Version, format_version
 from components.stack_settings import PROJECT_DIR
 
-ENGINES_DIR = PROJECT_DIR / ".engines"
+# tools/fetch-engines.sh keeps the build in use behind this link.
+ENGINES_DIR = PROJECT_DIR / ".engines" / "current"
 
 # `Redis server v=8.0.6 sha=...`, `Valkey server v=9.1.2 sha=...`
 _BANNER = re.compile(r"^(Redis|Valkey) server v=(\d+)\.(\d+)\.(\d+)\b")
@@ -57,7 +58,10 @@ class EngineBinaries:
 
 @functools.cache
 def _server_version(server: str, engine: str) -> Version:
-    banner = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        banner = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError as error:
+        raise EngineNotFound(f"{server} does not run: {error}") from None
     match = _BANNER.match(banner)
     if match is None or match[1].lower() != engine:
         raise EngineNotFound(f"{server} --version says {banner!r}, not a {engine} server")

@@ -336,13 +336,14 @@ class Sandbox:
 
     def roll(self, binaries: Optional[EngineBinaries] = None, timeout: float = 120.0) -> None:
         """A rolling update as the StatefulSet runs one: from the highest ordinal down, each
-        pod through preStop and SIGTERM, started again (on `binaries`, another release of the
-        same engine, when given), and the next only once this one passes its readiness probe.
+        pod through preStop and SIGTERM, started again on `binaries` (default: the engine's
+        from .engines/, the line the stack deploys), and the next only once this one passes
+        its readiness probe.
         Another engine, or an older line, is refused before any pod stops, as the stack's
         guard refuses it."""
         state = self._require_state()
         current = state.binaries()
-        target = binaries or current
+        target = binaries or find_binaries(state.engine)
         refusal = change_refusal(state.engine, current.version, target.engine.name, target.version)
         if refusal is not None:
             raise SandboxError(refusal)

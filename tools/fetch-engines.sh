@@ -4,12 +4,14 @@
 # valkey-server/valkey-tools are downloaded through a private apt configuration, unpacked with
 # the libraries they link against (unstable's glibc is newer than bookworm's), and run through
 # the unpacked loader by one wrapper per binary:
-#   .engines/redis/bin/redis-server, .engines/redis/bin/redis-cli,
-#   .engines/valkey/bin/valkey-server, .engines/valkey/bin/valkey-cli.
+#   .engines/current/redis/bin/redis-server, .engines/current/redis/bin/redis-cli,
+#   .engines/current/valkey/bin/valkey-server, .engines/current/valkey/bin/valkey-cli.
 # Unstable's versions are not pinned (old ones leave its archive within days); instead
-# tests/unit/test_engines.py holds each binary's major.minor to its default image's. A folder
-# whose package versions still match what the archive serves is reused as it is; offline, a
-# engines_run folder is reused with a warning. Idempotent, POSIX sh.
+# tests/integration/test_engine_binaries.py holds each binary's major.minor to the line
+# components/engines.py tests. A folder whose package versions still match what the archive
+# serves is reused as it is; offline, a complete folder is reused with a warning. Each fetch
+# unpacks into a build folder of its own and then moves the `current` link at once, so an
+# interrupted run never leaves half a folder in use. Idempotent, POSIX sh; amd64 only.
 #
 # Usage: sh tools/fetch-engines.sh [folder]     (default: .engines beside tools/)
 # Environment: ENGINES_DEBIAN_MIRROR (http://deb.debian.org/debian).
@@ -21,6 +23,11 @@ mirror=${ENGINES_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 roots="redis-server redis-tools valkey-server valkey-tools"
 
+architecture=$(dpkg --print-architecture)
+if [ "$architecture" != amd64 ]; then
+    echo "fetch-engines: this machine is $architecture; the unpacked loader and libraries are amd64 only" >&2
+    exit 1
+fi
 mkdir -p "$target"
 target=$(cd "$target" && pwd)
 apt_dir="$target/apt"
@@ -46,14 +53,14 @@ apt_private() {
 
 engines_run() {
     for binary in redis/bin/redis-server redis/bin/redis-cli valkey/bin/valkey-server valkey/bin/valkey-cli; do
-        "$target/$binary" --version >/dev/null 2>&1 || return 1
+        "$target/current/$binary" --version >/dev/null 2>&1 || return 1
     done
 }
 
 if ! apt_private apt-get update >"$apt_dir/update.log" 2>&1; then
     if engines_run; then
         echo "fetch-engines: the Debian archive is out of reach; reusing $target as it is:" >&2
-        cat "$target/packages.txt" >&2
+        cat "$target/current/packages.txt" >&2
         exit 0
     fi
     cat "$apt_dir/update.log" >&2
@@ -76,9 +83,10 @@ for package in $roots; do
 "
 done
 
-if [ -f "$target/packages.txt" ] && [ "$(cat "$target/packages.txt")" = "$(printf "%s" "$wanted")" ] && engines_run; then
+if [ -f "$target/current/packages.txt" ] && [ "$(cat "$target/current/packages.txt")" = "$(printf "%s" "$wanted")" ] &&
+    engines_run; then
     echo "fetch-engines: $target is current:"
-    cat "$target/packages.txt"
+    cat "$target/current/packages.txt"
     exit 0
 fi
 
@@ -102,8 +110,17 @@ while [ -n "$pending" ]; do
     done
 done
 
-work="$target/unpack.new"
-rm -rf "$work"
+# Builds of earlier runs that never became current (interrupted) go first.
+in_use=""
+if [ -L "$target/current" ]; then
+    in_use="$target/$(readlink "$target/current")"
+fi
+for old in "$target"/build-*; do
+    [ -e "$old" ] || continue
+    [ "$old" = "$in_use" ] || rm -rf "$old"
+done
+build="build-$(date +%Y%m%d%H%M%S)-$$"
+work="$target/$build"
 mkdir -p "$work/debs" "$work/root"
 echo "fetch-engines: downloading$closure"
 # shellcheck disable=SC2086
@@ -112,8 +129,10 @@ for deb in "$work"/debs/*.deb; do
     dpkg-deb -x "$deb" "$work/root"
 done
 
-loader="$target/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-libraries="$target/root/usr/lib/x86_64-linux-gnu:$target/root/lib/x86_64-linux-gnu"
+rm -rf "$work/debs"
+# The wrappers name the build folder itself, which never moves: only `current` does.
+loader="$work/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+libraries="$work/root/usr/lib/x86_64-linux-gnu:$work/root/lib/x86_64-linux-gnu"
 for engine in redis valkey; do
     mkdir -p "$work/$engine/bin"
     for binary in "$engine-server" "$engine-cli"; do
@@ -122,23 +141,31 @@ for engine in redis valkey; do
         cat >"$work/$engine/bin/$binary" <<EOF
 #!/bin/sh
 # Written by tools/fetch-engines.sh: Debian unstable's $binary through its own loader.
-exec "$loader" --library-path "$libraries" "$target/root/usr/bin/$binary" "\$@"
+exec "$loader" --library-path "$libraries" "$work/root/usr/bin/$binary" "\$@"
 EOF
         chmod 0755 "$work/$engine/bin/$binary"
     done
 done
 
-# Swap the new folder in whole, so that an interrupted run never leaves half of one.
-rm -rf "$target/root" "$target/redis" "$target/valkey" "$target/packages.txt"
-mv "$work/root" "$target/root"
-mv "$work/redis" "$target/redis"
-mv "$work/valkey" "$target/valkey"
-rm -rf "$work"
-printf "%s" "$wanted" >"$target/packages.txt"
-engines_run || {
-    echo "fetch-engines: the unpacked binaries do not run" >&2
-    exit 1
-}
+printf "%s" "$wanted" >"$work/packages.txt"
+for binary in redis-server redis-cli; do
+    "$work/redis/bin/$binary" --version >/dev/null
+done
+for binary in valkey-server valkey-cli; do
+    "$work/valkey/bin/$binary" --version >/dev/null
+done
+# One rename moves `current` to the new build; the previous build goes after it.
+previous=""
+if [ -L "$target/current" ]; then
+    previous="$target/$(readlink "$target/current")"
+fi
+ln -sfn "$build" "$target/current.new"
+mv -T "$target/current.new" "$target/current"
+# Folders of the layout before `current` existed.
+rm -rf "$target/root" "$target/redis" "$target/valkey" "$target/packages.txt" "$target/unpack.new"
+if [ -n "$previous" ] && [ "$previous" != "$work" ]; then
+    rm -rf "$previous"
+fi
 for binary in redis/bin/redis-server valkey/bin/valkey-server; do
-    "$target/$binary" --version
+    "$target/current/$binary" --version
 done

@@ -102,12 +102,12 @@ IMAGE_PROBLEMS = [
     (REDIS, "111122223333.dkr.ecr.eu-west-1.amazonaws.com/mirror/redis:8.0.6@" + DIGEST, []),
     (VALKEY, "valkey/valkey:8.0.2", []),
     (VALKEY, "registry.example.com:5000/valkey:9.1.2", []),
-    (REDIS, "redis:6.2.14", ["redis 7.0 or newer", "6.2.14 is older"]),
-    (VALKEY, "valkey/valkey:7.2.5", ["valkey 8.0 or newer", "7.2.5 is older"]),
-    (REDIS, "valkey/valkey:9.1.2", ["a valkey image cannot run as engine 'redis'", "set engine to 'valkey'"]),
-    (VALKEY, "redis:8.0.6", ["a redis image cannot run as engine 'valkey'", "set engine to 'redis'"]),
-    (REDIS, "bitnami/redis-cluster:7.2.4", ["last part must be 'redis'", REDIS.default_image]),
-    (VALKEY, "valkey/valkey-bundle:8.1.0", ["last part must be 'valkey'", VALKEY.default_image]),
+    (REDIS, "redis:6.2.14", ["redis 7.0 or newer, not 6.2.14"]),
+    (VALKEY, "valkey/valkey:7.2.5", ["valkey 8.0 or newer, not 7.2.5"]),
+    (REDIS, "valkey/valkey:9.1.2", ["an image of the redis engine, not a valkey image", "set engine to 'valkey'"]),
+    (VALKEY, "redis:8.0.6", ["an image of the valkey engine, not a redis image", "set engine to 'redis'"]),
+    (REDIS, "bitnami/redis-cluster:7.2.4", ["repository's last part is 'redis'", REDIS.default_image]),
+    (VALKEY, "valkey/valkey-bundle:8.1.0", ["repository's last part is 'valkey'", VALKEY.default_image]),
     (REDIS, "redis@" + DIGEST, ["a tag that names the release", "@sha256:<64 hex>"]),
 ]
 
@@ -416,3 +416,34 @@ def test_the_program_runs_the_engines_server_cli_and_image(overrides, server: st
 def test_the_program_refuses_an_image_of_the_other_engine() -> None:
     with pytest.raises(SettingsError, match="redis-eks:engine"):
         render(image="valkey/valkey:9.1.2-trixie")
+
+
+def test_an_older_image_named_in_accept_manual_change_goes_through_once() -> None:
+    # An upgrade whose image never started (a bad tag): going back to the running release
+    # is let through when the operator names exactly that image, and only that one.
+    olds = stored_guard(image="redis:8.10.2-trixie")
+    back = guard_props(image="redis:8.6.1-trixie", accept_manual_change=["image=redis:8.6.1-trixie"])
+    assert check_failures(olds, back) == []
+    other = guard_props(image="redis:8.4.0-trixie", accept_manual_change=["image=redis:8.6.1-trixie"])
+    assert [prop for prop, _ in check_failures(olds, other)] == ["image"]
+    # Another engine is never let through: its data cannot be read.
+    switch = guard_props(
+        engine="valkey", image=VALKEY.default_image, accept_manual_change=[f"image={VALKEY.default_image}"]
+    )
+    assert [prop for prop, _ in check_failures(olds, switch)] == ["engine"]
+
+
+def test_accept_manual_change_takes_an_image() -> None:
+    settings = parse_settings({"acceptManualChange": '["image=redis:8.6.1-trixie"]'})
+    assert settings.accept_manual_change == ("image=redis:8.6.1-trixie",)
+
+
+@pytest.mark.parametrize("new_engine, changes", [("redis", False), (None, False), ("valkey", True)])
+def test_a_bootstrap_from_before_the_engine_setting_sees_redis_as_no_change(new_engine, changes: bool) -> None:
+    # Its stored state has no engine at all: that stack ran Redis, so `engine: redis` is
+    # no reason to run an update against the live cluster.
+    olds = {"shards": 3, "replicas_per_shard": 1, "password": PASSWORD, "transport": "direct", "state": "ok"}
+    olds["nodes"] = [{"pod": f"redis-cluster-{i}", "host": f"10.0.0.{i}"} for i in range(6)]
+    news = {key: value for key, value in olds.items() if key != "state"}
+    news["engine"] = new_engine
+    assert cb.ClusterBootstrapProvider().diff("id", olds, news).changes is changes
