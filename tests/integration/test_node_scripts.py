@@ -510,9 +510,15 @@ def test_peer_recovery_repairs_two_replicas_that_lost_each_others_address(
         replica.start()
     ids = {node.pod: myself(node).id for node in cluster}
     deadline = time.monotonic() + 20
-    while _peers_without_address(first) != [ids[second.pod]] or _peers_without_address(second) != [ids[first.pod]]:
-        assert time.monotonic() < deadline, f"{_peers_without_address(first)} {_peers_without_address(second)}"
+    blind = False
+    while not blind and time.monotonic() < deadline:
+        blind = _peers_without_address(first) == [ids[second.pod]] and _peers_without_address(second) == [
+            ids[first.pod]
+        ]
         time.sleep(0.2)
+    # Redis always gets there; Valkey 9 may repair it before it is ever seen.
+    if nodes.binaries.engine.name == "redis":
+        assert blind, f"{_peers_without_address(first)} {_peers_without_address(second)}"
     # Redis does not repair this by itself: each waits for the other to ping it. Every
     # node gets five rounds of gossip from each of its peers, and still nothing changes.
     # Valkey 9 repairs it within those rounds; peer recovery must then find nothing to do.
