@@ -50,10 +50,7 @@ ENGINES ?= redis valkey
 test: setup
 	@status=0; \
 	echo "$(PY) -m pytest tests/unit"; $(PY) -m pytest tests/unit || status=1; \
-	for engine in $(ENGINES); do \
-		echo "$(PY) -m pytest tests/integration --engine $$engine"; \
-		$(PY) -m pytest tests/integration --engine $$engine || status=1; \
-	done; \
+	$(MAKE) --no-print-directory integration ENGINES="$(ENGINES)" || status=1; \
 	exit $$status
 
 unit: setup

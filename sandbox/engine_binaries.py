@@ -47,7 +47,7 @@ class EngineBinaries:
         return _server_version(self.server, self.engine.name)
 
     def describe(self) -> str:
-        """`valkey 9.1.2 (/work/main/.engines/valkey/bin)`"""
+        """`valkey 9.1.2 (/work/main/.engines/current/valkey/bin)`"""
         return f"{self.engine.name} {format_version(self.version)} ({self.bin_dir})"
 
     def search_path(self, path: Optional[str] = None) -> str:
