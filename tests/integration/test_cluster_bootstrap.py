@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import grpc
 import pytest
+import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
@@ -53,7 +54,7 @@ from testkit.redis_nodes import (
     role,
     wait_replicas_in_sync,
 )
-from testkit.writers import Writer, write_keys
+from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
@@ -597,6 +598,46 @@ def test_busy_keys_are_never_overwritten_and_an_open_slot_is_resumed(nodes: Loca
         assert client.get("busy") == b"mine" and client.get("{busy}2") == b"only-on-source"
         assert count_keys(nodes.nodes) == 2
         client.close()
+
+
+def test_slots_move_atomically_where_the_engine_can(nodes: LocalNodes) -> None:
+    """Valkey 9 streams plain slots itself (CLUSTER MIGRATESLOTS); Redis has no such command
+    and moves them key by key. Either way every key arrives and the target owns the slots."""
+    nodes.started(6)
+    with nodes.transport() as transport:
+        ensure_cluster(transport, 3, 1, 30)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(nodes.nodes[0].ip, 6379)], password=PASSWORD, decode_responses=True
+        )
+        written = write_keys(client, "atomic", 3000)
+        cluster = Cluster(transport, transport.nodes)
+        cluster.refresh()
+        pods, by_pod = cluster.pod_of_id(), {n.pod: n for n in transport.nodes}
+        masters = sorted((e for e in cluster.reference_entries() if e.is_master), key=lambda e: e.slots[0][0])
+        source, target = by_pod[pods[masters[0].id]], by_pod[pods[masters[1].id]]
+        moving = list(range(0, 300))
+        mover = SlotMover(transport, {by_pod[pods[e.id]]: e.id for e in masters}, [by_pod[pods[e.id]] for e in masters])
+        mover.move_all([(source, target, moving)])
+
+        in_moved = sum(1 for key in written if key_slot(key.encode()) < 300)
+        assert mover.moved_keys == in_moved > 0
+        health.wait_converged(cluster, Deadline(30), 3, None)
+        owner = {e.id: e for e in cluster.reference_entries()}[masters[1].id]
+        assert all(any(a <= slot <= b for a, b in owner.slots) for slot in moving)
+        assert lost_keys(client, written) == []
+        jobs = [str(job) for job in _slot_migrations(transport.client(source))]
+        if nodes.binaries.engine.name == "valkey":
+            assert len(jobs) == 1 and "EXPORT" in jobs[0] and "0-299" in jobs[0] and "success" in jobs[0], jobs
+        else:
+            assert jobs == [], "Redis has no atomic slot migration"
+        client.close()
+
+
+def _slot_migrations(client: Any) -> list:
+    try:
+        return list(client.execute_command("CLUSTER", "GETSLOTMIGRATIONS") or [])
+    except redis.ResponseError:
+        return []
 
 
 # ---------------------------------------------------------------------------------------
