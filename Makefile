@@ -11,10 +11,10 @@ STAMP := $(VENV)/.requirements.stamp
 # checkout, every *.sh but those of .venv and .sandbox. $(wildcard) drops deleted files.
 SHELL_SCRIPTS := $(wildcard $(shell git ls-files --cached --others --exclude-standard -- '*.sh' 2>/dev/null))
 ifeq ($(strip $(SHELL_SCRIPTS)),)
-SHELL_SCRIPTS := $(shell find . \( -path ./.venv -o -path ./.sandbox -o -path ./.git \) -prune -o -name '*.sh' -type f -print | sort)
+SHELL_SCRIPTS := $(shell find . \( -path ./.venv -o -path ./.venv-scan -o -path ./.sandbox -o -path ./.git \) -prune -o -name '*.sh' -type f -print | sort)
 endif
 
-.PHONY: setup system-packages engines test unit integration lint golden render sandbox sandbox-down bench clean
+.PHONY: setup system-packages engines test unit integration lint scan golden render sandbox sandbox-down bench clean
 
 # Order-only: system-packages (python3-venv on a bare image) runs first, but never makes the
 # venv look out of date.
@@ -89,5 +89,11 @@ bench: setup
 	$(PY) -m benchmarks.bootstrap_benchmark
 	$(PY) -m benchmarks.reliability_benchmark
 
+# The auditor's Kubernetes scanner (checkov, pinned, in .venv-scan) on every golden render: a
+# finding not fixed or carried as a `checkov.io/skipN: CKV_K8S_XX=<reason>` annotation fails
+# it. `make unit` runs it too (tests/unit/test_manifest_scan.py).
+scan: system-packages
+	sh tools/scan-manifests.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .sandbox
+	rm -rf $(VENV) .venv-scan .pytest_cache .ruff_cache .sandbox

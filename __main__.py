@@ -28,6 +28,12 @@ pulumi.export("kubeconfig", platform.kubeconfig)
 pulumi.export("storageClassName", platform.storage_class_name)
 pulumi.export("namespace", redis_cluster.namespace)
 pulumi.export("redisPassword", redis_cluster.password)
+# name -> password of every user of the `users` setting (secret).
+pulumi.export("redisUserPasswords", redis_cluster.user_passwords)
+pulumi.export("redisTls", settings.tls)
+# The CA to verify the nodes against (public), when TLS is on with the stack's own CA; with
+# certManagerIssuer it is the issuer's CA (the Secret redis-cluster-tls, key ca.crt).
+pulumi.export("redisCaCertificate", redis_cluster.ca_certificate)
 pulumi.export(
     "redisConnection",
     pulumi.Output.format(

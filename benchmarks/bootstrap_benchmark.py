@@ -18,9 +18,12 @@ as in a pod) with a 2 s node timeout, started through the entrypoint. The runs a
 between the engines, so that a change in the machine's load spreads over both columns.
 The table at the end has a column per engine and valkey / redis.
 
+`--tls` runs every node with the stack's TLS on (TLS only: clients, replication, the cluster
+bus), the bootstrap and the CLI speaking TLS to them.
+
 Run from the project root:
   .venv/bin/python -m benchmarks.bootstrap_benchmark [--engines redis valkey] [--keys N]
-      [--repeats N] [--node-counts 6 30] [--skip-bootstrap] [--skip-scale]
+      [--repeats N] [--node-counts 6 30] [--skip-bootstrap] [--skip-scale] [--tls]
 Loopback only (locked addresses in 127.0.30.0/24 - 127.0.39.0/24); every server is
 stopped by pid.
 """
@@ -62,14 +65,17 @@ from testkit.redis_nodes import (
     LocalNodes,
     LoopbackAddresses,
     cli_environment,
+    cli_tls_args,
     count_keys,
+    fast_settings,
 )
 
 
-def engine_cli(binaries: EngineBinaries, *args: str, timeout: float = 600) -> None:
-    """The engine's own CLI (by its path), the password in the environment, never on argv."""
+def engine_cli(binaries: EngineBinaries, nodes: LocalNodes, *args: str, timeout: float = 600) -> None:
+    """The engine's own CLI (by its path) against `nodes` (over TLS when they speak it), the
+    password in the environment, never on argv."""
     done = subprocess.run(
-        [binaries.cli, *args],
+        [binaries.cli, *cli_tls_args(nodes.nodes[0]), *args],
         env=cli_environment(PASSWORD),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -83,12 +89,16 @@ def engine_cli(binaries: EngineBinaries, *args: str, timeout: float = 600) -> No
 
 
 @contextmanager
-def started_nodes(loopback: LoopbackAddresses, binaries: EngineBinaries, count: int) -> Iterator[LocalNodes]:
+def started_nodes(
+    loopback: LoopbackAddresses, binaries: EngineBinaries, count: int, tls: bool = False
+) -> Iterator[LocalNodes]:
     """`count` started nodes of the engine in a directory of their own, on addresses no
-    other set of the run had; afterwards every process is stopped and the data deleted."""
+    other set of the run had (TLS only with `tls`); afterwards every process is stopped and
+    the data deleted."""
+    settings = fast_settings(binaries.engine.name, tls="true" if tls else "false")
     with (
         tempfile.TemporaryDirectory(prefix=f"bootstrap-benchmark-{binaries.engine.name}-") as root,
-        LocalNodes(Path(root), loopback, binaries=binaries) as nodes,
+        LocalNodes(Path(root), loopback, settings=settings, binaries=binaries) as nodes,
     ):
         if nodes.settings.engine != binaries.engine.name:
             raise RuntimeError(f"nodes set up for {nodes.settings.engine}, not {binaries.engine.name}")
@@ -107,9 +117,11 @@ def wait_converged(nodes: LocalNodes, shards: int, timeout: float = 120) -> None
 # ---------------------------------------------------------------------------------------
 
 
-def bootstrap_once(loopback: LoopbackAddresses, binaries: EngineBinaries, count: int, use_bootstrap: bool) -> float:
+def bootstrap_once(
+    loopback: LoopbackAddresses, binaries: EngineBinaries, count: int, use_bootstrap: bool, tls: bool = False
+) -> float:
     shards = count // 2
-    with started_nodes(loopback, binaries, count) as nodes:
+    with started_nodes(loopback, binaries, count, tls) as nodes:
         started = time.monotonic()
         if use_bootstrap:
             with nodes.transport() as transport:
@@ -118,6 +130,7 @@ def bootstrap_once(loopback: LoopbackAddresses, binaries: EngineBinaries, count:
         else:
             engine_cli(
                 binaries,
+                nodes,
                 "--cluster",
                 "create",
                 *[f"{n.ip}:{n.port}" for n in nodes.nodes],
@@ -136,7 +149,11 @@ class BootstrapRuns:
 
 
 def bench_bootstrap(
-    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], counts: list[int], repeats: int
+    loopback: LoopbackAddresses,
+    engines: Mapping[str, EngineBinaries],
+    counts: list[int],
+    repeats: int,
+    tls: bool = False,
 ) -> dict[int, dict[str, BootstrapRuns]]:
     print("\n== Bootstrap: ready empty nodes -> converged cluster (1 replica per shard) ==", flush=True)
     results: dict[int, dict[str, BootstrapRuns]] = {}
@@ -145,8 +162,8 @@ def bench_bootstrap(
         for i in range(repeats):
             for name, binaries in engines.items():
                 runs = results[count][name]
-                runs.bare.append(bootstrap_once(loopback, binaries, count, use_bootstrap=False))
-                runs.ours.append(bootstrap_once(loopback, binaries, count, use_bootstrap=True))
+                runs.bare.append(bootstrap_once(loopback, binaries, count, use_bootstrap=False, tls=tls))
+                runs.ours.append(bootstrap_once(loopback, binaries, count, use_bootstrap=True, tls=tls))
                 print(
                     f"  {count} nodes, run {i + 1}, {name}: bootstrap {runs.ours[-1]:.2f}s, "
                     f"{binaries.engine.cli} create + sync wait {runs.bare[-1]:.2f}s",
@@ -271,8 +288,10 @@ class ScaleRun:
     load_seconds: float
 
 
-def scale_once(loopback: LoopbackAddresses, binaries: EngineBinaries, total: int, use_bootstrap: bool) -> ScaleRun:
-    with started_nodes(loopback, binaries, 8) as nodes:
+def scale_once(
+    loopback: LoopbackAddresses, binaries: EngineBinaries, total: int, use_bootstrap: bool, tls: bool = False
+) -> ScaleRun:
+    with started_nodes(loopback, binaries, 8, tls) as nodes:
         load_seconds = scale_setup(nodes, total)
         started = time.monotonic()
         if use_bootstrap:
@@ -280,21 +299,23 @@ def scale_once(loopback: LoopbackAddresses, binaries: EngineBinaries, total: int
                 cluster = Cluster(transport, transport.nodes)
                 formation.rebalance(cluster, 4, Deadline(300), masters=_masters(cluster))
         else:
-            engine_cli(binaries, "--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters")
+            engine_cli(
+                binaries, nodes, "--cluster", "rebalance", f"{nodes.nodes[0].ip}:6379", "--cluster-use-empty-masters"
+            )
             wait_converged(nodes, 4)
         seconds = time.monotonic() - started
         return ScaleRun(seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds)
 
 
 def bench_scale(
-    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
 ) -> dict[str, dict[str, ScaleRun]]:
     print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==", flush=True)
     results: dict[str, dict[str, ScaleRun]] = {}
     for name, binaries in engines.items():
         results[name] = {}
         for mover, use_bootstrap in (("bootstrap", True), ("cli", False)):
-            run = scale_once(loopback, binaries, total, use_bootstrap)
+            run = scale_once(loopback, binaries, total, use_bootstrap, tls)
             results[name][mover] = run
             label = "bootstrap" if use_bootstrap else f"{binaries.engine.cli} rebalance"
             print(
@@ -339,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-counts", type=int, nargs="+", default=[6, 30], help="bootstrap sizes (even)")
     parser.add_argument("--skip-bootstrap", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--tls", action="store_true", help="the nodes speak TLS only, as with the stack's `tls`")
     args = parser.parse_args(argv)
     if any(count < 6 or count % 2 for count in args.node_counts):
         parser.error("--node-counts: even numbers of at least 6 (3 shards, 1 replica each)")
@@ -346,12 +368,15 @@ def main(argv: list[str] | None = None) -> None:
     engines = engine_binaries(args.engines)
     for line in header_lines(engines.values()):
         print(line)
+    print(f"tls: {'on' if args.tls else 'off'}")
     rows: list[Row] = []
     with LoopbackAddresses(BENCHMARK_OCTETS) as loopback:
         if not args.skip_bootstrap:
-            rows += bootstrap_rows(bench_bootstrap(loopback, engines, args.node_counts, args.repeats), engines)
+            rows += bootstrap_rows(
+                bench_bootstrap(loopback, engines, args.node_counts, args.repeats, args.tls), engines
+            )
         if not args.skip_scale:
-            rows += scale_rows(bench_scale(loopback, engines, args.keys), engines, args.keys)
+            rows += scale_rows(bench_scale(loopback, engines, args.keys, args.tls), engines, args.keys)
     print(f"\nBootstrap and scale-out per engine (bootstrap: median of {args.repeats}):\n")
     print("\n".join(markdown_table(engines, rows)))
     print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")

@@ -33,9 +33,13 @@ machine, each sandbox running that engine's server and CLI (sandbox.engine_binar
 
 The table at the end has a column per engine and valkey / redis where a ratio means something.
 
+`--tls` runs every sandbox with TLS on (`Sandbox(tls=True)`): the writers, probes, hooks
+and the bootstrap all speak TLS.
+
 Run from the project root:
   .venv/bin/python -m benchmarks.reliability_benchmark [--engines redis valkey] [--repeats 3]
       [--pod-down-seconds 0 10] [--skip-failover] [--skip-seed] [--skip-rolling] [--skip-restart-all]
+      [--tls]
 Loopback only (127.0.50.0/24 - 127.0.54.0/24); every server is stopped by pid.
 """
 
@@ -105,6 +109,8 @@ class SeedTimeoutSandbox(Sandbox):
                 "memoryRequest": base.memory_request,
                 "maxmemoryPolicy": base.maxmemory_policy,
                 "engine": state.engine,
+                "namespace": base.namespace,
+                "tls": "true" if base.tls else "false",
             }
         )
         if seed != dataclasses.replace(base, node_timeout_ms=SEED_NODE_TIMEOUT_MS):
@@ -118,11 +124,16 @@ def node_timeout_in_conf(sb: Sandbox) -> int:
 
 
 def with_sandbox(
-    root: Path, octet: int, binaries: EngineBinaries, body: Callable[[Sandbox], T], cls: type = Sandbox
+    root: Path,
+    octet: int,
+    binaries: EngineBinaries,
+    body: Callable[[Sandbox], T],
+    cls: type = Sandbox,
+    tls: bool = False,
 ) -> T:
-    """`body` on a new sandbox of the engine (its settings' engine and these binaries),
-    stopped by pid afterwards whatever happened."""
-    sandbox = cls(root=root, stack="dev", third_octet=octet, engine=binaries.engine.name, binaries=binaries)
+    """`body` on a new sandbox of the engine (its settings' engine and these binaries; TLS
+    only with `tls`), stopped by pid afterwards whatever happened."""
+    sandbox = cls(root=root, stack="dev", third_octet=octet, engine=binaries.engine.name, binaries=binaries, tls=tls)
     managed = ManagedSandbox(root, octet, sandbox=sandbox)
     try:
         return body(check_engine(managed.sandbox, binaries))
@@ -352,7 +363,9 @@ def restart_all(sb: Sandbox, binaries: EngineBinaries, fresh: bool) -> RestartAl
 # ---------------------------------------------------------------------------------------
 
 
-def bench_failover(work: Path, engines: Mapping[str, EngineBinaries], repeats: int, seed: bool) -> list[Row]:
+def bench_failover(
+    work: Path, engines: Mapping[str, EngineBinaries], repeats: int, seed: bool, tls: bool = False
+) -> list[Row]:
     default: dict[str, list[float]] = {name: [] for name in engines}
     seeds: dict[str, list[float]] = {name: [] for name in engines}
     for i in range(repeats):
@@ -363,6 +376,7 @@ def bench_failover(work: Path, engines: Mapping[str, EngineBinaries], repeats: i
                     OCTET_DEFAULT,
                     binaries,
                     lambda sb, binaries=binaries: failover_outage(sb, binaries, 5000),
+                    tls=tls,
                 )
             )
             line = f"  failover run {i + 1}, {name}: default {default[name][-1]:.2f}s"
@@ -374,6 +388,7 @@ def bench_failover(work: Path, engines: Mapping[str, EngineBinaries], repeats: i
                         binaries,
                         lambda sb, binaries=binaries: failover_outage(sb, binaries, SEED_NODE_TIMEOUT_MS),
                         SeedTimeoutSandbox,
+                        tls=tls,
                     )
                 )
                 line += f", seed {seeds[name][-1]:.2f}s"
@@ -409,7 +424,9 @@ def rolling_cell(result: RollingResult) -> str:
     )
 
 
-def bench_rolling(work: Path, engines: Mapping[str, EngineBinaries], pod_downs: list[float]) -> list[Row]:
+def bench_rolling(
+    work: Path, engines: Mapping[str, EngineBinaries], pod_downs: list[float], tls: bool = False
+) -> list[Row]:
     rows = []
     for pod_down in pod_downs:
         for variant in (SIGTERM_ONLY, PRESTOP, NATIVE_FAILOVER):
@@ -426,6 +443,7 @@ def bench_rolling(work: Path, engines: Mapping[str, EngineBinaries], pod_downs: 
                     lambda sb, binaries=binaries, variant=variant, pod_down=pod_down: rolling_restart(
                         sb, binaries, variant, pod_down
                     ),
+                    tls=tls,
                 )
                 cells[name] = rolling_cell(result)
                 figures[name] = max(result.gaps.values())
@@ -444,7 +462,7 @@ def bench_rolling(work: Path, engines: Mapping[str, EngineBinaries], pod_downs: 
     return rows
 
 
-def bench_restart_all(work: Path, engines: Mapping[str, EngineBinaries], repeats: int) -> list[Row]:
+def bench_restart_all(work: Path, engines: Mapping[str, EngineBinaries], repeats: int, tls: bool = False) -> list[Row]:
     rows = []
     for fresh, octet, label in (
         (False, OCTET_RESTART, "`restart --all --new-ip`"),
@@ -458,6 +476,7 @@ def bench_restart_all(work: Path, engines: Mapping[str, EngineBinaries], repeats
                     octet,
                     binaries,
                     lambda sb, binaries=binaries, fresh=fresh: restart_all(sb, binaries, fresh),
+                    tls=tls,
                 )
                 results[name].append(r)
                 print(
@@ -500,19 +519,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-seed", action="store_true", help="no kill -9 runs with the seed's node timeout")
     parser.add_argument("--skip-rolling", action="store_true")
     parser.add_argument("--skip-restart-all", action="store_true")
+    parser.add_argument("--tls", action="store_true", help="every sandbox speaks TLS only (`up --tls`)")
     options = parser.parse_args(argv)
 
     engines = engine_binaries(options.engines)
     for line in header_lines(engines.values()):
         print(line)
+    print(f"tls: {'on' if options.tls else 'off'}")
     work = Path(tempfile.mkdtemp(prefix="reliability-benchmark-"))
     rows: list[Row] = []
     if not options.skip_failover:
-        rows += bench_failover(work, engines, options.repeats, seed=not options.skip_seed)
+        rows += bench_failover(work, engines, options.repeats, seed=not options.skip_seed, tls=options.tls)
     if not options.skip_rolling:
-        rows += bench_rolling(work, engines, options.pod_down_seconds)
+        rows += bench_rolling(work, engines, options.pod_down_seconds, tls=options.tls)
     if not options.skip_restart_all:
-        rows += bench_restart_all(work, engines, options.repeats)
+        rows += bench_restart_all(work, engines, options.repeats, tls=options.tls)
 
     print(
         f"\nReliability per engine (kill -9 and restart-all: median of {options.repeats}; "

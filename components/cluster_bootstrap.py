@@ -8,15 +8,22 @@ it in a separate process
 (`python -m pulumi.dynamic`) after unpickling it with dill; this module is pickled by
 reference, so it must import cleanly and create nothing at import time.
 
-Secrets: `password` and `kubeconfig` are secret inputs. `read` (refresh) only receives the
-stored outputs, so both are kept in the outputs too, always as secrets: wrapped in the
-wire's secret marker by the provider and listed in `additional_secret_outputs`.
+It also finishes a rotation of credentials (`cluster_logic.credentials`): the nodes took
+the new passwords before the Secret changed (`CredentialRotation`, beside this resource);
+once every node holds them, and after the grace period, the old ones are removed here.
+
+Secrets: `password`, `credentials` and `kubeconfig` are secret inputs. `read` (refresh)
+only receives the stored outputs, so they are kept in the outputs too, always as secrets:
+wrapped in the wire's secret marker by the provider and listed in `additional_secret_outputs`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -25,8 +32,17 @@ import pulumi
 import pulumi.dynamic
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from cluster_logic.credentials import (
+    ADMIN_USER,
+    Credential,
+    converge_credentials,
+    password_hash,
+    read_credentials,
+    wanted_credentials,
+)
 from cluster_logic.errors import BootstrapError, ForeignNodes, ScaleInRefused, UnexpectedCluster
 from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, image_version
@@ -37,7 +53,7 @@ log = logging.getLogger(__name__)
 TRANSPORTS = ("kubernetes", "direct")
 DEFAULT_READY_TIMEOUT = 600
 
-SECRET_FIELDS = ("password", "kubeconfig")
+SECRET_FIELDS = ("password", "kubeconfig", "credentials")
 INPUT_FIELDS = (
     "shards",
     "replicas_per_shard",
@@ -51,6 +67,10 @@ INPUT_FIELDS = (
     "ready_timeout_seconds",
     "accept_manual_change",
     "engine",
+    "credentials",
+    "tls_ca",
+    "tls_secret",
+    "rotation_grace_seconds",
 )
 # node_ids (node ID -> pod, for every ID the members list) outlives a pod's identity: after
 # a pod lost its volume, it is what ties the old ID, still listed as failed, to that pod.
@@ -76,6 +96,19 @@ class ClusterBootstrapArgs:
     accept_manual_change: pulumi.Input[Sequence[str]] = ()
     # Whose CLI forms the cluster inside the pods (redis-cli or valkey-cli).
     engine: str = DEFAULT_ENGINE
+    # secret: every user the nodes should hold, as `credentials_props` gives them; None:
+    # only the admin (`password`) and the replication user.
+    credentials: Optional[pulumi.Input[Sequence[Mapping[str, Any]]]] = None
+    # The cluster CA's certificate (PEM) when the nodes speak TLS only; or, with a CA the
+    # stack does not hold (cert-manager's issuer), the TLS Secret whose ca.crt it is.
+    tls_ca: Optional[pulumi.Input[str]] = None
+    tls_secret: Optional[pulumi.Input[str]] = None
+    # How long a replaced password keeps working before it is removed.
+    rotation_grace_seconds: pulumi.Input[int] = 0
+
+
+def credentials_props(credentials: Sequence[Credential]) -> list[dict[str, Any]]:
+    return [{"name": c.name, "passwords": list(c.passwords), "rules": list(c.rules)} for c in credentials]
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,23 +116,23 @@ class ClusterBootstrapArgs:
 # ---------------------------------------------------------------------------------------
 
 
-def _unwrap(value: Any) -> Any:
+def unwrap(value: Any) -> Any:
     from pulumi.runtime import rpc
 
     return rpc.unwrap_rpc_secret(value)
 
 
-def _secret(value: Any) -> Any:
+def as_secret(value: Any) -> Any:
     from pulumi.runtime import rpc
 
     return value if value is None else rpc.wrap_rpc_secret(value)
 
 
-def _is_unknown(value: Any) -> bool:
+def is_unknown(value: Any) -> bool:
     from pulumi.output import Unknown
     from pulumi.runtime import rpc
 
-    value = _unwrap(value)
+    value = unwrap(value)
     return isinstance(value, Unknown) or value == rpc.UNKNOWN
 
 
@@ -118,6 +151,10 @@ class BootstrapSpec:
     nodes: tuple[Mapping[str, Any], ...] = ()
     ready_timeout_seconds: int = DEFAULT_READY_TIMEOUT
     engine: str = DEFAULT_ENGINE
+    credentials: tuple[Credential, ...] = ()
+    tls_ca: Optional[str] = None
+    tls_secret: Optional[str] = None
+    rotation_grace_seconds: int = 0
 
     @property
     def pod_count(self) -> int:
@@ -131,7 +168,7 @@ class BootstrapSpec:
         failures = validate(props)
         if failures:
             raise ValueError("; ".join(f"{p}: {r}" for p, r in failures))
-        plain = {k: _unwrap(props.get(k)) for k in INPUT_FIELDS}
+        plain = {k: unwrap(props.get(k)) for k in INPUT_FIELDS}
         return cls(
             shards=int(plain["shards"]),
             replicas_per_shard=int(plain["replicas_per_shard"]),
@@ -145,7 +182,25 @@ class BootstrapSpec:
             ready_timeout_seconds=int(plain.get("ready_timeout_seconds") or DEFAULT_READY_TIMEOUT),
             # Stacks from before the engine setting ran Redis.
             engine=str(plain.get("engine") or DEFAULT_ENGINE),
+            credentials=_credentials(str(plain["password"]), plain.get("credentials")),
+            tls_ca=plain.get("tls_ca") or None,
+            tls_secret=plain.get("tls_secret") or None,
+            rotation_grace_seconds=int(plain.get("rotation_grace_seconds") or 0),
         )
+
+
+def _credentials(password: str, given: Any) -> tuple[Credential, ...]:
+    """The users the nodes should hold; stacks from before users had the admin password
+    and, now, the replication user derived from it."""
+    if not given:
+        return tuple(wanted_credentials(password))
+    found = tuple(
+        Credential(str(c["name"]), tuple(str(p) for p in c["passwords"]), tuple(str(r) for r in c["rules"]))
+        for c in given
+    )
+    if found[0].name != ADMIN_USER or password not in found[0].passwords:
+        raise ValueError("credentials: the first user must be the admin, with the password input")
+    return found
 
 
 def _whole(value: Any) -> Optional[int]:
@@ -163,10 +218,10 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     failures: list[tuple[str, str]] = []
 
     def get(key: str) -> Any:
-        return _unwrap(props.get(key))
+        return unwrap(props.get(key))
 
     def known(key: str) -> bool:
-        return not _is_unknown(props.get(key))
+        return not is_unknown(props.get(key))
 
     shards = _whole(get("shards")) if known("shards") else None
     if known("shards") and (shards is None or not MIN_SHARDS <= shards <= MAX_SHARDS):
@@ -179,6 +234,12 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     timeout = get("ready_timeout_seconds")
     if known("ready_timeout_seconds") and timeout is not None and (_whole(timeout) is None or _whole(timeout) < 1):
         failures.append(("ready_timeout_seconds", "expected a positive whole number of seconds"))
+    credentials = get("credentials")
+    if known("credentials") and credentials is not None and not _credentials_shape_ok(credentials):
+        failures.append(("credentials", "expected a list of {name, passwords, rules}, the admin (default) first"))
+    tls_ca = get("tls_ca")
+    if known("tls_ca") and tls_ca is not None and "BEGIN CERTIFICATE" not in str(tls_ca):
+        failures.append(("tls_ca", "expected the cluster CA's certificate in PEM"))
     if known("engine") and get("engine") is not None and get("engine") not in ENGINES:
         failures.append(("engine", "expected one of " + ", ".join(ENGINES)))
     transport = get("transport")
@@ -209,10 +270,25 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     return failures
 
 
+def _credentials_shape_ok(value: Any) -> bool:
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    for item in value:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            return False
+        if not isinstance(item.get("passwords"), (list, tuple)) or not item["passwords"]:
+            return False
+        if not all(isinstance(p, str) and p for p in item["passwords"]):
+            return False
+        if not isinstance(item.get("rules"), (list, tuple)):
+            return False
+    return value[0].get("name") == ADMIN_USER
+
+
 def accepted_changes(news: Mapping[str, Any]) -> set[str]:
     """What the operator's acceptManualChange names, e.g. {"shards=3", "password"}."""
-    accepted = _unwrap(news.get("accept_manual_change"))
-    if _is_unknown(accepted) or not isinstance(accepted, (list, tuple)):
+    accepted = unwrap(news.get("accept_manual_change"))
+    if is_unknown(accepted) or not isinstance(accepted, (list, tuple)):
         return set()
     return {str(item) for item in accepted}
 
@@ -250,13 +326,33 @@ def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[
     failures = []
     accepted = accepted_changes(news)
     for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
-        old, new = _unwrap(olds.get(key)), _unwrap(news.get(key))
-        if _is_unknown(old) or _is_unknown(new) or _whole(old) is None or _whole(new) is None:
+        old, new = unwrap(olds.get(key)), unwrap(news.get(key))
+        if is_unknown(old) or is_unknown(new) or _whole(old) is None or _whole(new) is None:
             continue
         # Only the very shape named: a value left set cannot let a later scale-in through.
         if _whole(new) < _whole(old) and f"{label}={_whole(new)}" not in accepted:
             failures.append((key, scale_in_message(_whole(old), _whole(new), label)))
     return failures
+
+
+@contextmanager
+def open_transport(spec: BootstrapSpec) -> Iterator[Any]:
+    """The transport to the nodes, closed at the end; with TLS, the CA in a file of its own
+    for as long as the transport lives (redis-py and the CLI read it from a file)."""
+    with tempfile.TemporaryDirectory(prefix="redis-eks-tls-") as scratch:
+        ca_file = os.path.join(scratch, "ca.crt")
+        transport = make_transport(spec)
+        try:
+            ca = spec.tls_ca
+            if not ca and spec.tls_secret and spec.transport == "kubernetes":
+                ca = transport.secret_value(spec.tls_secret, "ca.crt", spec.ready_timeout_seconds)
+            if ca:
+                with open(ca_file, "w") as handle:
+                    handle.write(ca)
+                transport.use_tls(TlsOptions(ca_file))
+            yield transport
+        finally:
+            transport.close()
 
 
 def make_transport(spec: BootstrapSpec) -> Any:
@@ -275,6 +371,85 @@ def make_transport(spec: BootstrapSpec) -> Any:
         raise ValueError(f"the kubeconfig input could not be loaded ({type(error).__name__})") from None
 
 
+def previous_passwords(olds: Mapping[str, Any], spec: BootstrapSpec) -> list[str]:
+    """The admin passwords of the last successful run that differ from the new one: what
+    a node that has not taken the new one yet still accepts."""
+    old = unwrap(olds.get("password"))
+    return [old] if isinstance(old, str) and old and old != spec.password else []
+
+
+def previous_credentials(olds: Mapping[str, Any]) -> list[Credential]:
+    """The users of the last successful run: their passwords stay valid until retired."""
+    password = unwrap(olds.get("password"))
+    if not isinstance(password, str) or not password:
+        return []
+    try:
+        return list(_credentials(password, unwrap(olds.get("credentials"))))
+    except (KeyError, TypeError, ValueError):
+        return list(wanted_credentials(password))
+
+
+def finish_rotation(
+    transport: Any,
+    spec: BootstrapSpec,
+    previous: Sequence[str],
+    deadline_at: float,
+    previous_users: Sequence[Credential] = (),
+) -> None:
+    """Makes every node hold exactly the wanted users: admits them where a node missed it
+    (it restarted with the old Secret, or was down), keeps the previous passwords valid
+    through the grace period (a pod that restarted from the new Secret gets them back),
+    waits until every pod's mounted Secret is the new one (its probes read it), then
+    retires the old passwords and users. A node that cannot be reached keeps what it has,
+    and refresh reports it (state "rotating")."""
+    report = converge_credentials(
+        transport, spec.pod_count, spec.credentials, previous, retire=False, also_accept=previous_users
+    )
+    if report.complete:
+        return
+    rotating = bool(previous) or any(report.pending.values())
+    if report.unreachable and not rotating:
+        # Nothing to take away: a pod out of reach now starts from the Secret anyway.
+        log.warning("users not checked on %s (unreachable)", ", ".join(report.unreachable))
+        return
+    if report.unreachable:
+        raise BootstrapError(
+            "cannot update the users of " + ", ".join(report.unreachable) + "; the previous passwords stay valid "
+            "until the next `pulumi up` reaches every pod"
+        )
+    grace = spec.rotation_grace_seconds
+    if time.monotonic() + grace > deadline_at:
+        raise BootstrapError(
+            f"the rotation's grace period ({grace}s) does not fit in bootstrapTimeoutSeconds; raise it"
+        )
+    log.info("both passwords are valid; the previous ones are removed in %ss", grace)
+    time.sleep(grace)
+    _wait_for_mounted_secret(transport, spec, deadline_at)
+    report = converge_credentials(transport, spec.pod_count, spec.credentials, previous, retire=True)
+    if not report.complete:
+        raise BootstrapError("the previous passwords could not be removed everywhere: " + "; ".join(report.problems()))
+
+
+def _wait_for_mounted_secret(transport: Any, spec: BootstrapSpec, deadline_at: float) -> None:
+    """Until every running pod's scripts read the new admin password: removing the old one
+    before would fail their probes (an empty Service) until the kubelet caught up."""
+    wanted = password_hash(spec.password)
+    while True:
+        lagging = [
+            node.pod
+            for node in transport.running_nodes(spec.pod_count)
+            if transport.mounted_password_hash(node) not in (None, wanted)
+        ]
+        if not lagging:
+            return
+        if time.monotonic() > deadline_at:
+            raise BootstrapError(
+                "the new Secret has not reached " + ", ".join(lagging) + " yet; the previous passwords stay "
+                "valid; run `pulumi up` again"
+            )
+        time.sleep(5)
+
+
 def resource_id(spec: BootstrapSpec) -> str:
     if spec.transport == "kubernetes":
         return f"kubernetes/{spec.namespace}/{spec.stateful_set_name}"
@@ -287,7 +462,7 @@ def _outputs(props: Mapping[str, Any], topology: Mapping[str, Any]) -> dict[str,
     outs = {k: props[k] for k in INPUT_FIELDS if props.get(k) is not None}
     for key in SECRET_FIELDS:
         if key in outs:
-            outs[key] = _secret(_unwrap(outs[key]))
+            outs[key] = as_secret(unwrap(outs[key]))
     for key in OUTPUT_FIELDS:
         outs[key] = topology.get(key)
     return outs
@@ -301,7 +476,7 @@ def scrub(message: str, secrets: Sequence[Optional[str]]) -> str:
 
 
 @contextmanager
-def _reported(*secrets: Optional[str]) -> Iterator[None]:
+def reported(*secrets: Optional[str]) -> Iterator[None]:
     """Re-raises a refusal of the cluster logic in this program's terms, and any failure
     whose message quotes a secret with the secret cut out (and without the original
     exception chained, which the provider server would print)."""
@@ -316,15 +491,19 @@ def _reported(*secrets: Optional[str]) -> Iterator[None]:
         raise RuntimeError(scrub(message, secrets)) from None
 
 
+def secrets_of(spec: BootstrapSpec) -> list[Optional[str]]:
+    return [spec.password, spec.kubeconfig, *(p for c in spec.credentials for p in c.passwords)]
+
+
 def _known_pods(props: Mapping[str, Any]) -> dict[str, str]:
     """Node ID -> pod from the stored outputs, to name nodes that are down now. node_ids
     (what each node said of itself) wins over the masters/replicas lists."""
     found = {}
     for group in ("masters", "replicas"):
-        for item in _unwrap(props.get(group)) or []:
+        for item in unwrap(props.get(group)) or []:
             if isinstance(item, Mapping) and item.get("id") and item.get("pod"):
                 found[str(item["id"])] = str(item["pod"])
-    node_ids = _unwrap(props.get("node_ids"))
+    node_ids = unwrap(props.get("node_ids"))
     if isinstance(node_ids, Mapping):
         found.update({str(k): str(v) for k, v in node_ids.items()})
     return found
@@ -353,10 +532,10 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
                 # Only a permission: setting or clearing it changes nothing on the nodes.
                 continue
             new, old = news.get(key), olds.get(key)
-            if key == "engine" and not _is_unknown(new):
+            if key == "engine" and not is_unknown(new):
                 # Stacks from before the engine setting ran Redis: no engine is Redis.
-                old, new = _unwrap(old) or DEFAULT_ENGINE, _unwrap(new) or DEFAULT_ENGINE
-            if _is_unknown(new) or _unwrap(old) != _unwrap(new):
+                old, new = unwrap(old) or DEFAULT_ENGINE, unwrap(new) or DEFAULT_ENGINE
+            if is_unknown(new) or unwrap(old) != unwrap(new):
                 changed.append(key)
         replaces = [k for k in changed if k in REPLACE_FIELDS and olds.get(k) is not None]
         # Drift seen by refresh (a failed node, a lost replica, open slots) makes
@@ -366,10 +545,12 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = BootstrapSpec.from_props(props)
-        with _reported(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+        started = time.monotonic()
+        with reported(*secrets_of(spec)), open_transport(spec) as transport:
             topology = ensure_cluster(
                 transport, spec.shards, spec.replicas_per_shard, spec.ready_timeout_seconds, mode="create"
             )
+            finish_rotation(transport, spec, [], started + spec.ready_timeout_seconds)
         return CreateResult(resource_id(spec), _outputs(props, topology))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -377,7 +558,16 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         if refused:
             raise BootstrapError(refused[0][1])
         spec = BootstrapSpec.from_props(news)
-        with _reported(spec.password, spec.kubeconfig), make_transport(spec) as transport:
+        started = time.monotonic()
+        previous = previous_passwords(olds, spec)
+        old_users = previous_credentials(olds)
+        old_secrets = [p for c in old_users for p in c.passwords]
+        with reported(*secrets_of(spec), *previous, *old_secrets), open_transport(spec) as transport:
+            # First every node takes the new users: a pod that restarted before the Secret
+            # changed knows only the old password, and the cluster logic logs in with the new.
+            converge_credentials(
+                transport, spec.pod_count, spec.credentials, previous, retire=False, also_accept=old_users
+            )
             topology = ensure_cluster(
                 transport,
                 spec.shards,
@@ -386,23 +576,32 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
                 mode="update",
                 known_pods=_known_pods(olds),
             )
+            finish_rotation(transport, spec, previous, started + spec.ready_timeout_seconds, previous_credentials(olds))
         return UpdateResult(_outputs(news, topology))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         spec = BootstrapSpec.from_props(props)
         try:
-            with make_transport(spec) as transport:
+            with open_transport(spec) as transport:
                 topology = read_topology(transport, spec.shards, spec.replicas_per_shard, _known_pods(props))
+                users = read_credentials(transport, spec.pod_count, spec.credentials)
+            pending = users.problems()
+            if pending:
+                # A half-finished rotation: old passwords or users still accepted somewhere.
+                # Any state but ok makes the next `pulumi up` update, which finishes it.
+                topology["problems"] = list(topology.get("problems") or []) + pending
+                if topology.get("state") == "ok":
+                    topology["state"] = "rotating"
         except Exception as error:  # noqa: BLE001 - refresh reports, it does not fail
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if scrub(message, (spec.password, spec.kubeconfig)) != message:
+            if scrub(message, secrets_of(spec)) != message:
                 message = type(error).__name__
             topology = {
                 "state": "unreachable",
                 "node_count": 0,
                 "masters": [],
                 "replicas": [],
-                "placement": _unwrap(props.get("placement")) or {},
+                "placement": unwrap(props.get("placement")) or {},
                 "problems": [f"cannot read the cluster: {message}"],
                 "node_ids": _known_pods(props),
             }
@@ -446,6 +645,10 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
             "ready_timeout_seconds": args.ready_timeout_seconds,
             "accept_manual_change": list(args.accept_manual_change),
             "engine": args.engine,
+            "credentials": None if args.credentials is None else pulumi.Output.secret(args.credentials),
+            "tls_ca": args.tls_ca,
+            "tls_secret": args.tls_secret,
+            "rotation_grace_seconds": args.rotation_grace_seconds,
         }
         props.update({key: None for key in OUTPUT_FIELDS})
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS)))
@@ -456,13 +659,11 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "password", "engine", "image")
-PASSWORD_CHANGE_MESSAGE = (
-    "the password of a running Redis Cluster cannot change through a deployment: pods that "
-    "restart with the new Secret could no longer talk to the others. Rotate it on the nodes "
-    "first (CONFIG SET requirepass and masterauth on every node, see docs/operations.md, Rotating the password), then "
-    "set the new password together with `redis-eks:acceptManualChange password` for that one "
-    "`pulumi up`, and remove the setting afterwards"
+GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls")
+TLS_CHANGE_MESSAGE = (
+    "redis-eks:tls cannot change on a running stack: pods roll one at a time, and a TLS pod "
+    "and a plaintext one cannot talk, so the cluster would split half way. Deploy a new "
+    "stack with the setting you want and move the data to it (docs/known-limits.md)"
 )
 
 
@@ -470,11 +671,11 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     """Another engine, or an older line of the same one, than the running pods'. A guard
     from before the engine setting held neither: that stack ran Redis, at a version it no
     longer says."""
-    if not olds.get("shards") or any(_is_unknown(news.get(key)) for key in ("engine", "image")):
+    if not olds.get("shards") or any(is_unknown(news.get(key)) for key in ("engine", "image")):
         return []
-    old_engine = _unwrap(olds.get("engine")) or DEFAULT_ENGINE
-    old_image = _unwrap(olds.get("image"))
-    new_engine, new_image = _unwrap(news.get("engine")) or DEFAULT_ENGINE, _unwrap(news.get("image"))
+    old_engine = unwrap(olds.get("engine")) or DEFAULT_ENGINE
+    old_image = unwrap(olds.get("image"))
+    new_engine, new_image = unwrap(news.get("engine")) or DEFAULT_ENGINE, unwrap(news.get("image"))
     new_version = image_version(new_image or "")
     if new_version is None:
         return []
@@ -490,32 +691,27 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
 
 
 def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Changes that must not reach the pods: fewer shards or replicas, a new password,
-    another engine or an older line of it."""
+    """Changes that must not reach the pods: fewer shards or replicas, another engine or an
+    older line of it. (A new password is rotated, see `CredentialRotation`.)"""
     failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
-    old_password, new_password = olds.get("password"), news.get("password")
-    if (
-        "password" not in accepted_changes(news)
-        and old_password is not None
-        and not _is_unknown(old_password)
-        and not _is_unknown(new_password)
-        and _unwrap(old_password) != _unwrap(new_password)
-    ):
-        failures.append(("password", PASSWORD_CHANGE_MESSAGE))
+    # A guard from before the setting ran without TLS.
+    old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
+    if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
+        failures.append(("tls", TLS_CHANGE_MESSAGE))
     return failures
 
 
 class ClusterChangeGuardProvider(pulumi.dynamic.ResourceProvider):
-    """Holds the cluster's shape and password, and fails `check` on a change that would
-    lose keys or split the cluster. The StatefulSet and the Secret depend on it, so the
-    refusal comes before they change, with or without a preview."""
+    """Holds the cluster's shape and engine, and fails `check` on a change that would lose
+    keys or split the cluster. The StatefulSet depends on it, so the refusal comes before
+    it changes, with or without a preview."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = unsafe_change_failures(olds or {}, news)
         return CheckResult(news, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in GUARD_FIELDS if _is_unknown(news.get(k)) or _unwrap(olds.get(k)) != _unwrap(news.get(k))]
+        changed = [k for k in GUARD_FIELDS if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))]
         return DiffResult(changes=bool(changed))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -529,34 +725,31 @@ class ClusterChangeGuardProvider(pulumi.dynamic.ResourceProvider):
 
 
 def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
-    outs = {key: props.get(key) for key in GUARD_FIELDS}
-    outs["password"] = _secret(_unwrap(outs["password"]))
-    return outs
+    return {key: props.get(key) for key in GUARD_FIELDS}
 
 
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
-    """Refuses scale-in and password changes before anything is changed, unless the
-    operator accepts one they made by hand (`accept_manual_change`), and refuses another
-    engine or an older line of it outright."""
+    """Refuses scale-in before anything is changed, unless the operator accepts one they
+    made by hand (`accept_manual_change`), and refuses another engine or an older line of
+    it (but for an image that never started, named in `accept_manual_change`)."""
 
     def __init__(
         self,
         resource_name: str,
         shards: pulumi.Input[int],
         replicas_per_shard: pulumi.Input[int],
-        password: pulumi.Input[str],
         accept_manual_change: pulumi.Input[Sequence[str]] = (),
         engine: str = DEFAULT_ENGINE,
         image: Optional[str] = None,
+        tls: bool = False,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
             "shards": shards,
             "replicas_per_shard": replicas_per_shard,
-            "password": pulumi.Output.secret(password),
             "accept_manual_change": list(accept_manual_change),
             "engine": engine,
             "image": image,
+            "tls": tls,
         }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

@@ -29,6 +29,39 @@ CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
 # host-network system pods can take the node role's credentials (docs/design.md, "Design
 # choices", explains why not 2 although the EBS CSI node plugin asks for it).
 IMDS_HOP_LIMIT = 1
+# The tag that marks a volume (or snapshot) as this cluster's: the StorageClass has the EBS CSI
+# driver put it on every volume it creates, and the driver's role may change only volumes that
+# carry it, with the cluster's name as its value. The driver's own marker (below) is the same
+# on every cluster's volumes in the account, so it cannot tell one cluster's from another's.
+CLUSTER_TAG_KEY = "redis-eks/cluster"
+EBS_CSI_MANAGED_TAG_KEY = "ebs.csi.aws.com/cluster"
+# EKS tags the instances of a managed node group with the cluster's name under this key.
+EKS_NODE_CLUSTER_TAG_KEY = "eks:cluster-name"
+# Using a KMS key for data keys, as EBS does on behalf of whoever creates or restores a volume.
+KMS_USE_ACTIONS = ("kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey")
+# Grants on the key, which EBS needs to attach a volume to an instance long after its creation.
+KMS_GRANT_ACTIONS = ("kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant")
+
+
+@dataclass(frozen=True)
+class AwsAccount:
+    """The account and region the stack deploys into, as key policies and IAM policies name them."""
+
+    partition: str
+    account_id: str
+    region: str
+    # "amazonaws.com", or "amazonaws.com.cn" in the China partition: the services' endpoints.
+    dns_suffix: str
+
+    @property
+    def root_arn(self) -> str:
+        """The account itself as a principal: in a key policy, it lets the account's IAM policies
+        grant access to the key (and nothing to any other account)."""
+        return f"arn:{self.partition}:iam::{self.account_id}:root"
+
+    def service_endpoint(self, service: str) -> str:
+        """What `kms:ViaService` holds when `service` calls KMS on a caller's behalf in this region."""
+        return f"{service}.{self.region}.{self.dns_suffix}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,9 @@ class EksPlatform(pulumi.ComponentResource):
             storage_class_depends_on = []
             volume_key_arn = None
             cluster_admins = []
+        # Volumes of a cluster built here carry its tag, without which its EBS CSI driver may
+        # not touch them; a cluster made elsewhere has its own driver and IAM.
+        cluster_tag = args.name if settings.platform == "eks" else None
 
         self.kubeconfig = pulumi.Output.secret(kubeconfig)
         self.cluster_name = cluster_name
@@ -85,7 +121,7 @@ class EksPlatform(pulumi.ComponentResource):
                 annotations={"storageclass.kubernetes.io/is-default-class": "false"},
             ),
             provisioner=settings.storage_provisioner,
-            parameters=_storage_parameters(settings, volume_key_arn),
+            parameters=_storage_parameters(settings, volume_key_arn, cluster_tag),
             # Redis data must outlive the claim and a `pulumi destroy`: volumes are removed
             # on purpose only (docs/operations.md, "Deleting data").
             reclaim_policy="Retain",
@@ -103,7 +139,15 @@ class EksPlatform(pulumi.ComponentResource):
         )
 
     def _build_eks(self, name: str, settings: StackSettings, child: pulumi.ResourceOptions):
-        partition = aws.get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self)).partition
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        aws_partition = aws.get_partition_output(opts=invoke)
+        partition = aws_partition.partition
+        account = pulumi.Output.all(
+            aws_partition.partition,
+            aws.get_caller_identity_output(opts=invoke).account_id,
+            aws.get_region_output(opts=invoke).region,
+            aws_partition.dns_suffix,
+        ).apply(lambda values: AwsAccount(*values))
 
         if settings.vpc_id:
             vpc_id: pulumi.Input[str] = settings.vpc_id
@@ -132,9 +176,14 @@ class EksPlatform(pulumi.ComponentResource):
             public_subnet_ids = vpc.public_subnet_ids
 
         # EKS takes a grant on this key with the permissions of whoever creates the cluster,
-        # so pulumi-eks's own cluster role needs no KMS policy of ours.
+        # so pulumi-eks's own cluster role needs no KMS policy of ours, and the key policy need
+        # not (and could not: that role is made inside eks.Cluster, which needs this key first)
+        # name it.
         secrets_key = _kms_key(
-            f"{name}-secrets-key", f"Envelope encryption of Kubernetes secrets in EKS cluster {name}", child
+            f"{name}-secrets-key",
+            f"Envelope encryption of Kubernetes secrets in EKS cluster {name}",
+            account.apply(secrets_key_policy),
+            child,
         )
         cluster = eks.Cluster(
             f"{name}-eks",
@@ -222,18 +271,6 @@ class EksPlatform(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, *node_policies]),
         )
 
-        volume_key_arn: pulumi.Input[str]
-        if settings.storage_kms_key_arn:
-            volume_key_arn = settings.storage_kms_key_arn
-        else:
-            # The volumes outlive `pulumi destroy` (reclaim policy Retain); their key must too,
-            # or they could never be read again.
-            volume_key_arn = _kms_key(
-                f"{name}-volumes-key",
-                f"Encryption of the Redis EBS volumes of EKS cluster {name}",
-                pulumi.ResourceOptions(parent=self, retain_on_delete=True),
-            ).arn
-
         ebs_csi_role = aws.iam.Role(
             f"{name}-ebs-csi-role",
             assume_role_policy=pulumi.Output.all(cluster.oidc_provider_arn, cluster.oidc_provider_url).apply(
@@ -241,14 +278,35 @@ class EksPlatform(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        ebs_csi_policy = aws.iam.RolePolicyAttachment(
-            f"{name}-ebs-csi-policy",
-            role=ebs_csi_role.name,
-            policy_arn=pulumi.Output.concat(
-                "arn:", partition, ":iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
-            ),
+        # In place of AWS's AmazonEBSCSIDriverPolicy, which lets the driver attach, detach,
+        # resize and snapshot any volume of the account: the same work, on this cluster's
+        # volumes and nodes only (ebs_csi_driver_policy).
+        ebs_csi_policy = aws.iam.RolePolicy(
+            f"{name}-ebs-csi-ec2",
+            role=ebs_csi_role.id,
+            policy=account.apply(lambda where: ebs_csi_driver_policy(where, name)),
             opts=child,
         )
+
+        volume_key_arn: pulumi.Input[str]
+        if settings.storage_kms_key_arn:
+            volume_key_arn = settings.storage_kms_key_arn
+        else:
+            # The key policy names the driver's role by its ARN, so the key comes after the
+            # role. That makes no cycle: the role depends on the cluster (its OIDC provider)
+            # only, and what depends on the key (the role's KMS policy, the StorageClass) is
+            # separate from the role. A role named in advance (an ARN built from a fixed name)
+            # would let the key go first, but KMS refuses a policy naming a role that does not
+            # exist yet (the AWS provider retries while a new role becomes visible to KMS), so
+            # the order would be needed anyway.
+            # The volumes outlive `pulumi destroy` (reclaim policy Retain); their key must too,
+            # or they could never be read again.
+            volume_key_arn = _kms_key(
+                f"{name}-volumes-key",
+                f"Encryption of the Redis EBS volumes of EKS cluster {name}",
+                pulumi.Output.all(account, ebs_csi_role.arn).apply(lambda values: volume_key_policy(*values)),
+                pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            ).arn
         ebs_csi_kms = aws.iam.RolePolicy(
             f"{name}-ebs-csi-kms",
             role=ebs_csi_role.id,
@@ -303,9 +361,203 @@ class EksPlatform(pulumi.ComponentResource):
         return admins
 
 
-def _kms_key(name: str, description: str, opts: pulumi.ResourceOptions) -> aws.kms.Key:
+def _kms_key(name: str, description: str, policy: pulumi.Input[str], opts: pulumi.ResourceOptions) -> aws.kms.Key:
     # A month to notice and cancel a deletion: losing the key loses the data it encrypts.
-    return aws.kms.Key(name, description=description, enable_key_rotation=True, deletion_window_in_days=30, opts=opts)
+    return aws.kms.Key(
+        name,
+        description=description,
+        enable_key_rotation=True,
+        deletion_window_in_days=30,
+        policy=policy,
+        opts=opts,
+    )
+
+
+def _key_administration(account: AwsAccount) -> dict:
+    """The account keeps full control of its key, through its IAM policies.
+
+    KMS gives nobody access to a key that its policy does not name, not even the account's
+    own administrators; without this statement no IAM policy can reach the key, and once its
+    named principals are gone the key (and every volume or secret it encrypts) can only be
+    recovered through AWS Support. It names this account and no other; who in the account
+    may use the key is then up to IAM."""
+    return {
+        "Sid": "AccountAdministersTheKey",
+        "Effect": "Allow",
+        "Principal": {"AWS": account.root_arn},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
+
+
+def secrets_key_policy(account: AwsAccount) -> str:
+    """The key policy of the Kubernetes secrets key: the account, and use through EKS.
+
+    The cluster role that encrypts and decrypts never appears: EKS has the cluster's creator
+    create a grant for it, through EKS, when the cluster is created. (The administration
+    statement lets IAM grant more; this one names the use the stack expects.)"""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                _key_administration(account),
+                {
+                    "Sid": "AccountUsesTheKeyThroughEksOnly",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": account.root_arn},
+                    "Action": [*KMS_USE_ACTIONS, "kms:CreateGrant"],
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEquals": {
+                            "kms:ViaService": account.service_endpoint("eks"),
+                            "kms:CallerAccount": account.account_id,
+                        }
+                    },
+                },
+            ],
+        }
+    )
+
+
+def volume_key_policy(account: AwsAccount, ebs_csi_role_arn: str) -> str:
+    """The key policy of the volumes key: the account, the EBS CSI driver's role, and EC2.
+
+    The driver's role encrypts new volumes and lets EBS hold grants (to attach a volume to an
+    instance later); the role's own IAM policy (ebs_volume_key_policy) says the same from
+    the role's side. The account's principals may use it through EC2, e.g. an operator
+    restoring a retained volume or its snapshot. (The administration statement lets IAM
+    grant more; the statements here name the uses the stack expects.)"""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                _key_administration(account),
+                {
+                    "Sid": "EbsCsiDriverUsesTheKey",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ebs_csi_role_arn},
+                    "Action": list(KMS_USE_ACTIONS),
+                    "Resource": "*",
+                },
+                {
+                    "Sid": "EbsCsiDriverGrantsToEbsOnly",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ebs_csi_role_arn},
+                    "Action": list(KMS_GRANT_ACTIONS),
+                    "Resource": "*",
+                    "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                },
+                {
+                    "Sid": "AccountUsesTheKeyThroughEc2Only",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": account.root_arn},
+                    "Action": [*KMS_USE_ACTIONS, "kms:CreateGrant"],
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEquals": {
+                            "kms:ViaService": account.service_endpoint("ec2"),
+                            "kms:CallerAccount": account.account_id,
+                        }
+                    },
+                },
+            ],
+        }
+    )
+
+
+def ebs_csi_driver_policy(account: AwsAccount, cluster_name: str) -> str:
+    """What the EBS CSI controller may do in EC2: AWS's AmazonEBSCSIDriverPolicy, limited to
+    this cluster's volumes, snapshots and nodes in this region.
+
+    A volume or snapshot is this cluster's when it carries both the driver's marker
+    (`ebs.csi.aws.com/cluster=true`, on everything any EBS CSI driver creates) and ours
+    (`redis-eks/cluster=<cluster name>`, which the StorageClass has the driver add). The
+    driver may create a volume or a snapshot only with both tags in the request, tag only at
+    creation (so it cannot mark another cluster's volume as its own), and attach or detach
+    only to instances that EKS tagged as this cluster's nodes. Shaped on AWS's own
+    AmazonEBSCSIDriverEKSClusterScopedPolicy, with a tag of ours in place of the
+    `ebs.csi.aws.com/cluster-name` tag, which the add-on sets only when started with
+    `--k8s-tag-cluster-id`.
+
+    Left out, as this stack uses none of them: copying volumes (a PVC cloned from a PVC),
+    changing tags after creation (a VolumeAttributesClass), fast snapshot restore and
+    snapshot locks. Snapshots need a VolumeSnapshotClass with
+    `tagSpecification_1: redis-eks/cluster=<cluster name>`; the stack ships none.
+    """
+    arn = f"arn:{account.partition}:ec2:{account.region}"
+    volumes = f"{arn}:{account.account_id}:volume/*"
+    instances = f"{arn}:{account.account_id}:instance/*"
+    # Snapshot ARNs have no account field (arn:aws:ec2:<region>::snapshot/snap-...).
+    snapshots = f"{arn}:*:snapshot/*"
+    requested_ours = {
+        "StringEquals": {
+            f"aws:RequestTag/{EBS_CSI_MANAGED_TAG_KEY}": "true",
+            f"aws:RequestTag/{CLUSTER_TAG_KEY}": cluster_name,
+        }
+    }
+    ours = {
+        "StringEquals": {
+            f"ec2:ResourceTag/{EBS_CSI_MANAGED_TAG_KEY}": "true",
+            f"ec2:ResourceTag/{CLUSTER_TAG_KEY}": cluster_name,
+        }
+    }
+
+    def allow(sid: str, actions: list[str], resource, condition: Optional[dict] = None) -> dict:
+        statement = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource}
+        if condition:
+            statement["Condition"] = condition
+        return statement
+
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                # EC2's Describe actions take no resource and no tag condition: "*" or nothing.
+                allow(
+                    "Describe",
+                    [
+                        "ec2:DescribeAvailabilityZones",
+                        "ec2:DescribeInstances",
+                        "ec2:DescribeInstanceTypes",
+                        "ec2:DescribeSnapshots",
+                        "ec2:DescribeTags",
+                        "ec2:DescribeVolumes",
+                        "ec2:DescribeVolumesModifications",
+                        "ec2:DescribeVolumeStatus",
+                    ],
+                    "*",
+                ),
+                # A new volume has no tags to test yet: the request's tags are tested instead.
+                allow("CreateVolumesTaggedAsOurs", ["ec2:CreateVolume"], volumes, requested_ours),
+                # Creating a volume from a snapshot authorises the snapshot too: ours only.
+                allow("CreateVolumesFromOurSnapshots", ["ec2:CreateVolume"], snapshots, ours),
+                allow(
+                    "ChangeOurVolumes",
+                    ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyVolume", "ec2:DeleteVolume"],
+                    volumes,
+                    ours,
+                ),
+                # Attaching and detaching authorise the instance as well as the volume.
+                allow(
+                    "AttachToOurNodesOnly",
+                    ["ec2:AttachVolume", "ec2:DetachVolume"],
+                    instances,
+                    {"StringEquals": {f"ec2:ResourceTag/{EKS_NODE_CLUSTER_TAG_KEY}": cluster_name}},
+                ),
+                allow("SnapshotOurVolumes", ["ec2:CreateSnapshot"], volumes, ours),
+                allow("CreateSnapshotsTaggedAsOurs", ["ec2:CreateSnapshot"], snapshots, requested_ours),
+                allow("DeleteOurSnapshots", ["ec2:DeleteSnapshot"], snapshots, ours),
+                # Tags go on in the same call that creates a volume or snapshot (the tags
+                # tested above); a later CreateTags could make another cluster's volume ours.
+                allow(
+                    "TagOnlyWhenCreating",
+                    ["ec2:CreateTags"],
+                    [volumes, snapshots],
+                    {"StringEquals": {"ec2:CreateAction": ["CreateVolume", "CreateSnapshot"]}},
+                ),
+            ],
+        }
+    )
 
 
 def _service_trust_policy(service: str) -> str:
@@ -368,7 +620,9 @@ def ebs_volume_key_policy(key_arn: str) -> str:
     )
 
 
-def _storage_parameters(settings: StackSettings, volume_key_arn: Optional[pulumi.Input[str]]):
+def _storage_parameters(
+    settings: StackSettings, volume_key_arn: Optional[pulumi.Input[str]], cluster_tag: Optional[str]
+):
     if settings.storage_provisioner != EBS_PROVISIONER:
         return None
     parameters: dict[str, pulumi.Input[str]] = {
@@ -382,4 +636,9 @@ def _storage_parameters(settings: StackSettings, volume_key_arn: Optional[pulumi
         parameters["kmsKeyId"] = volume_key_arn
     elif settings.storage_kms_key_arn:
         parameters["kmsKeyId"] = settings.storage_kms_key_arn
+    if cluster_tag is not None:
+        # The tag that the driver's role requires on every volume it creates or changes
+        # (ebs_csi_driver_policy). Kubernetes does not let a StorageClass's parameters
+        # change: a new value here replaces the StorageClass (its bound volumes keep working).
+        parameters["tagSpecification_1"] = f"{CLUSTER_TAG_KEY}={cluster_tag}"
     return parameters

@@ -1,9 +1,11 @@
-"""The files every Redis pod runs: redis.conf, auth.conf, the peers list and the scripts.
+"""The files every Redis pod runs: redis.conf, the users' ACL file, auth.conf, the peers
+list and the scripts.
 
-Plain functions with no Pulumi in them, so the Kubernetes component (ConfigMap, Secret,
+Plain functions with no Pulumi in them, so the Kubernetes component (ConfigMap, Secrets,
 StatefulSet) and the local sandbox (`sandbox.local_nodes`) render exactly the same files.
-Only the paths differ: a pod reads /conf, /etc/redis-secret and /data; a sandbox node reads
-directories of its own, and the scripts learn them from `script_environment(paths)`.
+Only the paths differ: a pod reads /conf, /etc/redis-secret, /etc/redis-tls and /data; a
+sandbox node reads directories of its own, and the scripts learn them from
+`script_environment(paths)`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from cluster_logic.credentials import (
+    ADMIN_USER,
+    REPLICATION_RULES,
+    Credential,
+    UserAccess,
+    render_acl_file,
+    render_masterauth,
+    wanted_credentials,
+)
 from components.engines import Engine
 from components.stack_settings import StackSettings
 
@@ -23,8 +34,9 @@ class NodePaths:
     """Where a pod (or a sandbox node) finds things."""
 
     conf_dir: str = "/conf"  # ConfigMap mount: redis.conf, the scripts, `peers`
-    secret_dir: str = "/etc/redis-secret"  # Secret mount: `password` and `auth.conf`
+    secret_dir: str = "/etc/redis-secret"  # Secret mount: `password`, `users.acl`, `auth.conf`
     data_dir: str = "/data"  # PVC: nodes.conf, AOF
+    tls_dir: str = "/etc/redis-tls"  # TLS Secret mount: tls.crt, tls.key, ca.crt
 
 
 POD_PATHS = NodePaths()
@@ -36,7 +48,12 @@ BUS_PORT = REDIS_PORT + 10000
 REDIS_CONF_FILE = "redis.conf"
 PEERS_FILE = "peers"
 PASSWORD_FILE = "password"
+ACL_FILE = "users.acl"
 AUTH_CONF_FILE = "auth.conf"
+# The layout of a kubernetes.io/tls Secret with its CA, as cert-manager writes it too.
+TLS_CERT_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
+TLS_CA_FILE = "ca.crt"
 NODES_CONF_FILE = "nodes.conf"
 
 SCRIPT_NAMES: tuple[str, ...] = (
@@ -87,15 +104,19 @@ def _whole_mib(value: int) -> int:
 
 
 def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bind_address: Optional[str] = None) -> str:
-    """redis.conf for one node. No password in it: that comes from the included auth.conf."""
+    """redis.conf for one node. No password in it: the users come from the ACL file, the
+    replicas' login from the included auth.conf, both in the Secret."""
     limit = settings.memory_limit_bytes
     replica_hard = _whole_mib(limit * REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT // 100)
     replica_soft = _whole_mib(limit * REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT // 100)
     lines: list[str] = [
         "# Rendered by components/redis_node_files.py; edit that, not this file.",
         "# Redis rejects comments after a value, so every comment sits on a line of its own.",
-        f"port {REDIS_PORT}",
     ]
+    if settings.tls:
+        lines += _tls_lines(paths)
+    else:
+        lines.append(f"port {REDIS_PORT}")
     if bind_address is not None:
         lines += [
             "# Sandbox only: each node owns one loopback address, and its cluster-bus connections",
@@ -104,7 +125,7 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
             f"bind-source-addr {bind_address}",
         ]
     lines += [
-        "# With a password set, protected mode never refuses a client; it stays on as a backstop.",
+        "# With passwords set, protected mode never refuses a client; it stays on as a backstop.",
         "protected-mode yes",
         "daemonize no",
         "# Logs go to stdout: the container runtime collects them.",
@@ -139,19 +160,69 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         "# memory beyond the headroom kept for it.",
         f"client-output-buffer-limit replica {replica_hard} {replica_soft} 60",
         "",
-        "# requirepass and masterauth, from the Secret.",
+        "# The users (the admin `default`, `replication`, the named ones), password hashes",
+        "# only; a running node gets changes through ACL SETUSER, never by reloading this file.",
+        f"aclfile {paths.secret_dir}/{ACL_FILE}",
+        "# masteruser and masterauth: how a replica logs in to its master.",
         f"include {paths.secret_dir}/{AUTH_CONF_FILE}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def render_auth_conf(password: str) -> str:
-    """auth.conf: the same password for clients and for replicas talking to their master."""
+def _tls_lines(paths: NodePaths) -> list[str]:
+    return [
+        "# TLS only: clients, replication and the cluster bus. A plaintext client is refused.",
+        "port 0",
+        f"tls-port {REDIS_PORT}",
+        f"tls-cert-file {paths.tls_dir}/{TLS_CERT_FILE}",
+        f"tls-key-file {paths.tls_dir}/{TLS_KEY_FILE}",
+        f"tls-ca-cert-file {paths.tls_dir}/{TLS_CA_FILE}",
+        "# Clients prove who they are with a password, not a certificate of their own.",
+        "tls-auth-clients no",
+        "tls-replication yes",
+        "tls-cluster yes",
+        "# Redirects (MOVED, ASK) and CLUSTER SHARDS/SLOTS name a node by the stable DNS name",
+        "# the entrypoint announces, which its certificate covers; pod IPs change.",
+        "cluster-preferred-endpoint-type hostname",
+    ]
+
+
+def replication_rules(settings: StackSettings) -> tuple[str, ...]:
+    """What the replication user may run on the engine deployed. Valkey 9's atomic slot
+    migration logs in to the target as that user and replays the slots' keys there (SELECT,
+    then any write), so on Valkey 9 it needs the rights of the admin; on Redis, and Valkey
+    before 9, it may only replicate (docs/known-limits.md)."""
+    if settings.engine == "valkey" and settings.engine_version >= (9, 0):
+        return ("~*", "&*", "+@all")
+    return REPLICATION_RULES
+
+
+def node_credentials(
+    settings: StackSettings,
+    admin_password: str,
+    users: Sequence[UserAccess] = (),
+    user_passwords: Optional[dict[str, str]] = None,
+) -> list[Credential]:
+    """Every user a node of this stack holds, with the rules of its engine."""
+    return wanted_credentials(admin_password, users, user_passwords, replication_rules(settings))
+
+
+def secret_files(credentials: Sequence[Credential]) -> dict[str, str]:
+    """What the Secret carries: the admin password (for the scripts), the ACL file and
+    auth.conf. The admin is the first credential, `default`."""
+    admin = credentials[0]
+    if admin.name != ADMIN_USER:
+        raise ValueError(f"the first credential must be the admin ({ADMIN_USER}), not {admin.name}")
+    password = admin.passwords[0]
     if not password or any(c.isspace() or c in "\"'#\\" for c in password):
         # The settings validation already limits passwords to [A-Za-z0-9_.~-]; this guards
-        # direct callers, since such a character would break the config line silently.
+        # direct callers, since such a character would break a config line silently.
         raise ValueError("the password must be non-empty and free of whitespace, quotes, '#' and '\\'")
-    return f"requirepass {password}\nmasterauth {password}\n"
+    return {
+        PASSWORD_FILE: password,
+        ACL_FILE: render_acl_file(credentials),
+        AUTH_CONF_FILE: render_masterauth(password),
+    }
 
 
 def render_peers(hosts: Sequence[str]) -> str:
@@ -165,6 +236,21 @@ def render_peers(hosts: Sequence[str]) -> str:
 def pod_dns_names(stateful_set: str, headless_service: str, namespace: str, count: int) -> list[str]:
     """The stable DNS name of every pod of a StatefulSet behind its headless Service."""
     return [f"{stateful_set}-{i}.{headless_service}.{namespace}.svc.cluster.local" for i in range(count)]
+
+
+def certificate_dns_names(headless_service: str, client_service: str, namespace: str) -> list[str]:
+    """What the nodes' one certificate covers: every pod behind the headless Service (a
+    wildcard, so a scale-out needs no new certificate), the client Service and localhost
+    (the probes and hooks inside the pod)."""
+    names = [f"*.{headless_service}.{namespace}.svc.cluster.local", f"*.{headless_service}.{namespace}.svc"]
+    for service in (client_service, headless_service):
+        names += [f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}.svc"]
+    return [*dict.fromkeys(names), "localhost"]
+
+
+def announced_hostname(pod: str, headless_service: str, namespace: str) -> str:
+    """The stable DNS name a node announces (`cluster-announce-hostname`) when TLS is on."""
+    return f"{pod}.{headless_service}.{namespace}.svc.cluster.local"
 
 
 def script_files() -> dict[str, str]:
@@ -185,10 +271,13 @@ def config_files(
     return files
 
 
-def script_environment(engine: Engine, paths: NodePaths = POD_PATHS) -> dict[str, str]:
+def script_environment(engine: Engine, paths: NodePaths = POD_PATHS, tls: bool = False) -> dict[str, str]:
     """The environment the scripts read besides POD_IP, pointing at `paths`; ENGINE_CLI is
-    the engine's own CLI (redis-cli, valkey-cli), which the scripts call."""
+    the engine's own CLI (redis-cli, valkey-cli), which the scripts call, over TLS
+    verified against REDIS_TLS_CA_FILE when that is set."""
+    tls_env = {"REDIS_TLS_CA_FILE": f"{paths.tls_dir}/{TLS_CA_FILE}"} if tls else {}
     return {
+        **tls_env,
         "ENGINE_CLI": engine.cli,
         "REDIS_PORT": str(REDIS_PORT),
         "REDIS_DATA_DIR": paths.data_dir,

@@ -11,10 +11,13 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from cluster_logic.credentials import COMMAND_RULE, PATTERN, RESERVED_USERS, USER_NAME, UserAccess
+
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL_SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # An image reference as Docker parses it: [registry[:port]/]path[:tag][@digest]. A colon
 # before the last slash belongs to the registry (registry.example.com:5000/redis).
@@ -136,12 +139,17 @@ def as_string_list(item_check):
     return parse
 
 
-_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|password|image=\S+)$")
+_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|image=\S+)$")
 
 
 def manual_change(item: str) -> None:
+    if item == "password":
+        raise ValueError(
+            "a list of shards=<n>, replicasPerShard=<n> or image=<image>; 'password' is no longer needed: "
+            "a changed password is rotated by `pulumi up` itself (docs/operations.md, Rotating credentials)"
+        )
     if not _MANUAL_CHANGE.match(item):
-        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n>, password or image=<image>; {item!r} is not one")
+        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n> or image=<image>; {item!r} is not one")
 
 
 def subnet_id(item: str) -> None:
@@ -212,3 +220,51 @@ def as_labels(raw: Any) -> tuple[tuple[str, str], ...]:
 
 def as_arn(service: str):
     return matching(re.compile(rf"^arn:aws[a-z-]*:{service}:[a-z0-9-]+:\d{{12}}:.+$"), f"an {service} ARN")
+
+
+_USER_FIELDS = {"commands": "commands", "keys": "keys", "readKeys": "read_keys", "channels": "channels"}
+_USERS_EXAMPLE = '{"app": {"commands": ["+@read", "+@write"], "keys": ["app:*"]}}'
+
+
+def as_users(raw: Any) -> tuple[UserAccess, ...]:
+    """The `users` object: name -> {commands, keys, readKeys, channels}, each a list."""
+    value = _json(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"an object of users such as {_USERS_EXAMPLE}")
+    users = []
+    for name, spec in sorted(value.items()):
+        if name in RESERVED_USERS:
+            raise ValueError(f"user names other than {', '.join(RESERVED_USERS)} (this program's own users)")
+        if not USER_NAME.match(name):
+            raise ValueError(f"user names of lower-case letters, digits, '_' and '-' (at most 32); {name!r} is not one")
+        if not isinstance(spec, dict) or set(spec) - set(_USER_FIELDS):
+            raise ValueError(f"for user {name} an object with {', '.join(_USER_FIELDS)}, each a list of strings")
+        lists = {}
+        for key, attribute in _USER_FIELDS.items():
+            items = spec.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"users.{name}.{key} to be a list of strings")
+            lists[attribute] = tuple(items)
+        if not lists["commands"]:
+            raise ValueError(f'users.{name}.commands to grant something, e.g. ["+@read"]')
+        for rule in lists["commands"]:
+            if not COMMAND_RULE.match(rule):
+                raise ValueError(
+                    f"users.{name}.commands entries such as +@read, -@dangerous or +get; {rule!r} is not one"
+                )
+        for key in ("keys", "read_keys", "channels"):
+            for pattern in lists[key]:
+                if not PATTERN.match(pattern):
+                    raise ValueError(
+                        f"users.{name} patterns without spaces, quotes or ACL markers; {pattern!r} is not one"
+                    )
+        users.append(UserAccess(name=name, **lists))
+    return tuple(users)
+
+
+def as_cert_manager_issuer(raw: Any) -> tuple[str, str]:
+    """`Issuer/<name>` or `ClusterIssuer/<name>`: who signs the nodes' certificate."""
+    kind, _, name = str(raw).partition("/")
+    if kind not in ("Issuer", "ClusterIssuer") or not DNS_SUBDOMAIN.match(name):
+        raise ValueError("Issuer/<name> (in the Redis namespace) or ClusterIssuer/<name>")
+    return kind, name

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from cluster_logic.credentials import UserAccess
 from components.engines import DEFAULT_ENGINE, ENGINES, Engine, Version, image_problems, image_version
 from components.setting_values import (
     DNS_LABEL,
@@ -30,12 +31,14 @@ from components.setting_values import (
     PASSWORD_PATTERN,
     as_arn,
     as_bool,
+    as_cert_manager_issuer,
     as_image,
     as_int,
     as_labels,
     as_principal_list,
     as_quantity,
     as_string_list,
+    as_users,
     cidr,
     manual_change,
     matching,
@@ -145,8 +148,17 @@ class StackSettings:
     client_pod_labels: tuple[tuple[str, str], ...] = (("redis-client", "true"),)
     client_namespace_labels: tuple[tuple[str, str], ...] = ()
     bootstrap_timeout_seconds: int = 600
-    # The one-off opt-in after a scale-in or password rotation done by hand on the nodes,
-    # naming what it accepts ("shards=3", "replicasPerShard=1", "password").
+    # Security: TLS for clients, replication and the cluster bus; who signs the nodes'
+    # certificate ((kind, name) of a cert-manager issuer; None: a CA of the stack's own).
+    tls: bool = False
+    cert_manager_issuer: Optional[tuple[str, str]] = None
+    # Named ACL users besides the admin (`default`) and the replication user.
+    users: tuple[UserAccess, ...] = ()
+    # How long a replaced password keeps working after the new one is on every node and in
+    # the Secret, for clients to switch.
+    rotation_grace_seconds: int = 60
+    # The one-off opt-in after a scale-in done by hand on the nodes, or to go back to an
+    # image that never started, naming what it accepts ("shards=3", "image=<image>").
     accept_manual_change: tuple[str, ...] = ()
     # IAM roles and users given cluster admin through EKS access entries, besides the
     # cluster's creator (platform=eks only).
@@ -154,6 +166,9 @@ class StackSettings:
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
+    # name -> password of the named users that set theirs (the others get a random one):
+    # JSON text once parsed, a dict of secret Outputs once `load_settings` returns it.
+    user_passwords: Any = field(default=None, repr=False, compare=False)
 
     @property
     def pod_count(self) -> int:
@@ -215,6 +230,10 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "clientPodLabels": ("client_pod_labels", as_labels),
     "clientNamespaceLabels": ("client_namespace_labels", as_labels),
     "bootstrapTimeoutSeconds": ("bootstrap_timeout_seconds", as_int(30, 3600)),
+    "tls": ("tls", as_bool),
+    "certManagerIssuer": ("cert_manager_issuer", as_cert_manager_issuer),
+    "users": ("users", as_users),
+    "rotationGraceSeconds": ("rotation_grace_seconds", as_int(0, 3600)),
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change)),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
 }
@@ -228,7 +247,7 @@ _EKS_ONLY_KEYS = (
     "nodeMaxSize",
     "clusterAdminArns",
 )
-_SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig"}
+_SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig", "userPasswords": "user_passwords"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
 
 
@@ -343,6 +362,48 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
         problems.append(f"{NAMESPACE}:password is not valid: expected 16 to 512 characters from A-Z a-z 0-9 _ . ~ -")
     if s.kubeconfig is not None:
         problems.extend(_kubeconfig_problems(s.kubeconfig))
+    if s.user_passwords is not None and parsed("users"):
+        problems.extend(_user_password_problems(s))
+    if (
+        parsed("rotationGraceSeconds", "bootstrapTimeoutSeconds")
+        and s.rotation_grace_seconds >= s.bootstrap_timeout_seconds
+    ):
+        problems.append(
+            _fail(
+                "rotationGraceSeconds",
+                s.rotation_grace_seconds,
+                f"less than {NAMESPACE}:bootstrapTimeoutSeconds ({s.bootstrap_timeout_seconds}), "
+                "which the grace period is part of; raise that or lower this",
+            )
+        )
+    if parsed("tls", "certManagerIssuer") and s.cert_manager_issuer and not s.tls:
+        problems.append(
+            _fail("certManagerIssuer", "/".join(s.cert_manager_issuer), f"only with {NAMESPACE}:tls = true")
+        )
+    return problems
+
+
+def _user_password_problems(s: StackSettings) -> list[str]:
+    """userPasswords: a JSON object of user name -> password, for users that exist. Checked
+    without echoing any value."""
+    try:
+        value = json.loads(s.user_passwords)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        return [
+            f"{NAMESPACE}:userPasswords is not valid: expected a JSON object of user name -> password, set as a secret"
+        ]
+    names = {user.name for user in s.users}
+    problems = [
+        f"{NAMESPACE}:userPasswords names {name!r}, which is not in {NAMESPACE}:users"
+        for name in sorted(set(value) - names)
+    ]
+    problems += [
+        f"{NAMESPACE}:userPasswords.{name} is not valid: expected 16 to 512 characters from A-Z a-z 0-9 _ . ~ -"
+        for name, password in sorted(value.items())
+        if not isinstance(password, str) or not PASSWORD_PATTERN.match(password)
+    ]
     return problems
 
 
@@ -402,4 +463,7 @@ def load_settings() -> StackSettings:
         settings,
         password=None if settings.password is None else pulumi.Output.secret(settings.password),
         kubeconfig=None if settings.kubeconfig is None else pulumi.Output.secret(settings.kubeconfig),
+        user_passwords=None
+        if settings.user_passwords is None
+        else {name: pulumi.Output.secret(value) for name, value in json.loads(settings.user_passwords).items()},
     )

@@ -1,8 +1,9 @@
 """python -m sandbox <command>: the stack's Redis Cluster as local processes.
 
-up [--engine redis|valkey] [--binaries DIR] [--shards 3] [--replicas-per-shard 1]
+up [--engine redis|valkey] [--binaries DIR] [--shards 3] [--replicas-per-shard 1] [--tls]
                                            start the pods and form (or adopt, or scale out) the cluster
 status                                     each node's address, role, master, slots, link and keys
+renew-cert                                 TLS: a new certificate for every node, loaded without a restart
 kill <pod>                                 SIGKILL one pod, like a crashed container
 restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
 roll [--binaries DIR]                      a rolling update, pod by pod, onto the engine's .engines/ release (or DIR's)
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a new sandbox only: a folder with another release of the engine's server and CLI, to roll from later",
     )
+    up.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a new sandbox only: TLS only, clients, replication and the cluster bus (default: the stack's `tls`)",
+    )
     status = commands.add_parser("status", help="the state of every node")
     status.add_argument("--json", action="store_true")
     kill = commands.add_parser("kill", help="SIGKILL a pod")
@@ -58,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         "--binaries",
         type=Path,
         help="a folder with another release of the engine's server and CLI (default: .engines/)",
+    )
+    commands.add_parser(
+        "renew-cert",
+        help="TLS: renew the nodes' certificate (same CA) as cert-manager would; the readiness probes load it",
     )
     down = commands.add_parser("down", help="stop every process")
     down.add_argument("--purge", action="store_true", help="delete the data directories too")
@@ -74,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if options.command == "up":
-            topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout)
+            topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout, tls=options.tls)
             print(f"engine: {sandbox.binaries().describe()}")
+            print(sandbox.tls_summary())
             print(f"cluster {topology['state']}: {topology['node_count']} nodes")
             print_status(sandbox.status())
             print("\nconnect:")
@@ -85,7 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             rows = sandbox.status()
             print(json.dumps(rows, indent=2) if options.json else "", end="")
             if not options.json:
+                print(sandbox.tls_summary())
                 print_status(rows)
+        elif options.command == "renew-cert":
+            results = sandbox.renew_certificate()
+            print(sandbox.tls_summary())
+            for pod, result in results.items():
+                if result["state"] != "up":
+                    print(f"  {pod}: down; it loads the new certificate when it starts")
+                elif result["reloaded"]:
+                    print(f"  {pod}: reloaded; new connections get serial {result['serial']}")
+                else:
+                    print(f"  {pod}: NOT reloaded (serial {result['serial']}): {result['probe']}")
+            if not all(r["reloaded"] for r in results.values() if r["state"] == "up"):
+                return 1
         elif options.command == "kill":
             sandbox.kill(options.pod)
             print(f"killed {options.pod}")

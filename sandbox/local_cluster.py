@@ -5,6 +5,12 @@ address of its own, running the redis.conf, auth.conf and scripts that the workl
 component renders for the stack, and the cluster is formed by the bootstrap provider's own
 logic over the direct transport. What Kubernetes would keep (pod names, addresses, pids,
 volumes) is kept in `<root>/cluster.json`, so every command can run in a new process.
+
+With TLS (`up --tls`, or the stack's `tls` setting) the sandbox also keeps what the stack's
+TLS needs: a CA of its own (`<root>/ca/`, standing in for the issuer), the nodes' TLS Secret
+(`<root>/tls/`: `tls.crt`, `tls.key`, `ca.crt`, mounted into every node) and a hosts file
+(`<root>/hosts`) mapping each pod's announced DNS name to its address, as the headless
+Service's DNS would answer, for clients run with nss_wrapper (`sandbox.name_resolution`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import ssl
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,20 +29,26 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import redis
+from cryptography import x509
 
 from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_cluster_nodes
 from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal
-from components.redis_node_files import REDIS_PORT
+from components.redis_node_files import REDIS_PORT, TLS_CA_FILE, announced_hostname
 from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings
+from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
+from sandbox.name_resolution import nss_wrapper_library, write_hosts
 from sandbox.processes import is_server, kill_session, stop_like_the_kubelet, wait_gone
 
 DEFAULT_ROOT = Path(".sandbox")
 STATE_FILE = "cluster.json"
-STATEFUL_SET = "redis-cluster"
+CA_DIR = "ca"
+TLS_DIR = "tls"
+HOSTS_FILE = "hosts"
 # Pods spread over zones as the StatefulSet's topology spread does; the bootstrap keeps
 # every replica out of its master's zone.
 ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
@@ -68,6 +82,9 @@ class SandboxState:
     # The folder of the server and CLI the pods run, once a roll chose one; until then the
     # engine's binaries from .engines/ (or PATH).
     bin_dir: Optional[str] = None
+    # TLS only, with the CA certificate clients verify the nodes with (<root>/tls/ca.crt).
+    tls: bool = False
+    tls_ca_file: Optional[str] = None
 
     def binaries(self) -> EngineBinaries:
         if self.bin_dir is not None:
@@ -83,6 +100,8 @@ class SandboxState:
             "replicas_per_shard": self.replicas_per_shard,
             "third_octet": self.third_octet,
             "password": self.password,
+            "tls": self.tls,
+            "tls_ca_file": self.tls_ca_file,
             "nodes": [
                 {
                     "pod": n.pod,
@@ -108,15 +127,18 @@ class Sandbox:
         third_octet: int = DEFAULT_THIRD_OCTET,
         engine: Optional[str] = None,
         binaries: Optional[EngineBinaries] = None,
+        tls: Optional[bool] = None,
     ):
         """`engine` None: what the sandbox runs, else the stack's `engine` setting.
         `binaries`: the server and CLI a new sandbox starts on (default: the engine's from
-        .engines/), e.g. an older release to roll from."""
+        .engines/), e.g. an older release to roll from. `tls`: whether a new sandbox speaks
+        TLS only (None: the stack's `tls` setting); `up(tls=...)` says the same."""
         self.root = Path(root)
         self.stack = stack
         self.third_octet = third_octet
         self.engine = engine or (binaries.engine.name if binaries else None)
         self.initial_binaries = binaries
+        self.tls = tls
 
     # -- state ------------------------------------------------------------------------
 
@@ -139,6 +161,9 @@ class Sandbox:
             # A state from before the engine setting ran Redis.
             engine=raw.get("engine", DEFAULT_ENGINE),
             bin_dir=raw.get("bin_dir"),
+            # A state from before TLS ran without it.
+            tls=raw.get("tls", False),
+            tls_ca_file=raw.get("tls_ca_file"),
         )
 
     def save(self, state: SandboxState) -> None:
@@ -157,11 +182,27 @@ class Sandbox:
         values = {
             key[len(prefix) :]: value for key, value in load_stack_config(state.stack).items() if key.startswith(prefix)
         }
-        # Only what shapes the pods applies here; the platform keys describe AWS.
-        workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest"}
+        # Only what shapes the pods applies here; the platform keys describe AWS. TLS is the
+        # sandbox's own choice, made when it was created.
+        workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest", "namespace"}
         values = {key: value for key, value in values.items() if key in workload_keys}
         values.update(shards=str(state.shards), replicasPerShard=str(state.replicas_per_shard), engine=state.engine)
+        values["tls"] = "true" if state.tls else "false"
         return parse_settings(values)
+
+    def stack_tls(self) -> bool:
+        """Whether the stack file turns TLS on (`redis-eks:tls`)."""
+        value = load_stack_config(self.stack).get(f"{NAMESPACE}:tls", False)
+        return str(value).lower() == "true"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The nodes' TLS Secret: what every node's TLS dir holds."""
+        return self.root / TLS_DIR
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.root / HOSTS_FILE
 
     def stack_engine(self) -> str:
         """The engine the stack file names (`redis-eks:engine`), or the default."""
@@ -177,16 +218,42 @@ class Sandbox:
             password=state.password,
             peers=tuple(n.host for n in state.nodes),
             binaries=state.binaries(),
+            tls_files=TlsFiles.read(self.tls_dir) if state.tls else None,
         )
+
+    def announced_addresses(self, state: SandboxState) -> dict[str, str]:
+        """Each pod's announced DNS name -> its address (TLS only)."""
+        namespace = self.settings(state).namespace
+        return {announced_hostname(n.pod, HEADLESS_SERVICE, namespace): n.host for n in state.nodes}
+
+    def _write_hosts(self, state: SandboxState) -> None:
+        # The headless Service's DNS: the names follow the pods to their new addresses.
+        if state.tls:
+            write_hosts(self.hosts_path, self.announced_addresses(state))
+
+    def _new_tls(self, state: SandboxState) -> None:
+        """A CA of the sandbox's own and the nodes' certificate from it."""
+        ca = CertificateAuthority.new(f"redis-eks sandbox CA ({self.root.resolve().name})")
+        ca.save(self.root / CA_DIR)
+        issue_node_files(ca, self.settings(state).namespace).write(self.tls_dir)
+        # The path through the mount's links, which a renewal keeps: never resolved to ..data.
+        state.tls_ca_file = str(self.tls_dir.resolve() / TLS_CA_FILE)
 
     # -- commands ---------------------------------------------------------------------
 
     def up(
-        self, shards: Optional[int] = None, replicas_per_shard: Optional[int] = None, timeout: float = 120.0
+        self,
+        shards: Optional[int] = None,
+        replicas_per_shard: Optional[int] = None,
+        timeout: float = 120.0,
+        tls: Optional[bool] = None,
     ) -> dict[str, Any]:
         """Starts whatever pod is not running and forms (or adopts, or scales out) the cluster.
-        A shape left out is the one the sandbox runs (3 shards, 1 replica each at first)."""
+        A shape left out is the one the sandbox runs (3 shards, 1 replica each at first).
+        `tls` (a new sandbox only; default: the stack's `tls` setting): TLS only, with a CA of
+        the sandbox's own."""
         state = self.load()
+        tls = self.tls if tls is None else tls
         if shards is None:
             shards = state.shards if state is not None else 3
         if replicas_per_shard is None:
@@ -200,6 +267,12 @@ class Sandbox:
                 third_octet=self.third_octet,
                 engine=self.engine or self.stack_engine(),
                 bin_dir=None if self.initial_binaries is None else str(self.initial_binaries.bin_dir),
+                tls=self.stack_tls() if tls is None else tls,
+            )
+        elif tls is not None and tls != state.tls:
+            raise SandboxError(
+                f"the sandbox runs {'with' if state.tls else 'without'} TLS; every client and node would have to "
+                f"switch at once. `down --purge` and `up {'--tls' if tls else '--no-tls'}` for a new one"
             )
         elif self.engine is not None and self.engine != state.engine:
             raise SandboxError(
@@ -226,7 +299,10 @@ class Sandbox:
             )
         # Binaries that cannot be found change nothing either.
         state.binaries()
+        if state.tls and not (self.tls_dir / TLS_CA_FILE).exists():
+            self._new_tls(state)
         self.save(state)
+        self._write_hosts(state)
         # Every node learns the full peer list (the ConfigMap's peers file), running or not.
         for record in state.nodes:
             self.local_node(state, record).write_files()
@@ -251,6 +327,8 @@ class Sandbox:
                 "zone": record.zone,
                 "pid": record.pid,
             }
+            if state.tls:
+                row["announced"] = announced_hostname(record.pod, HEADLESS_SERVICE, self.settings(state).namespace)
             if not is_server(record.pid):
                 row.update(state="down")
                 rows.append(row)
@@ -285,6 +363,44 @@ class Sandbox:
     def binaries(self) -> EngineBinaries:
         """The server and CLI the sandbox's pods run."""
         return self._require_state().binaries()
+
+    def tls_summary(self) -> str:
+        """One line on TLS: off, or the CA file and the certificate the nodes hold."""
+        state = self._require_state()
+        if not state.tls:
+            return "tls: off"
+        certificate = TlsFiles.read(self.tls_dir).certificate
+        return (
+            f"tls: on, CA {state.tls_ca_file}; node certificate serial {certificate.serial_number:x}, "
+            f"valid until {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def renew_certificate(self) -> dict[str, dict[str, Any]]:
+        """Renews the nodes' certificate as cert-manager does (a new key and certificate from
+        the same CA) and updates every node's TLS dir as the kubelet updates a changed Secret's
+        mount. Then runs each running node's readiness probe, as the kubelet does every few
+        seconds: the probe has the server load the new files. Returns, per pod, whether its
+        probe reloaded and the serial a new connection is shown now."""
+        state = self._require_state()
+        if not state.tls:
+            raise SandboxError("the sandbox runs without TLS: nothing to renew (`up --tls` for a new one)")
+        renewed = issue_node_files(CertificateAuthority.load(self.root / CA_DIR), self.settings(state).namespace)
+        renewed.write(self.tls_dir)
+        results: dict[str, dict[str, Any]] = {}
+        for record in state.nodes:
+            node = self.local_node(state, record)
+            node.write_tls(renewed)
+            if not is_server(record.pid):
+                results[record.pod] = {"state": "down", "reloaded": False}
+                continue
+            probe = node.run_script("probe-readiness.sh", timeout=30)
+            results[record.pod] = {
+                "state": "up",
+                "reloaded": "reloaded the TLS files" in probe.stdout,
+                "probe": (probe.stdout + probe.stderr).strip(),
+                "serial": f"{_served_serial(record.host, record.port, state.tls_ca_file):x}",
+            }
+        return results
 
     def topology(self) -> dict[str, Any]:
         """The live topology as `pulumi refresh` would report it."""
@@ -324,6 +440,7 @@ class Sandbox:
             for record in records:
                 record.host = self._free_address(state, avoid=left)
         self.save(state)
+        self._write_hosts(state)
         # The peers file follows the addresses, as the headless Service's DNS would.
         for record in state.nodes:
             self.local_node(state, record).write_files()
@@ -395,9 +512,28 @@ class Sandbox:
         state = self._require_state()
         first = state.nodes[0]
         auth = "VALKEYCLI_AUTH" if state.engine == "valkey" else "REDISCLI_AUTH"
+        if not state.tls:
+            return [
+                f"{auth}='{state.password}' {state.binaries().cli} -c -h {first.host} -p {first.port}",
+                f"python: redis.RedisCluster(host={first.host!r}, port={first.port:d}, password={state.password!r})",
+            ]
+        # Redirects name the nodes by their DNS names: a client resolves them through the
+        # sandbox's hosts file, and checks each certificate against them.
+        name = next(iter(self.announced_addresses(state)))
+        library = nss_wrapper_library()
+        if library is None:
+            return [
+                f"{auth}='{state.password}' {state.binaries().cli} --tls --cacert {state.tls_ca_file} "
+                f"-h {first.host} -p {first.port}",
+                "(install libnss-wrapper to follow redirects: they name the nodes by DNS names "
+                f"that {self.hosts_path} maps)",
+            ]
+        resolve = f"LD_PRELOAD={library} NSS_WRAPPER_HOSTS={self.hosts_path.resolve()}"
         return [
-            f"{auth}='{state.password}' {state.binaries().cli} -c -h {first.host} -p {first.port}",
-            f"python: redis.RedisCluster(host={first.host!r}, port={first.port:d}, password={state.password!r})",
+            f"{resolve} {auth}='{state.password}' {state.binaries().cli} -c --tls --cacert {state.tls_ca_file} "
+            f"-h {name} -p {first.port}",
+            f"python, started with {resolve}: redis.RedisCluster(host={name!r}, port={first.port:d}, ssl=True, "
+            f"ssl_ca_certs={state.tls_ca_file!r}, password={state.password!r})",
         ]
 
     # -- helpers ----------------------------------------------------------------------
@@ -456,4 +592,13 @@ def _myself(nodes_text: str) -> NodeEntry:
 
 def _transport(state: SandboxState) -> DirectTransport:
     nodes = [NodeAddress(n.pod, n.host, n.port, n.zone) for n in state.nodes]
-    return DirectTransport(nodes, state.password, cli=state.binaries().cli)
+    tls = TlsOptions(state.tls_ca_file) if state.tls else None
+    return DirectTransport(nodes, state.password, cli=state.binaries().cli, tls=tls)
+
+
+def _served_serial(host: str, port: int, ca_file: str) -> int:
+    """The serial of the certificate a new TLS connection to host:port is shown."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number

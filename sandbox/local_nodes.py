@@ -1,11 +1,14 @@
 """Run Redis "pods" as local processes, each on a loopback address of its own.
 
 A `LocalNode` gets what Kubernetes gives a pod: a conf dir with the ConfigMap's files
-(`config_files`, scripts mode 0755), a secret dir with `password` and `auth.conf` (mode
-0600), a data dir that survives restarts, POD_IP and `script_environment` in its
+(`config_files`, scripts mode 0755), a secret dir with `secret_files` (`password`,
+`users.acl`, `auth.conf`; mode 0600), a data dir that survives restarts, POD_IP and `script_environment` in its
 environment, and `sh entrypoint.sh <engine>-server redis.conf` as its command, the engine's
 binaries first on its PATH. So the sandbox runs the very files a pod runs; only the paths
-and a `bind` line differ.
+and a `bind` line differ. With TLS on (`settings.tls`) it also gets a TLS dir with its
+`TlsFiles` (the TLS Secret's mount: `tls.crt`, `tls.key`, `ca.crt`), `REDIS_ANNOUNCE_HOSTNAME`
+(its stable DNS name, as the StatefulSet sets it) and the scripts' TLS environment; its
+`tmp/` is the pod's /tmp (an emptyDir), the scripts' TMPDIR.
 
 Each node runs in a session of its own: the entrypoint exec's the server, which thereby
 becomes the session leader (its pid is `LocalNode.pid`), and the background peer-recovery
@@ -28,20 +31,23 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cluster_logic.credentials import Credential
 from components.redis_node_files import (
-    AUTH_CONF_FILE,
     BUS_PORT,
-    PASSWORD_FILE,
     PRESTOP_TIMEOUT_SECONDS,
     REDIS_CONF_FILE,
     REDIS_PORT,
     SCRIPT_NAMES,
+    TLS_CA_FILE,
     NodePaths,
+    announced_hostname,
     config_files,
-    render_auth_conf,
+    node_credentials,
     script_environment,
+    secret_files,
 )
 from components.stack_settings import StackSettings
+from sandbox.certificates import HEADLESS_SERVICE, TlsFiles
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.processes import kill_session, stop_like_the_kubelet
 
@@ -71,6 +77,9 @@ class LocalNode:
     `shell` runs the scripts; the images' sh is dash, so tests pass "dash".
     `binaries` are the engine's server and CLI (default: `find_binaries(settings.engine)`);
     a version roll starts the node again with another release's.
+    `credentials` are the users its Secret holds (default: the admin with `password`, and
+    the replication user); a rotation rewrites them as a Secret update would.
+    `tls_files` are what its TLS Secret holds; required when `settings.tls`.
     """
 
     pod: str
@@ -83,6 +92,8 @@ class LocalNode:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     shell: str = "sh"
     binaries: Optional[EngineBinaries] = None
+    credentials: Optional[Sequence[Credential]] = field(default=None, repr=False)
+    tls_files: Optional[TlsFiles] = field(default=None, repr=False)
     process: Optional[subprocess.Popen] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +101,8 @@ class LocalNode:
             self.binaries = find_binaries(self.settings.engine_spec)
         if self.binaries.engine != self.settings.engine_spec:
             raise ValueError(f"{self.pod}: {self.binaries.engine.name} binaries for a {self.settings.engine} stack")
+        if self.settings.tls and self.tls_files is None:
+            raise ValueError(f"{self.pod}: TLS is on, but the node has no certificate (tls_files)")
 
     @property
     def paths(self) -> NodePaths:
@@ -97,7 +110,28 @@ class LocalNode:
             conf_dir=str(self.root / "conf"),
             secret_dir=str(self.root / "secret"),
             data_dir=str(self.root / "data"),
+            tls_dir=str(self.root / "tls"),
         )
+
+    @property
+    def tls(self) -> bool:
+        return self.settings.tls
+
+    @property
+    def tls_ca_file(self) -> Optional[str]:
+        """The CA certificate clients verify this node with (its own mount's ca.crt), when TLS is on."""
+        return f"{self.paths.tls_dir}/{TLS_CA_FILE}" if self.tls else None
+
+    @property
+    def announced_hostname(self) -> Optional[str]:
+        """The stable DNS name the node announces when TLS is on (the StatefulSet's pod name
+        behind the headless Service, in the stack's namespace)."""
+        return announced_hostname(self.pod, HEADLESS_SERVICE, self.settings.namespace) if self.tls else None
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The pod's /tmp (an emptyDir): the scripts' TMPDIR."""
+        return self.root / "tmp"
 
     @property
     def log_path(self) -> Path:
@@ -110,8 +144,10 @@ class LocalNode:
 
     def environment(self) -> dict[str, str]:
         """What the container's environment would hold: POD_IP and the script settings."""
-        env = {"PATH": self.binaries.search_path(), "POD_IP": self.ip}
-        env.update(script_environment(self.settings.engine_spec, self.paths))
+        env = {"PATH": self.binaries.search_path(), "POD_IP": self.ip, "TMPDIR": str(self.tmp_dir)}
+        env.update(script_environment(self.settings.engine_spec, self.paths, tls=self.tls))
+        if self.tls:
+            env["REDIS_ANNOUNCE_HOSTNAME"] = self.announced_hostname
         env["REDIS_PORT"] = str(self.port)
         env.update(self.extra_env)
         return env
@@ -120,13 +156,27 @@ class LocalNode:
         """(Re)writes conf/ and secret/ as the ConfigMap and Secret mounts would hold them."""
         paths = self.paths
         conf_dir, secret_dir, data_dir = Path(paths.conf_dir), Path(paths.secret_dir), Path(paths.data_dir)
-        for directory in (conf_dir, secret_dir, data_dir):
+        for directory in (conf_dir, secret_dir, data_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for name, content in config_files(self.settings, paths, bind_address=self.ip, peers=self.peers).items():
             _write(conf_dir / name, content, 0o755 if name in SCRIPT_NAMES else 0o644)
         secret_dir.chmod(0o700)
-        _write(secret_dir / PASSWORD_FILE, self.password, 0o600)
-        _write(secret_dir / AUTH_CONF_FILE, render_auth_conf(self.password), 0o600)
+        self.write_secret()
+        if self.tls:
+            self.write_tls(self.tls_files)
+
+    def write_tls(self, files: TlsFiles) -> None:
+        """(Re)writes the TLS dir as the kubelet updates a Secret's mount: all files swapped at
+        once. A running server goes on with what it loaded until its TLS is reloaded."""
+        self.tls_files = files
+        files.write(Path(self.paths.tls_dir))
+
+    def write_secret(self) -> None:
+        """(Re)writes secret/ as the Secret's mount holds it; a running node reads only what
+        its scripts read from it, as a pod whose Secret changed."""
+        credentials = self.credentials or node_credentials(self.settings, self.password)
+        for name, content in secret_files(credentials).items():
+            _write(Path(self.paths.secret_dir) / name, content, 0o600)
 
     def start(self, timeout: float = 15.0) -> int:
         """Starts the node and waits until its port accepts connections; returns the pid."""
@@ -137,7 +187,7 @@ class LocalNode:
         argv = [self.shell, str(conf_dir / "entrypoint.sh"), self.binaries.server, str(conf_dir / REDIS_CONF_FILE)]
         if self.port != REDIS_PORT:
             # Arguments after the file override it; the bus port follows as port + 10000.
-            argv += ["--port", str(self.port)]
+            argv += ["--tls-port" if self.tls else "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -219,9 +269,18 @@ class LocalNode:
             "socket_connect_timeout": 2,
             "decode_responses": True,
             "retry": Retry(NoBackoff(), 0),
+            **self.tls_client_options(),
         }
         options.update(kwargs)
         return redis.Redis(host=self.ip, port=self.port, **options)
+
+    def tls_client_options(self) -> dict[str, object]:
+        """redis-py options that reach this node over TLS when it speaks it: the chain verified
+        against the cluster CA; the host name not, since the client dials the node's IP, which
+        no certificate covers (tests/integration/test_tls.py verifies names for real)."""
+        if not self.tls:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": self.tls_ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": False}
 
     def log_tail(self, characters: int = 3000) -> str:
         try:

@@ -42,10 +42,15 @@ class FakeNode:
     replication: dict[str, Any] = field(default_factory=lambda: {"role": "master"})
     keys: int = 0
     sent: list[tuple] = field(default_factory=list)
+    # ACL users: name -> password hashes; None until an ACL command, then as the node's
+    # ACL file would have started it (the admin and the replication user, any password).
+    users: Optional[dict[str, set[str]]] = None
 
     def answer(self, args: tuple) -> Any:
         self.sent.append(args)
         words = tuple(str(a).upper() for a in args[:2])
+        if words[:1] == ("ACL",):
+            return self._acl(words[1], [str(a) for a in args[2:]])
         if words == ("CLUSTER", "MYID"):
             return self.myid
         if words == ("CLUSTER", "NODES"):
@@ -63,6 +68,28 @@ class FakeNode:
             self.myid = "reset-" + self.myid
             self.nodes = f"{self.myid} {self.address.endpoint}@16379 myself,master - 0 0 0 connected"
             self.info = {"cluster_state": "fail", "cluster_known_nodes": "1", "cluster_my_epoch": "0"}
+        return "OK"
+
+    def _acl(self, command: str, args: list[str]) -> Any:
+        # Just enough of ACL for the rotation: hashes added (#), removed (!) or reset.
+        if self.users is None:
+            self.users = {"default": set(), "replication": set()}
+        if command == "LIST":
+            return [
+                f"user {name} on {' '.join('#' + h for h in sorted(hashes))} ~* +@all"
+                for name, hashes in self.users.items()
+            ]
+        if command == "DELUSER":
+            self.users.pop(args[0], None)
+            return 1
+        hashes = self.users.setdefault(args[0], set())
+        for word in args[1:]:
+            if word == "resetpass":
+                hashes.clear()
+            elif word.startswith("#"):
+                hashes.add(word[1:])
+            elif word.startswith("!"):
+                hashes.discard(word[1:])
         return "OK"
 
 
@@ -88,6 +115,9 @@ class _Client:
 
     def execute_command(self, *args: Any) -> Any:
         return self._node.answer(args)
+
+    def ping(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -127,7 +157,10 @@ class FakeTransport(NodeTransport):
             for a in list(self.fake_nodes)[:count]
         ]
 
-    def _make_client(self, node: NodeAddress) -> Any:
+    def running_nodes(self, count: int) -> list[NodeAddress]:
+        return list(self.fake_nodes)[:count]
+
+    def _make_client(self, node: NodeAddress, password: Optional[str] = None) -> Any:
         return _Client(self.fake_nodes[node])
 
     def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:

@@ -174,6 +174,15 @@ def serialized_guard() -> str:
     return serialize_provider(ClusterChangeGuardProvider())
 
 
+def serialized_rotation() -> str:
+    """The credential rotation's provider, serialized the same way."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    from components.credential_rotation import CredentialRotationProvider
+
+    return serialize_provider(CredentialRotationProvider())
+
+
 def local_port_forward(addresses: Mapping[str, tuple[str, int]]) -> Callable[[str, str, int], Any]:
     """A stand-in for the API port-forward that connects straight to a local address;
     for exercising `KubernetesTransport` against local redis-server processes."""

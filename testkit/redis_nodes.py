@@ -10,6 +10,10 @@ its session, and says which survived.
 The rest reads a cluster of such nodes through the product's own parser of CLUSTER NODES
 (`cluster_logic.model.parse_cluster_nodes`): health, roles, replication, and the waits the
 tests need.
+
+With TLS on (settings with `tls`), the nodes of one `LocalNodes` share one CA and one node
+certificate (`tls_files`), as the stack's pods share the TLS Secret; every client made here
+speaks TLS to them, verifying the chain against that CA.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -31,10 +35,12 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from cluster_logic.model import SLOTS, NodeEntry, parse_cluster_nodes
+from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE
 from components.redis_node_files import BUS_PORT, REDIS_PORT
 from components.stack_settings import StackSettings, parse_settings
+from sandbox.certificates import CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.processes import session_members
@@ -56,6 +62,11 @@ def cli_environment(password: str, path: Optional[str] = None) -> dict[str, str]
         "REDISCLI_AUTH": password,
         "VALKEYCLI_AUTH": password,
     }
+
+
+def cli_tls_args(node: LocalNode) -> list[str]:
+    """The CLI's arguments to reach `node` over TLS when it speaks it (chain verified)."""
+    return ["--tls", "--cacert", node.tls_ca_file] if node.tls else []
 
 
 # Pods spread over zones round-robin, as a topology spread constraint spreads a StatefulSet.
@@ -156,6 +167,33 @@ class LocalNodes:
         self.shell = shell
         self.nodes: list[LocalNode] = []
         self.zones: dict[str, str] = {}
+        self._ca: Optional[CertificateAuthority] = None
+        self._tls_files: Optional[TlsFiles] = None
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA of these nodes' certificates (made on first use)."""
+        if self._ca is None:
+            self._ca = CertificateAuthority.new()
+        return self._ca
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        """The nodes' one certificate (the TLS Secret's content), issued on first use for the
+        stack's Services in the settings' namespace."""
+        if self._tls_files is None:
+            self._tls_files = issue_node_files(self.ca, self.settings.namespace)
+        return self._tls_files
+
+    def renew_certificate(self) -> TlsFiles:
+        """A new key and certificate from the same CA, as cert-manager renews one; nodes made
+        after this get it, running ones only when their TLS dir is rewritten."""
+        self._tls_files = issue_node_files(self.ca, self.settings.namespace)
+        return self._tls_files
+
+    @property
+    def tls(self) -> bool:
+        return self.settings.tls
 
     def new(
         self,
@@ -169,17 +207,19 @@ class LocalNodes:
     ) -> LocalNode:
         """A node, not started yet."""
         pod = pod or f"redis-cluster-{len(self.nodes)}"
+        settings = settings or self.settings
         node = LocalNode(
             pod=pod,
             ip=ip or self.loopback.allocate(),
             port=REDIS_PORT,
             root=self.root / pod,
-            settings=settings or self.settings,
+            settings=settings,
             password=password or self.password,
             peers=tuple(peers),
             extra_env=dict(extra_env or {}),
             shell=self.shell,
             binaries=self.binaries,
+            tls_files=self.tls_files if settings.tls else None,
         )
         self.zones[pod] = zone or ZONES[len(self.nodes) % len(ZONES)]
         self.nodes.append(node)
@@ -213,7 +253,20 @@ class LocalNodes:
 
     def transport(self, nodes: Optional[Iterable[LocalNode]] = None) -> DirectTransport:
         """The bootstrap's direct transport to `nodes` (default all), with this engine's CLI."""
-        return DirectTransport(self.inputs(nodes), self.password, cli=self.binaries.cli)
+        return DirectTransport(self.inputs(nodes), self.password, cli=self.binaries.cli, tls=self.tls_options())
+
+    def tls_options(self) -> Optional[TlsOptions]:
+        """The transports' TLS options (the CA file of the first node), when TLS is on."""
+        if not self.tls:
+            return None
+        if not self.nodes:
+            raise RuntimeError("no node yet: the CA file is a node's")
+        return TlsOptions(self.nodes[0].tls_ca_file)
+
+    def announced_addresses(self, nodes: Optional[Iterable[LocalNode]] = None) -> dict[str, str]:
+        """Announced DNS name -> loopback address of every TLS node (what the headless
+        Service's DNS would answer)."""
+        return {node.announced_hostname: node.ip for node in (self.nodes if nodes is None else nodes) if node.tls}
 
     def close(self) -> list[str]:
         """Kills every node (its whole session); returns the sessions that survived."""
@@ -287,10 +340,35 @@ def count_keys(nodes: Iterable[LocalNode]) -> int:
     return sum(node.client().dbsize() for node in nodes if node.is_running() and role(node) == "master")
 
 
-def cluster_client(nodes: Sequence[LocalNode], retries: int = 10, socket_timeout: float = 2.0) -> RedisCluster:
+def cluster_client(
+    nodes: Sequence[LocalNode],
+    retries: int = 10,
+    socket_timeout: float = 2.0,
+    resolve: Optional[Callable[[str], Optional[str]]] = None,
+) -> RedisCluster:
     """A redis-py cluster client whose startup nodes are `nodes`, decoding replies, with a
     reasonable retry policy (redis-py retries connection errors, CLUSTERDOWN and uncovered
-    slots after refreshing its slot map, and follows MOVED/ASK on its own)."""
+    slots after refreshing its slot map, and follows MOVED/ASK on its own).
+
+    Over TLS the nodes name each other by their announced DNS names, which nothing resolves
+    in this process: `address_remap` maps each name in CLUSTER SLOTS to its node's address,
+    and the certificate's chain is verified but not the name (the client dials IPs). redis-py
+    8.1 applies `address_remap` to CLUSTER SLOTS only, not to a MOVED or ASK reply
+    (redis/redis-py#3382, closed unfixed), so every MOVED refreshes the slot map
+    (`reinitialize_steps=1`) instead of dialling the name it names. A client that follows the names for real, verifying them, runs in a process of its
+    own (tests/integration/test_tls.py). `resolve` (name -> address) replaces the lookup in
+    `nodes`, e.g. to read where the sandbox's pods are now."""
+    tls: dict[str, Any] = {}
+    if nodes[0].tls:
+
+        def remap(host_port: tuple[str, int]) -> tuple[str, int]:
+            # Looked up at each refresh: a node restarted on a new IP keeps its name.
+            host, port = host_port
+            if resolve is not None:
+                return resolve(host) or host, port
+            return next((node.ip for node in nodes if node.announced_hostname == host), host), port
+
+        tls = {**nodes[0].tls_client_options(), "address_remap": remap, "reinitialize_steps": 1}
     return RedisCluster(
         startup_nodes=[ClusterNode(node.ip, node.port) for node in nodes],
         password=nodes[0].password,
@@ -298,6 +376,7 @@ def cluster_client(nodes: Sequence[LocalNode], retries: int = 10, socket_timeout
         socket_timeout=socket_timeout,
         socket_connect_timeout=1.0,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+        **tls,
     )
 
 
@@ -461,6 +540,7 @@ def create_cluster(nodes: Sequence[LocalNode], replicas_per_shard: int, timeout:
     result = subprocess.run(
         [
             nodes[0].binaries.cli,
+            *cli_tls_args(nodes[0]),
             "--cluster",
             "create",
             *[f"{node.ip}:{node.port}" for node in nodes],

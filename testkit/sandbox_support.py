@@ -91,11 +91,24 @@ def sandbox_nodes(sandbox: Sandbox) -> list[LocalNode]:
 
 
 def cluster_client(sandbox: Sandbox, retries: int = 10, socket_timeout: float = 2.0) -> RedisCluster:
-    """`redis_nodes.cluster_client` with the sandbox's pods as startup nodes."""
-    return redis_nodes.cluster_client(sandbox_nodes(sandbox), retries=retries, socket_timeout=socket_timeout)
+    """`redis_nodes.cluster_client` with the sandbox's pods as startup nodes; over TLS the
+    announced names are looked up in the sandbox's state at each refresh, as DNS would
+    follow pods that moved."""
+
+    def resolve(name: str) -> Optional[str]:
+        return sandbox.announced_addresses(_state(sandbox)).get(name)
+
+    return redis_nodes.cluster_client(
+        sandbox_nodes(sandbox), retries=retries, socket_timeout=socket_timeout, resolve=resolve
+    )
 
 
 def node_client(state: SandboxState, record: NodeRecord, timeout: float = 2.0) -> redis.Redis:
+    """A client of one pod, over TLS (the chain verified against the sandbox's CA) when the
+    sandbox speaks it."""
+    tls: dict[str, Any] = {}
+    if state.tls:
+        tls = {"ssl": True, "ssl_ca_certs": state.tls_ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": False}
     return redis.Redis(
         host=record.host,
         port=record.port,
@@ -104,6 +117,7 @@ def node_client(state: SandboxState, record: NodeRecord, timeout: float = 2.0) -
         socket_connect_timeout=1.0,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
+        **tls,
     )
 
 

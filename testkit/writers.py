@@ -79,6 +79,8 @@ class Writer:
         self.slots = frozenset(slots) if slots is not None else None
         self.retry_ask_to_slotless_master = retry_ask_to_slotless_master
         self.password = client.nodes_manager.connection_kwargs.get("password")
+        # The node clients of mode "wait" speak TLS as the cluster client does.
+        self.tls_options = {k: v for k, v in client.nodes_manager.connection_kwargs.items() if k.startswith("ssl")}
         self.attempts: list[Attempt] = []
         self.asks_to_slotless_master = 0
         self._stop = threading.Event()
@@ -181,6 +183,7 @@ class Writer:
                 socket_timeout=max(2.0, self.wait_ms / 1000 + 1),
                 socket_connect_timeout=1.0,
                 retry=Retry(NoBackoff(), 0),
+                **self.tls_options,
             )
         return found
 

@@ -2,9 +2,11 @@
 # Installs the Debian packages the sandbox and the tests need, when this machine lacks them:
 # bookworm's redis-server and redis-cli (Redis 7.0: the older release of the version-roll
 # test; the engines the stack deploys come from tools/fetch-engines.sh), shellcheck (make
-# lint), dash (the pods' /bin/sh), apt's download tools and Debian's archive keys (for
-# tools/fetch-engines.sh), and on a bare image make, python3 and its venv module (the
-# Makefile builds .venv). Idempotent: with everything present it only runs the checks. POSIX sh.
+# lint), dash (the pods' /bin/sh), libnss-wrapper (the TLS tests and the sandbox resolve the
+# nodes' announced DNS names through a hosts file of their own: sandbox/name_resolution.py),
+# apt's download tools and Debian's archive keys (for tools/fetch-engines.sh), and on a bare
+# image make, python3 and its venv module (the Makefile builds .venv). Idempotent: with
+# everything present it only runs the checks. POSIX sh.
 set -eu
 
 missing=""
@@ -12,6 +14,12 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v dash >/dev/null 2>&1 || missing="$missing dash"
+# A library, not a command: present when any architecture's copy is readable.
+nss_wrapper_found=""
+for library in /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so /usr/lib64/libnss_wrapper.so; do
+    [ -r "$library" ] && nss_wrapper_found=yes
+done
+[ -n "$nss_wrapper_found" ] || missing="$missing libnss-wrapper"
 command -v make >/dev/null 2>&1 || missing="$missing make"
 command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
 [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || missing="$missing debian-archive-keyring"

@@ -131,6 +131,11 @@ class ProgramRun:
         return found[0]
 
 
+def _mock_pem(label: str, name: str) -> str:
+    """A stand-in PEM block naming the resource it came from (nothing here is a real key)."""
+    return f"-----BEGIN {label}-----\nMOCK-{name}\n-----END {label}-----\n"
+
+
 class _FakeCloud(pulumi.runtime.Mocks):
     """Answers what the program reads back from AWS and the remote components."""
 
@@ -165,6 +170,12 @@ class _FakeCloud(pulumi.runtime.Mocks):
         elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
 
+        elif typ == "tls:index/privateKey:PrivateKey":
+            state["privateKeyPem"] = _mock_pem("PRIVATE KEY", name)
+        elif typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            state["certPem"] = _mock_pem("CERTIFICATE", name)
+        elif typ == "tls:index/certRequest:CertRequest":
+            state["certRequestPem"] = _mock_pem("CERTIFICATE REQUEST", name)
         elif typ == "random:index/randomPassword:RandomPassword":
             state["result"] = "MockPassword-" + "x" * 27
         elif typ.startswith("pulumi-python:dynamic"):
@@ -175,6 +186,20 @@ class _FakeCloud(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         if args.token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": MOCK_ACCOUNT,
+                "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
+                "userId": "AIDAMOCK",
+                "id": MOCK_ACCOUNT,
+            }
+        if args.token == "aws:index/getRegion:getRegion":
+            return {
+                "region": "eu-west-1",
+                "name": "eu-west-1",
+                "id": "eu-west-1",
+                "endpoint": "ec2.eu-west-1.amazonaws.com",
+            }
         return {}
 
 

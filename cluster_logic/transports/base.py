@@ -1,10 +1,11 @@
 """What the cluster logic may do with the nodes, whatever the way to them: which pods are
 ready (with their address and zone), a redis-py client per node, and the image's
-`redis-cli` run with the cluster password. No transport ever puts the password in a
-process argv, a log line or an error."""
+`redis-cli` run with the cluster password, over TLS when the nodes speak it. No transport
+ever puts the password in a process argv, a log line or an error."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -34,6 +35,28 @@ class CliResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class TlsOptions:
+    """How to reach nodes that speak TLS only: the cluster CA's certificate (a PEM file).
+
+    The chain is verified, the host name is not: the cluster logic addresses each node by
+    the IP (or the port-forward) it was listed at, never by a name a certificate could
+    carry, and only a holder of a key the cluster's CA signed can answer."""
+
+    ca_file: str
+
+    def redis_options(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": self.ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": False}
+
+    def cli_args(self, ca_file: Optional[str] = None) -> list[str]:
+        return ["--tls", "--cacert", ca_file or self.ca_file]
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.check_hostname = False
+        return context
+
+
 class TransportError(Exception):
     """A node could not be reached or a command could not be run; message holds no secret."""
 
@@ -50,8 +73,9 @@ class NodeTransport(ABC):
     #: Nodes probed at once. Threads pay off only when each round trip is slow.
     probe_concurrency: int = 1
 
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str, tls: Optional[TlsOptions] = None) -> None:
         self._password = password
+        self._tls = tls
         self._clients: dict[NodeAddress, redis.Redis] = {}
         self._lock = threading.Lock()
 
@@ -65,7 +89,28 @@ class NodeTransport(ABC):
         """Status of the first `count` pods by ordinal (missing ones are not ready)."""
 
     @abstractmethod
-    def _make_client(self, node: NodeAddress) -> redis.Redis: ...
+    def running_nodes(self, count: int) -> list[NodeAddress]:
+        """The first `count` nodes that run now, ready or not (a node whose users are being
+        changed may fail its readiness probe meanwhile)."""
+
+    @abstractmethod
+    def _make_client(self, node: NodeAddress, password: Optional[str] = None) -> redis.Redis: ...
+
+    def use_tls(self, tls: TlsOptions) -> None:
+        """Speaks TLS from now on (before the first client is made)."""
+        with self._lock:
+            if self._clients:
+                raise RuntimeError("use_tls must come before any client")
+            self._tls = tls
+
+    def mounted_password_hash(self, node: NodeAddress) -> Optional[str]:
+        """The SHA-256 of the admin password file the pod's scripts read now, or None where
+        that file is not behind a lagging mount (a local node's is written at once)."""
+        return None
+
+    def client_as(self, node: NodeAddress, password: str) -> redis.Redis:
+        """A client of its own (the caller closes it) logged in with another admin password."""
+        return self._make_client(node, password)
 
     @abstractmethod
     def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
@@ -83,7 +128,7 @@ class NodeTransport(ABC):
         with self._lock:
             client = self._clients.pop(node, None)
         if client is not None:
-            _close(client)
+            close_client(client)
 
     def release_idle(self, node: Optional[NodeAddress] = None) -> None:  # noqa: B027 - a hook, a no-op here
         """Lets go of the connections no call is using (to `node`, or to every node); a
@@ -94,7 +139,7 @@ class NodeTransport(ABC):
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
-            _close(client)
+            close_client(client)
 
     def __enter__(self) -> NodeTransport:
         return self
@@ -103,7 +148,7 @@ class NodeTransport(ABC):
         self.close()
 
 
-def _close(client: redis.Redis) -> None:
+def close_client(client: redis.Redis) -> None:
     # A client built on a pool of our own does not close that pool (redis-py's
     # auto_close_connection_pool is off then): disconnect it, or its sockets wait for the
     # garbage collector.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import redis
 
@@ -18,6 +18,7 @@ from cluster_logic.transports.base import (
     CliResult,
     NodeTransport,
     PodStatus,
+    TlsOptions,
     TransportError,
 )
 
@@ -30,8 +31,9 @@ class DirectTransport(NodeTransport):
         nodes: Iterable[Mapping[str, Any] | NodeAddress],
         password: str,
         cli: str = "redis-cli",
+        tls: Optional[TlsOptions] = None,
     ) -> None:
-        super().__init__(password)
+        super().__init__(password, tls)
         addresses = [n if isinstance(n, NodeAddress) else _address_from_mapping(n) for n in nodes]
         self._nodes = sorted(addresses, key=lambda n: (n.ordinal, n.pod))
         # The engine's own CLI (redis-cli, valkey-cli), a name on PATH or a path.
@@ -41,14 +43,21 @@ class DirectTransport(NodeTransport):
     def nodes(self) -> list[NodeAddress]:
         return list(self._nodes)
 
-    def _make_client(self, node: NodeAddress) -> redis.Redis:
+    def _tls_options(self) -> dict[str, Any]:
+        return self._tls.redis_options() if self._tls else {}
+
+    def running_nodes(self, count: int) -> list[NodeAddress]:
+        return self._nodes[:count]
+
+    def _make_client(self, node: NodeAddress, password: Optional[str] = None) -> redis.Redis:
         return redis.Redis(
             host=node.host,
             port=node.port,
-            password=self._password,
+            password=password or self._password,
             socket_timeout=COMMAND_TIMEOUT_SECONDS,
             socket_connect_timeout=2.0,
             max_connections=64,
+            **self._tls_options(),
         )
 
     def pod_statuses(self, count: int) -> list[PodStatus]:
@@ -65,7 +74,12 @@ class DirectTransport(NodeTransport):
 
     def _probe(self, node: NodeAddress) -> PodStatus:
         probe = redis.Redis(
-            host=node.host, port=node.port, password=self._password, socket_timeout=1.0, socket_connect_timeout=0.5
+            host=node.host,
+            port=node.port,
+            password=self._password,
+            socket_timeout=1.0,
+            socket_connect_timeout=0.5,
+            **self._tls_options(),
         )
         try:
             probe.ping()
@@ -86,7 +100,7 @@ class DirectTransport(NodeTransport):
         env["REDISCLI_AUTH"] = self._password
         try:
             done = subprocess.run(
-                [self._cli, *args],
+                [self._cli, *(self._tls.cli_args() if self._tls else []), *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,

@@ -14,7 +14,14 @@ from redis.connection import BlockingConnectionPool, Connection
 
 from cluster_logic.commands import first_line
 from cluster_logic.model import NodeAddress
-from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS, CliResult, NodeTransport, PodStatus, TransportError
+from cluster_logic.transports.base import (
+    COMMAND_TIMEOUT_SECONDS,
+    CliResult,
+    NodeTransport,
+    PodStatus,
+    TlsOptions,
+    TransportError,
+)
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # Reading a node's zone label is retried this often before the bootstrap gives up; only a
@@ -29,6 +36,8 @@ HANDSHAKE_TIMEOUT_SECONDS = 15.0
 # only one of them is kept when idle (`_ForwardPool`).
 CONNECTIONS_PER_NODE = 16
 SECRET_FILE = "/etc/redis-secret/password"
+# The cluster CA's certificate as the pods mount it (the TLS Secret's ca.crt).
+POD_CA_FILE = "/etc/redis-tls/ca.crt"
 CONTAINER = "redis"
 
 ExecFunction = Callable[[str, str, str, Sequence[str], float], CliResult]
@@ -48,15 +57,19 @@ def in_pod_cli_argv(args: Sequence[str], cli: str = "redis-cli", secret_file: st
 
 
 class _SocketConnection(Connection):
-    """A redis-py connection over a socket someone else opens (a port-forward)."""
+    """A redis-py connection over a socket someone else opens (a port-forward), wrapped in
+    TLS when the nodes speak it."""
 
-    def __init__(self, open_socket: Callable[[], Any], **kwargs: Any) -> None:
+    def __init__(self, open_socket: Callable[[], Any], tls: Optional[TlsOptions] = None, **kwargs: Any) -> None:
         self._open_socket = open_socket
+        self._tls_context = tls.context() if tls else None
         super().__init__(**kwargs)
 
     def _connect(self) -> Any:
         sock = self._open_socket()
         sock.settimeout(self.socket_timeout)
+        if self._tls_context is not None:
+            sock = self._tls_context.wrap_socket(sock)
         return sock
 
 
@@ -90,9 +103,12 @@ class KubernetesTransport(NodeTransport):
         port_forward: Optional[PortForwardFunction] = None,
         websocket_api: Optional[Callable[[], Any]] = None,
         cli: str = "redis-cli",
+        tls: Optional[TlsOptions] = None,
+        pod_ca_file: str = POD_CA_FILE,
     ) -> None:
-        super().__init__(password)
+        super().__init__(password, tls)
         self._cli = cli
+        self._pod_ca_file = pod_ca_file
         self._api = core_api
         # kubernetes.stream swaps `call_api` on the ApiClient it is given for the length of
         # the handshake (kubernetes-client/python#928): each websocket call gets an ApiClient
@@ -132,6 +148,23 @@ class KubernetesTransport(NodeTransport):
         listing = self._api.list_namespaced_pod(self._namespace, label_selector=self._selector or None)
         pods = {pod.metadata.name: pod for pod in listing.items}
         return [self._status(name, pods.get(name)) for name in wanted]
+
+    def running_nodes(self, count: int) -> list[NodeAddress]:
+        wanted = [f"{self._sts}-{i}" for i in range(count)]
+        listing = self._api.list_namespaced_pod(self._namespace, label_selector=self._selector or None)
+        pods = {pod.metadata.name: pod for pod in listing.items}
+        found = []
+        for name in wanted:
+            pod = pods.get(name)
+            status = getattr(pod, "status", None)
+            if (
+                pod is not None
+                and not getattr(pod.metadata, "deletion_timestamp", None)
+                and getattr(status, "phase", None) == "Running"
+                and getattr(status, "pod_ip", None)
+            ):
+                found.append(NodeAddress(name, status.pod_ip, self._port))
+        return found
 
     def _status(self, name: str, pod: Any) -> PodStatus:
         if pod is None:
@@ -174,16 +207,47 @@ class KubernetesTransport(NodeTransport):
                 time.sleep(ZONE_LOOKUP_PAUSE_SECONDS * attempt)
         raise TransportError(f"cannot read the zone of node {node_name} ({reason}); retry the deployment")
 
+    def secret_value(self, name: str, key: str, timeout: float) -> str:
+        """One key of a Secret in the pods' namespace (the CA a cert-manager issuer put
+        beside the nodes' certificate), waiting for it to be issued."""
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self._api.read_namespaced_secret(name, self._namespace).data or {}
+                if data.get(key):
+                    return base64.b64decode(data[key]).decode()
+                reason = f"has no {key} yet"
+            except ApiException as error:
+                if error.status not in (404,):
+                    raise TransportError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
+                reason = "does not exist yet"
+            if time.monotonic() > deadline:
+                raise TransportError(f"Secret {self._namespace}/{name} {reason} after {timeout:.0f}s")
+            time.sleep(self.poll_interval * 5)
+
+    def mounted_password_hash(self, node: NodeAddress) -> Optional[str]:
+        # The kubelet refreshes a Secret's mount a minute or more after the Secret changed;
+        # the probes read the password from it. Only its digest leaves the pod.
+        result = self._exec(self._namespace, node.pod, self._container, ["sha256sum", self._secret_file], 15.0)
+        if result.returncode != 0 or not result.stdout.strip():
+            raise TransportError(f"cannot read the mounted Secret in pod {node.pod}: {first_line(result.stderr)}")
+        return result.stdout.split()[0]
+
     # -- redis-py through port-forward --------------------------------------------------
 
-    def _make_client(self, node: NodeAddress) -> redis.Redis:
+    def _make_client(self, node: NodeAddress, password: Optional[str] = None) -> redis.Redis:
         pool = _ForwardPool(
             connection_class=_SocketConnection,
             open_socket=lambda: self._forward(node),
+            tls=self._tls,
             # Only for redis-py's messages: they name the pod, not "localhost".
             host=node.pod,
             port=node.port,
-            password=self._password,
+            password=password or self._password,
             socket_timeout=COMMAND_TIMEOUT_SECONDS,
             max_connections=CONNECTIONS_PER_NODE,
             timeout=COMMAND_TIMEOUT_SECONDS,
@@ -231,7 +295,8 @@ class KubernetesTransport(NodeTransport):
     # -- redis-cli inside a pod ---------------------------------------------------------
 
     def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
-        argv = in_pod_cli_argv(args, self._cli, self._secret_file)
+        tls_args = self._tls.cli_args(self._pod_ca_file) if self._tls else []
+        argv = in_pod_cli_argv([*tls_args, *args], self._cli, self._secret_file)
         return self._exec(self._namespace, via.pod, self._container, argv, timeout)
 
     def _stream_exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> CliResult:

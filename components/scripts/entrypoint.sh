@@ -6,7 +6,16 @@
 # it from this node's gossip. When every pod got a new IP nobody can reach anybody through
 # nodes.conf, so peer-recovery.sh re-introduces the peers (see that script).
 #
-# Environment: POD_IP (required), REDIS_DATA_DIR (/data), REDIS_CONF_DIR (/conf).
+# With TLS, clients verify a node's certificate against the address a redirect names, and
+# no certificate can cover pod IPs that change: the node announces its stable DNS name
+# (REDIS_ANNOUNCE_HOSTNAME, `<pod>.<headless service>.<namespace>.svc.cluster.local`, which
+# the certificate's wildcard covers) as `--cluster-announce-hostname`, and redis.conf's
+# `cluster-preferred-endpoint-type hostname` puts it in MOVED, ASK and CLUSTER SHARDS/SLOTS.
+# nodes.conf then carries it after the bus port (`<ip>:<port>@<cport>,<hostname>`); the
+# rewrite below keeps it.
+#
+# Environment: POD_IP (required), REDIS_DATA_DIR (/data), REDIS_CONF_DIR (/conf),
+# REDIS_ANNOUNCE_HOSTNAME (unset: nothing announced but the IP).
 set -eu
 
 : "${POD_IP:?POD_IP must be set (the pod IP, from status.podIP)}"
@@ -39,6 +48,11 @@ if [ -s "$nodes_conf" ]; then
         # Redis also learns its own address from its peers; starting beats crash-looping.
         echo "entrypoint: could not rewrite $nodes_conf; starting anyway" >&2
     fi
+fi
+
+if [ -n "${REDIS_ANNOUNCE_HOSTNAME:-}" ]; then
+    # Arguments after the config file override it; one word, whatever it holds.
+    set -- "$@" --cluster-announce-hostname "$REDIS_ANNOUNCE_HOSTNAME"
 fi
 
 # In the background, never instead of exec: the server must become PID 1 to get SIGTERM.

@@ -13,7 +13,8 @@
 #
 # Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379), REDIS_DATA_DIR (/data),
 # REDIS_PEERS_FILE (/conf/peers), REDIS_PASSWORD_FILE (/etc/redis-secret/password),
-# REDIS_PEER_RECOVERY_TIMEOUT_SECONDS (1800), REDIS_PEER_RECOVERY_INTERVAL_SECONDS (3).
+# REDIS_PEER_RECOVERY_TIMEOUT_SECONDS (1800), REDIS_PEER_RECOVERY_INTERVAL_SECONDS (3),
+# REDIS_TLS_CA_FILE (set: every call over TLS, the server verified against this CA).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
@@ -47,10 +48,14 @@ if [ -r "$REDIS_PASSWORD_FILE" ]; then
 fi
 
 # The CLI on stdin=/dev/null so it never eats the peers file being read in a loop; a
-# `timeout` because a peer address may drop packets rather than refuse.
+# `timeout` because a peer address may drop packets rather than refuse. With TLS the chain
+# is verified against the cluster CA; the CLI checks no host name (peers are dialled by IP).
 redis_at() {
     host=$1
     shift
+    if [ -n "${REDIS_TLS_CA_FILE:-}" ]; then
+        set -- --tls --cacert "$REDIS_TLS_CA_FILE" "$@"
+    fi
     timeout 5 "$ENGINE_CLI" -h "$host" -p "$REDIS_PORT" "$@" </dev/null 2>/dev/null | tr -d '\r'
 }
 
@@ -76,6 +81,8 @@ cluster_healthy() {
     esac
     nodes=$(redis_at "$POD_IP" CLUSTER NODES)
     [ -n "$nodes" ] || return 1
+    # The address field is `<ip>:<port>@<cport>` and, with a hostname announced,
+    # `,<hostname>` after it: one word either way, so the fields after it stay in place.
     while read -r _id _addr flags _master _ping _pong _epoch link slots; do
         case "$flags" in
             *myself*) continue ;;

@@ -9,7 +9,8 @@
 # terminationGracePeriodSeconds leaves room after it for Redis to shut down.
 #
 # Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
-# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PRESTOP_TIMEOUT_SECONDS (60).
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PRESTOP_TIMEOUT_SECONDS (60),
+# REDIS_TLS_CA_FILE (set: every call over TLS, the server verified against this CA).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
@@ -31,10 +32,15 @@ if [ -r "$REDIS_PASSWORD_FILE" ]; then
     export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
+# With TLS the chain is verified against the cluster CA; the CLI checks no host name (the
+# replica is dialled at the IP its master reports).
 redis_at() {
     host=$1
     port=$2
     shift 2
+    if [ -n "${REDIS_TLS_CA_FILE:-}" ]; then
+        set -- --tls --cacert "$REDIS_TLS_CA_FILE" "$@"
+    fi
     timeout 5 "$ENGINE_CLI" -h "$host" -p "$port" "$@" </dev/null 2>/dev/null | tr -d '\r'
 }
 
@@ -77,7 +83,9 @@ if [ -z "$my_id" ] || [ -z "$my_slots" ]; then
     exit 0
 fi
 
-# A healthy replica of mine according to the cluster: linked, not failing.
+# A healthy replica of mine according to the cluster: linked, not failing. The address
+# field is `<ip>:<port>@<cport>`, with `,<hostname>` after it when one is announced: the
+# part before `@` is the ip:port that INFO replication reports.
 cluster_says_healthy_replica() {
     while read -r _id addr flags master _ping _pong _epoch link _slots; do
         [ "${addr%%@*}" = "$1:$2" ] || continue

@@ -7,8 +7,11 @@
 #              deliberate rollout, so it is only reported.
 # Only no reply at all (refused, reset, timed out) fails.
 #
+# Over TLS (REDIS_TLS_CA_FILE set), a server whose certificate does not verify against the
+# CA gives no reply either.
+#
 # Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
-# REDIS_PASSWORD_FILE (/etc/redis-secret/password).
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_TLS_CA_FILE (set: over TLS).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
@@ -24,7 +27,12 @@ if [ -r "$REDIS_PASSWORD_FILE" ]; then
     export REDISCLI_AUTH VALKEYCLI_AUTH
 fi
 
-reply=$(timeout 4 "$ENGINE_CLI" -h "$POD_IP" -p "$REDIS_PORT" PING </dev/null 2>&1)
+if [ -n "${REDIS_TLS_CA_FILE:-}" ]; then
+    set -- --tls --cacert "$REDIS_TLS_CA_FILE"
+else
+    set --
+fi
+reply=$(timeout 4 "$ENGINE_CLI" -h "$POD_IP" -p "$REDIS_PORT" "$@" PING </dev/null 2>&1)
 case "$reply" in
     PONG | LOADING* | BUSY* | MASTERDOWN*)
         exit 0

@@ -12,8 +12,13 @@
 # the probe's timeoutSeconds: the kubelet would otherwise count a probe that is still
 # running as failed without its reason, and the next one would start beside it.
 #
+# With TLS (REDIS_TLS_CA_FILE set) every call goes over TLS, and the probe also applies a
+# renewed certificate: see reload_tls_if_changed below.
+#
 # Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
-# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PROBE_BUDGET_SECONDS (4).
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PROBE_BUDGET_SECONDS (4),
+# REDIS_TLS_CA_FILE (set: over TLS; tls.crt and tls.key sit beside it, as the TLS Secret
+# mounts them), TMPDIR (/tmp, the pod's emptyDir: the record of the loaded TLS files).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
@@ -39,7 +44,55 @@ if [ -r "$REDIS_PASSWORD_FILE" ]; then
 fi
 
 redis() {
+    if [ -n "${REDIS_TLS_CA_FILE:-}" ]; then
+        set -- --tls --cacert "$REDIS_TLS_CA_FILE" "$@"
+    fi
     timeout 2 "$ENGINE_CLI" -h "$POD_IP" -p "$REDIS_PORT" "$@" </dev/null 2>&1 | tr -d '\r'
+}
+
+# Certificate renewal without a restart. When the TLS Secret changes (cert-manager renews the
+# certificate, an operator replaces it), the kubelet swaps the mounted files under the running
+# pod, but the server keeps what it loaded at its start until it is told to load them again:
+# CONFIG SET of its TLS file settings, to the very same paths, which both engines apply to
+# new connections while the established ones (clients, replicas, the cluster bus) carry on.
+# (Redis 8.0 has no reload of its own; Valkey's tls-auto-reload-interval is off by default,
+# and one mechanism for both engines is one thing to test.)
+#
+# It lives here, not in a loop the entrypoint would start beside the server: the kubelet runs
+# this probe every few seconds for the pod's whole life, each run bounded, whereas a background
+# loop that died would never be started again and nobody would notice. A run compares a digest
+# of the three files with the one recorded in $TMPDIR at the last load and reloads when they
+# differ, which is within one probe period of the kubelet's update. With no record (a new pod:
+# the files may have changed since the server read them) it loads once. A load that fails (a
+# key that does not match its certificate) is not recorded, so the next run tries again; it
+# does not make the pod unready, since the server goes on with the certificate it has.
+#
+# A new CA cannot replace the old one in a single change: until a node reloads it presents a
+# certificate that the new ca.crt does not verify, to this probe and to its peers. Change a
+# CA through a bundle: ca.crt with both CAs, then certificates from the new CA, then ca.crt
+# with the new CA only, each step on every pod before the next.
+reload_tls_if_changed() {
+    [ -n "${REDIS_TLS_CA_FILE:-}" ] || return 0
+    ca=$REDIS_TLS_CA_FILE
+    cert=${ca%/*}/tls.crt
+    key=${ca%/*}/tls.key
+    record=${TMPDIR:-/tmp}/redis-tls-loaded.sha256
+    # The digest, never the files: the key stays where the Secret put it.
+    digest=$(sha256sum "$cert" "$key" "$ca" 2>&1) || {
+        echo "readiness: cannot read the TLS files: $digest" >&2
+        return 0
+    }
+    [ "$digest" = "$(cat "$record" 2>/dev/null)" ] && return 0
+    loaded=$(redis CONFIG SET tls-cert-file "$cert" tls-key-file "$key" tls-ca-cert-file "$ca")
+    if [ "$loaded" != OK ]; then
+        echo "readiness: reloading the TLS files failed: ${loaded:-no reply}" >&2
+        return 0
+    fi
+    if printf '%s\n' "$digest" >"$record.tmp" && mv -f "$record.tmp" "$record"; then
+        echo "readiness: reloaded the TLS files"
+    else
+        echo "readiness: reloaded the TLS files, but cannot record it in ${TMPDIR:-/tmp}" >&2
+    fi
 }
 
 reply=$(redis PING)
@@ -47,6 +100,7 @@ if [ "$reply" != PONG ]; then
     echo "readiness: PING got: ${reply:-no reply}" >&2
     exit 1
 fi
+reload_tls_if_changed
 
 info=$(redis CLUSTER INFO)
 known_nodes=$(printf '%s\n' "$info" | sed -n 's/^cluster_known_nodes:\([0-9][0-9]*\)$/\1/p')

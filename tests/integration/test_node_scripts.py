@@ -1,7 +1,9 @@
 """The pod scripts against real redis-server processes, run under dash as in the image.
 
 Each "pod" is a `LocalNode`: its own 127.0.1x.y address, conf/secret/data dirs, started as
-`dash entrypoint.sh redis-server redis.conf` exactly as the StatefulSet starts it.
+`dash entrypoint.sh redis-server redis.conf` exactly as the StatefulSet starts it. The tests
+that take `nodes_tls_too` run twice: in plaintext, and with TLS on (the scripts then speak TLS
+only, and the nodes announce their DNS names); tests/integration/test_tls.py has the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
+from cluster_logic.credentials import replication_password
 from components.redis_node_files import PRESTOP_TIMEOUT_SECONDS, SCRIPTS_DIR
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
@@ -29,6 +32,7 @@ from testkit.redis_nodes import (
     cluster_info,
     cluster_nodes,
     create_cluster,
+    fast_settings,
     masters_and_replicas,
     myself,
     replica_of,
@@ -47,6 +51,14 @@ ID_B = "b" * 40
 ID_C = "c" * 40
 
 
+@pytest.fixture(params=[pytest.param(False, id="plaintext"), pytest.param(True, id="tls")])
+def nodes_tls_too(request: pytest.FixtureRequest, nodes: LocalNodes) -> LocalNodes:
+    """`nodes`, once in plaintext and once with TLS on (a CA and a certificate of their own)."""
+    if request.param:
+        nodes.settings = fast_settings(nodes.binaries.engine.name, tls="true")
+    return nodes
+
+
 class EntrypointRun:
     def __init__(self, pid: int, returncode: int, stdout: str, stderr: str, nodes_conf: str) -> None:
         self.pid, self.returncode, self.stdout, self.stderr, self.nodes_conf = (
@@ -58,9 +70,11 @@ class EntrypointRun:
         )
 
 
-def _run_entrypoint(tmp_path: Path, nodes_conf: str, pod_ip: str, command: list[str]) -> EntrypointRun:
+def _run_entrypoint(
+    tmp_path: Path, nodes_conf: str, pod_ip: str, command: list[str], **extra_env: str
+) -> EntrypointRun:
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(parents=True)
     (data / "nodes.conf").write_text(nodes_conf)
     env = {
         "PATH": os.environ["PATH"],
@@ -72,6 +86,7 @@ def _run_entrypoint(tmp_path: Path, nodes_conf: str, pod_ip: str, command: list[
         "REDIS_PASSWORD_FILE": str(tmp_path / "no-password"),
         "REDIS_PORT": "1",
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "0",
+        **extra_env,
     }
     process = subprocess.Popen(
         ["dash", str(SCRIPTS_DIR / "entrypoint.sh"), *command],
@@ -109,6 +124,16 @@ NODES_CONF_CASES = {
         f"{ID_C} 10.1.2.5:6379@16379 myself,slave {ID_A} 0 0 1 connected\n",
         f"{ID_C} 10.9.8.7:6379@16379 myself,slave {ID_A} 0 0 1 connected\n",
     ),
+    # TLS only (port 0, tls-port aux field) with a hostname announced: the hostname, a DNS
+    # name with dots, stays as it is.
+    "tls-hostname": (
+        f"{ID_A} 10.1.2.3:0@16379,redis-cluster-0.redis-cluster-headless.redis.svc.cluster.local,tls-port=6379,"
+        f"shard-id={'d' * 40} myself,master - 0 0 1 connected 0-5460\n"
+        f"{ID_B} 10.1.2.4:0@16379,redis-cluster-3.redis-cluster-headless.redis.svc.cluster.local,tls-port=6379,"
+        f"shard-id={'d' * 40} slave {ID_A} 0 1700000000000 1 connected\n",
+        f"{ID_A} 10.9.8.7:0@16379,redis-cluster-0.redis-cluster-headless.redis.svc.cluster.local,tls-port=6379,"
+        f"shard-id={'d' * 40} myself,master - 0 0 1 connected 0-5460\n",
+    ),
     # A fresh node saved its config before learning its own address.
     "empty-ip": (
         f"{ID_A} :0@0 myself,master - 0 0 0 connected\nvars currentEpoch 0 lastVoteEpoch 0\n",
@@ -142,6 +167,24 @@ def test_entrypoint_refuses_a_pod_ip_that_is_not_an_address(tmp_path: Path) -> N
     assert run.returncode != 0
     assert "not an IP address" in run.stderr
     assert run.nodes_conf == before
+
+
+def test_entrypoint_announces_the_hostname_it_is_given(tmp_path: Path) -> None:
+    # Appended after the config file's arguments, as one word whatever it holds.
+    command = ["dash", "-c", 'for a in "$@"; do echo "[$a]"; done', "dash", "redis.conf", "--port", "7000"]
+    announced = _run_entrypoint(
+        tmp_path / "with", "", "10.9.8.7", command, REDIS_ANNOUNCE_HOSTNAME="pod-0.svc.example $(x)"
+    )
+    assert announced.returncode == 0, announced.stderr
+    assert announced.stdout.splitlines() == [
+        "[redis.conf]",
+        "[--port]",
+        "[7000]",
+        "[--cluster-announce-hostname]",
+        "[pod-0.svc.example $(x)]",
+    ]
+    plain = _run_entrypoint(tmp_path / "without", "", "10.9.8.7", command, REDIS_ANNOUNCE_HOSTNAME="")
+    assert plain.stdout.splitlines() == ["[redis.conf]", "[--port]", "[7000]"]
 
 
 def test_entrypoint_execs_its_arguments_in_place(tmp_path: Path) -> None:
@@ -227,8 +270,8 @@ def _probe(node: LocalNode, name: str, **env: str) -> subprocess.CompletedProces
     return node.run_script(name, timeout=15, env=env)
 
 
-def test_probes_on_a_fresh_node_and_on_a_stopped_one(nodes: LocalNodes) -> None:
-    node = nodes.new()
+def test_probes_on_a_fresh_node_and_on_a_stopped_one(nodes_tls_too: LocalNodes) -> None:
+    node = nodes_tls_too.new()
     node.start()
 
     # Fresh: no cluster yet. Ready, or the bootstrap that waits for Ready pods never starts.
@@ -343,12 +386,12 @@ def test_a_replica_without_a_working_link_to_its_master_is_not_ready(nodes: Loca
     assert "link to its master is down" in readiness.stderr
     assert _probe(replica, "probe-liveness.sh").returncode == 0
 
-    client.config_set("masterauth", replica.password)
+    client.config_set("masterauth", replication_password(replica.password))
     wait_ready([replica], timeout=20)
 
 
-def test_probes_before_and_after_formation_and_when_the_cluster_is_down(nodes: LocalNodes) -> None:
-    cluster = nodes.started(6)
+def test_probes_before_and_after_formation_and_when_the_cluster_is_down(nodes_tls_too: LocalNodes) -> None:
+    cluster = nodes_tls_too.started(6)
     for node in cluster:
         assert _probe(node, "probe-readiness.sh").returncode == 0, f"{node.pod}: a fresh node must be Ready"
 
@@ -428,9 +471,9 @@ def _restart_all_on_new_ips(cluster: list[LocalNode], new_ips: list[str], peers:
 
 
 def test_all_pods_back_on_new_ips_recover_through_the_peers_file(
-    nodes: LocalNodes, loopback: LoopbackAddresses
+    nodes_tls_too: LocalNodes, loopback: LoopbackAddresses
 ) -> None:
-    cluster = nodes.cluster()
+    cluster = nodes_tls_too.cluster()
     expected = _write_keys(cluster, 1000)
     wait_replicas_in_sync(cluster, timeout=10)
     old_ips = {node.pod: node.ip for node in cluster}
@@ -451,6 +494,11 @@ def test_all_pods_back_on_new_ips_recover_through_the_peers_file(
         addresses = {entry.host for entry in cluster_nodes(node)}
         assert addresses == set(new_ips), f"{node.pod} still knows old addresses: {addresses}"
         assert node.ip != old_ips[node.pod]
+        if node.tls:
+            # Every node still announced by its DNS name, now beside its new address.
+            text = node.client().execute_command("CLUSTER", "NODES")
+            for peer in cluster:
+                assert f"{peer.ip}:6379@16379,{peer.announced_hostname}" in text, text
 
     _assert_keys_intact(cluster, expected)
     assert sum(node.client().dbsize() for node in masters_and_replicas(cluster)[0]) == len(expected)
@@ -660,8 +708,8 @@ def _hash_tag_in_slots(ranges: tuple[tuple[int, int], ...]) -> str:
     raise AssertionError(f"no hash tag found for slots {ranges}")
 
 
-def test_prestop_on_a_master_hands_over_without_losing_acknowledged_writes(nodes: LocalNodes) -> None:
-    cluster = nodes.cluster()
+def test_prestop_on_a_master_hands_over_without_losing_acknowledged_writes(nodes_tls_too: LocalNodes) -> None:
+    cluster = nodes_tls_too.cluster()
     masters, _ = masters_and_replicas(cluster)
     master = masters[0]
     replica = replica_of(master, cluster)

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from cluster_logic.credentials import REPLICATION_USER, password_hash, replication_password, wanted_credentials
 from components.redis_node_files import (
     REDIS_CONF_FILE,
     NodePaths,
     maxmemory_bytes,
-    render_auth_conf,
     render_redis_conf,
+    secret_files,
 )
 from components.stack_settings import StackSettings
 from sandbox.engine_binaries import EngineBinaries
@@ -113,9 +114,14 @@ def test_every_directive_is_in_effect(server: Server) -> None:
             assert Path(actual[name]).resolve() == Path(expected).resolve()
         else:
             assert actual[name] == expected, f"{name}: configured {expected!r}, running {actual[name]!r}"
-    # The included auth.conf set both passwords.
-    assert client.config_get("requirepass")["requirepass"] == PASSWORD
-    assert client.config_get("masterauth")["masterauth"] == PASSWORD
+    # The ACL file gave the admin its password (as a hash) and nothing passwordless; the
+    # included auth.conf logs replicas in as the replication user.
+    users = {line.split()[1]: line for line in client.acl_list()}
+    assert f"#{password_hash(PASSWORD)}" in users["default"].split() and "nopass" not in users["default"]
+    assert set(users) == {"default", REPLICATION_USER}
+    assert client.config_get("requirepass")["requirepass"] == ""
+    assert client.config_get("masteruser")["masteruser"] == REPLICATION_USER
+    assert client.config_get("masterauth")["masterauth"] == replication_password(PASSWORD)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +150,8 @@ def test_the_server_refuses_inline_comments_which_is_why_the_file_has_none(
     )
     conf = Path(paths.conf_dir) / "redis.conf"
     conf.write_text(conf_text)
-    (Path(paths.secret_dir) / "auth.conf").write_text(render_auth_conf(PASSWORD))
+    for name, content in secret_files(wanted_credentials(PASSWORD)).items():
+        (Path(paths.secret_dir) / name).write_text(content)
     result = subprocess.run(
         [engine.server, str(conf)], capture_output=True, text=True, timeout=10, start_new_session=True
     )

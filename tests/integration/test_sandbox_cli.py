@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sandbox.processes import alive
 from tools.render_manifests import PROJECT_DIR
@@ -106,3 +108,41 @@ def test_commands_without_a_sandbox_say_how_to_start_one(root):
     result = sandbox(root, "status", check=False)
     assert result.returncode == 1
     assert "python -m sandbox up" in result.stderr
+
+
+def test_up_with_tls_prints_lines_that_verify_and_renews_the_certificate_in_place(root, engine):
+    result = sandbox(root, "up", "--engine", engine.engine.name, "--tls")
+    assert "cluster ok: 6 nodes" in result.stdout
+    assert "tls: on" in result.stdout
+    state = json.loads((root / "cluster.json").read_text())
+    assert state["tls"] is True and state["tls_ca_file"] == str(root.resolve() / "tls" / "ca.crt")
+    assert oct((root / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    nodes = state["nodes"]
+    # Nothing answers in plaintext.
+    plaintext = redis.Redis(host=nodes[0]["host"], port=6379, password=state["password"], retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.ConnectionError):
+        plaintext.ping()
+    plaintext.close()
+
+    # The printed CLI line works as printed: by the first pod's DNS name, following redirects
+    # to the others' names (the sandbox's hosts file), the chain verified.
+    line = next(line.strip() for line in result.stdout.splitlines() if " -c --tls --cacert " in line)
+    assert "--insecure" not in line and "redis-cluster-0.redis-cluster-headless.redis.svc.cluster.local" in line
+    for n in range(12):
+        written = subprocess.run(["sh", "-c", f"{line} SET key{n} {n}"], capture_output=True, text=True, timeout=30)
+        assert written.stdout.strip() == "OK", written
+    rows = json.loads(sandbox(root, "status", "--json").stdout)
+    assert [row["announced"] for row in rows] == [
+        f"redis-cluster-{i}.redis-cluster-headless.redis.svc.cluster.local" for i in range(6)
+    ]
+    assert sum(1 for row in rows if row["role"] == "master" and row["keys"] > 0) == 3
+
+    before = sandbox(root, "status").stdout.splitlines()[0]
+    renewed = sandbox(root, "renew-cert")
+    assert renewed.stdout.count(": reloaded; new connections get serial") == 6, renewed.stdout
+    after = renewed.stdout.splitlines()[0]
+    assert after.startswith("tls: on") and after != before, (before, after)
+    again = json.loads((root / "cluster.json").read_text())
+    assert [n["pid"] for n in again["nodes"]] == [n["pid"] for n in nodes], "renewal restarts no pod"
+    read = subprocess.run(["sh", "-c", f"{line} GET key11"], capture_output=True, text=True, timeout=30)
+    assert read.stdout.strip() == "11", read

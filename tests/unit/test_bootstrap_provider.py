@@ -73,14 +73,31 @@ def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> Non
     assert [f.property for f in provider.check(four, still_set).failures] == ["shards"]
 
     guard = cb.ClusterChangeGuardProvider()
-    rotated = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
-    olds = {"shards": 4, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
-    assert [f.property for f in guard.check(olds, rotated).failures] == ["shards", "password"]
-    assert [f.property for f in guard.check(olds, {**rotated, "accept_manual_change": ["password"]}).failures] == [
-        "shards"
-    ]
-    both = {**rotated, "accept_manual_change": ["shards=3", "password"]}
-    assert list(guard.check(olds, both).failures) == []
+    olds = {"shards": 4, "replicas_per_shard": 1}
+    assert [f.property for f in guard.check(olds, {"shards": 3, "replicas_per_shard": 1}).failures] == ["shards"]
+    accepted = {"shards": 3, "replicas_per_shard": 1, "accept_manual_change": ["shards=3"]}
+    assert list(guard.check(olds, accepted).failures) == []
+
+
+@pytest.mark.parametrize("old, new", [(False, True), (True, False), (None, True)])
+def test_tls_cannot_be_switched_on_a_running_stack(old, new) -> None:
+    guard = cb.ClusterChangeGuardProvider()
+    olds = {"shards": 3, "replicas_per_shard": 1, **({} if old is None else {"tls": old})}
+    failures = guard.check(olds, {"shards": 3, "replicas_per_shard": 1, "tls": new}).failures
+    assert [f.property for f in failures] == ["tls"]
+    assert "new stack" in failures[0].reason
+    # A new stack takes either; an unchanged one passes.
+    assert list(guard.check({}, {"shards": 3, "replicas_per_shard": 1, "tls": new}).failures) == []
+    assert list(guard.check({**olds, "tls": new}, {"shards": 3, "replicas_per_shard": 1, "tls": new}).failures) == []
+
+
+def test_a_new_password_is_no_refusal_any_more_it_is_rotated() -> None:
+    guard = cb.ClusterChangeGuardProvider()
+    olds = {"shards": 3, "replicas_per_shard": 1, "password": "the-old-password-0123456789"}
+    news = {"shards": 3, "replicas_per_shard": 1, "password": "a-new-password-0123456789"}
+    assert list(guard.check(olds, news).failures) == []
+    # A guard of an older version held the password: no longer a field it compares.
+    assert guard.diff("id", olds, {"shards": 3, "replicas_per_shard": 1}).changes is False
 
 
 def test_the_opt_in_alone_is_no_change_to_the_cluster() -> None:

@@ -1,12 +1,14 @@
 """The platform component: EKS, the EBS CSI driver with its own IAM role, the `data` StorageClass."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 
-from components.eks_platform import EBS_CSI_SERVICE_ACCOUNT
+from components.eks_platform import CLUSTER_TAG_KEY, EBS_CSI_SERVICE_ACCOUNT
 from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS
 from tests.unit.conftest import build_stack, is_secret, reveal
+from tools import render_manifests
 
 EKS_CLUSTER = "eks:index:Cluster"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
@@ -16,6 +18,12 @@ ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
 ACCESS_POLICY_ASSOCIATION = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
 CLUSTER_ADMIN_POLICY_ARN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 PROD_CI_ROLE = "arn:aws:iam::111122223333:role/redis-eks-ci-deploy"
+KMS_KEY = "aws:kms/key:Key"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ACCOUNT = render_manifests.MOCK_ACCOUNT
+REGION = "eu-west-1"
+ACCOUNT_ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 
 
 def named(run, type_token, suffix):
@@ -37,9 +45,138 @@ def test_eks_cluster_is_hardened(dev_stack):
     assert cluster["privateSubnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
 
 
-def test_secrets_key_rotates(dev_stack):
-    key = named(dev_stack, "aws:kms/key:Key", "-secrets-key").inputs
-    assert key["enableKeyRotation"] is True
+@contextmanager
+def aws_answers_who_and_where():
+    """The fake cloud of tools/render_manifests.py, also answering getCallerIdentity and
+    getRegion (which it leaves empty) as AWS would in the dev stack's account and region:
+    the key and IAM policies name both."""
+    answer = render_manifests._FakeCloud.call
+
+    def call(self, args):
+        answered = answer(self, args)
+        if answered:
+            return answered
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": ACCOUNT,
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/deployer",
+                "id": ACCOUNT,
+                "userId": "AIDAEXAMPLEEXAMPLE",
+            }
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"region": REGION, "name": REGION, "id": REGION, "endpoint": f"ec2.{REGION}.amazonaws.com"}
+        return answered
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield
+
+
+@pytest.fixture(scope="module")
+def aws_dev_stack():
+    with aws_answers_who_and_where():
+        return build_stack("dev")
+
+
+@pytest.fixture(scope="module")
+def aws_prod_stack():
+    with aws_answers_who_and_where():
+        return build_stack("prod")
+
+
+def policy_of(run, type_token, suffix, field="policy"):
+    return json.loads(named(run, type_token, suffix).inputs[field])
+
+
+def principals(statement) -> list[str]:
+    principal = statement["Principal"]
+    if principal == "*":
+        return ["*"]
+    values = principal["AWS"]
+    return [values] if isinstance(values, str) else list(values)
+
+
+def actions(statement) -> list[str]:
+    return [statement["Action"]] if isinstance(statement["Action"], str) else list(statement["Action"])
+
+
+@pytest.mark.parametrize("key", ["-secrets-key", "-volumes-key"])
+def test_both_keys_rotate(key, dev_stack):
+    assert named(dev_stack, KMS_KEY, key).inputs["enableKeyRotation"] is True
+
+
+@pytest.mark.parametrize("key", ["-secrets-key", "-volumes-key"])
+def test_each_key_has_a_policy_of_its_own_for_this_account_only(key, aws_dev_stack):
+    """An explicit key policy, not KMS's default: the account administers the key (without
+    that statement, no IAM policy reaches it and losing the named roles locks it for good),
+    every principal is of this account, and nothing is granted to everyone."""
+    policy = policy_of(aws_dev_stack, KMS_KEY, key)
+    (administration,) = [s for s in policy["Statement"] if s["Sid"] == "AccountAdministersTheKey"]
+    assert administration == {
+        "Sid": "AccountAdministersTheKey",
+        "Effect": "Allow",
+        "Principal": {"AWS": ACCOUNT_ROOT},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for principal in principals(statement):
+            assert principal != "*", statement
+            assert principal.startswith(f"arn:aws:iam::{ACCOUNT}:"), statement
+        if any(action in ("*", "kms:*") for action in actions(statement)):
+            assert principals(statement) == [ACCOUNT_ROOT], statement
+    # Every other statement is limited to a role of ours, or to use through one service.
+    for statement in policy["Statement"]:
+        if statement is not administration and principals(statement) == [ACCOUNT_ROOT]:
+            condition = statement["Condition"]["StringEquals"]
+            assert condition["kms:CallerAccount"] == ACCOUNT
+            assert condition["kms:ViaService"].endswith(f".{REGION}.amazonaws.com")
+
+
+def test_the_volume_key_serves_the_ebs_csi_driver_and_ec2(aws_dev_stack):
+    role_arn = named(aws_dev_stack, ROLE, "-ebs-csi-role").outputs["arn"]
+    statements = {s["Sid"]: s for s in policy_of(aws_dev_stack, KMS_KEY, "-volumes-key")["Statement"]}
+    use = statements["EbsCsiDriverUsesTheKey"]
+    assert use["Principal"] == {"AWS": role_arn}
+    assert sorted(use["Action"]) == sorted(
+        ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    )
+    assert "Condition" not in use
+    grants = statements["EbsCsiDriverGrantsToEbsOnly"]
+    assert grants["Principal"] == {"AWS": role_arn}
+    assert sorted(grants["Action"]) == ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"]
+    assert grants["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    through_ec2 = statements["AccountUsesTheKeyThroughEc2Only"]
+    assert through_ec2["Principal"] == {"AWS": ACCOUNT_ROOT}
+    assert through_ec2["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"ec2.{REGION}.amazonaws.com", "kms:CallerAccount": ACCOUNT}
+    }
+    assert set(statements) == {
+        "AccountAdministersTheKey",
+        "EbsCsiDriverUsesTheKey",
+        "EbsCsiDriverGrantsToEbsOnly",
+        "AccountUsesTheKeyThroughEc2Only",
+    }
+
+
+def test_the_volume_key_is_made_after_the_role_its_policy_names(dev_stack):
+    """KMS refuses a key policy whose principal does not exist yet."""
+    key = named(dev_stack, KMS_KEY, "-volumes-key")
+    assert named(dev_stack, ROLE, "-ebs-csi-role").urn in key.dependencies
+
+
+def test_the_secrets_key_is_used_through_eks_only(aws_dev_stack):
+    """EKS encrypts secrets through a grant that the cluster's creator makes, through EKS,
+    when the cluster is created: no role is named, and use outside EKS is left to IAM."""
+    statements = {s["Sid"]: s for s in policy_of(aws_dev_stack, KMS_KEY, "-secrets-key")["Statement"]}
+    assert set(statements) == {"AccountAdministersTheKey", "AccountUsesTheKeyThroughEksOnly"}
+    through_eks = statements["AccountUsesTheKeyThroughEksOnly"]
+    assert through_eks["Principal"] == {"AWS": ACCOUNT_ROOT}
+    assert "kms:CreateGrant" in through_eks["Action"]
+    assert through_eks["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"eks.{REGION}.amazonaws.com", "kms:CallerAccount": ACCOUNT}
+    }
 
 
 def test_dev_vpc_spans_three_zones_with_one_nat_gateway_and_prod_one_per_zone(dev_stack, prod_stack):
@@ -111,12 +248,12 @@ def test_the_node_group_waits_for_its_role_policies_and_goes_before_them(stack, 
 
 
 def test_the_ebs_csi_add_on_waits_for_its_roles_policies_and_goes_before_them(dev_stack):
-    """The controller creates, attaches and encrypts volumes with its IRSA role: both the
-    managed policy and the inline KMS policy must be in place before it runs, and stay until
-    it is gone."""
+    """The controller creates, attaches and encrypts volumes with its IRSA role: both its
+    inline EC2 policy and its inline KMS policy must be in place before it runs, and stay
+    until it is gone."""
     addon = dev_stack.one("aws:eks/addon:Addon")
-    assert named(dev_stack, POLICY_ATTACHMENT, "-ebs-csi-policy").urn in addon.dependencies
-    assert named(dev_stack, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").urn in addon.dependencies
+    assert named(dev_stack, ROLE_POLICY, "-ebs-csi-ec2").urn in addon.dependencies
+    assert named(dev_stack, ROLE_POLICY, "-ebs-csi-kms").urn in addon.dependencies
     assert dev_stack.one(NODE_GROUP).urn in addon.dependencies
 
 
@@ -193,14 +330,121 @@ def test_ebs_csi_role_trusts_only_the_controller_service_account_through_the_oid
     assert EBS_CSI_SERVICE_ACCOUNT.endswith("kube-system:ebs-csi-controller-sa")
 
 
-def test_ebs_csi_role_holds_the_driver_policy_and_rights_on_the_volume_key_only(dev_stack):
-    attachment = named(dev_stack, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "-ebs-csi-policy").inputs
-    assert attachment["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
-    policy = json.loads(named(dev_stack, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").inputs["policy"])
+def test_ebs_csi_role_holds_no_managed_policy_and_rights_on_the_volume_key_only(dev_stack):
+    # AmazonEBSCSIDriverPolicy would let the driver attach, snapshot or resize any volume of
+    # the account: the role has only its two inline policies.
+    assert [r.name for r in dev_stack.of_type(POLICY_ATTACHMENT) if "-ebs-csi-" in r.name] == []
+    role_name = named(dev_stack, ROLE, "-ebs-csi-role").outputs["name"]
+    role_policies = [r for r in dev_stack.of_type(ROLE_POLICY) if "-ebs-csi-" in r.name]
+    assert sorted(r.name.rsplit("-", 1)[-1] for r in role_policies) == ["ec2", "kms"]
+    assert {r.inputs["role"] for r in role_policies} == {f"{role_name}-id"}
+    policy = json.loads(named(dev_stack, ROLE_POLICY, "-ebs-csi-kms").inputs["policy"])
     volume_key = "arn:aws:kms:eu-west-1:123456789012:key/redis-eks-dev-volumes-key"
     assert {statement["Resource"] for statement in policy["Statement"]} == {volume_key}
     grant = next(s for s in policy["Statement"] if "kms:CreateGrant" in s["Action"])
     assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+
+
+# What the driver does to this cluster's volumes in EC2; none of it may reach another's.
+MUTATING_EC2_ACTIONS = {
+    "ec2:CreateVolume",
+    "ec2:DeleteVolume",
+    "ec2:AttachVolume",
+    "ec2:DetachVolume",
+    "ec2:ModifyVolume",
+    "ec2:CreateSnapshot",
+    "ec2:DeleteSnapshot",
+    "ec2:CreateTags",
+}
+
+
+def ebs_csi_statements(run) -> list[dict]:
+    return policy_of(run, ROLE_POLICY, "-ebs-csi-ec2")["Statement"]
+
+
+def test_the_ebs_csi_driver_may_change_only_volumes_and_snapshots_tagged_as_this_clusters(aws_dev_stack):
+    """Every mutating EC2 action of the driver's role is conditioned: on the volume's or
+    snapshot's tags (the driver's marker and ours, naming this cluster), on the tags of the
+    request that creates one, on the node being this cluster's (EKS's eks:cluster-name), or,
+    for CreateTags, on tagging being part of a create call. Only Describe, which EC2 does
+    not let a policy limit by resource or tag, is on "*"."""
+    volumes = f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/*"
+    snapshots = f"arn:aws:ec2:{REGION}:*:snapshot/*"
+    instances = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"
+    ours = {"ebs.csi.aws.com/cluster": "true", CLUSTER_TAG_KEY: "redis-eks-dev"}
+    allowed: dict[tuple[str, str], list] = {}
+    for statement in ebs_csi_statements(aws_dev_stack):
+        assert statement["Effect"] == "Allow"
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if statement["Resource"] == "*":
+            assert all(action.startswith("ec2:Describe") for action in actions(statement)), statement
+            continue
+        for action in actions(statement):
+            assert action in MUTATING_EC2_ACTIONS, action
+            for resource in resources:
+                allowed.setdefault((action, resource), []).append(statement.get("Condition"))
+
+    def only(action: str, resource: str) -> dict:
+        (condition,) = allowed.pop((action, resource))
+        return condition
+
+    def tags(condition: dict, prefix: str) -> dict:
+        (equals,) = condition.values()
+        assert list(condition) == ["StringEquals"]
+        return {key.removeprefix(prefix): value for key, value in equals.items()}
+
+    # A new volume or snapshot must be requested with both tags.
+    assert tags(only("ec2:CreateVolume", volumes), "aws:RequestTag/") == ours
+    assert tags(only("ec2:CreateSnapshot", snapshots), "aws:RequestTag/") == ours
+    # Whatever exists already must carry both.
+    for action, resource in [
+        ("ec2:CreateVolume", snapshots),
+        ("ec2:DeleteVolume", volumes),
+        ("ec2:AttachVolume", volumes),
+        ("ec2:DetachVolume", volumes),
+        ("ec2:ModifyVolume", volumes),
+        ("ec2:CreateSnapshot", volumes),
+        ("ec2:DeleteSnapshot", snapshots),
+    ]:
+        assert tags(only(action, resource), "ec2:ResourceTag/") == ours, (action, resource)
+    for action in ("ec2:AttachVolume", "ec2:DetachVolume"):
+        assert tags(only(action, instances), "ec2:ResourceTag/") == {"eks:cluster-name": "redis-eks-dev"}
+    for resource in (volumes, snapshots):
+        assert only("ec2:CreateTags", resource) == {
+            "StringEquals": {"ec2:CreateAction": ["CreateVolume", "CreateSnapshot"]}
+        }
+    # Nothing else: no DeleteTags, no tagging after creation, nothing unconditioned.
+    assert allowed == {}
+
+
+def test_the_ebs_csi_driver_may_still_describe_what_it_manages(aws_dev_stack):
+    (describe,) = [s for s in ebs_csi_statements(aws_dev_stack) if s["Resource"] == "*"]
+    assert "Condition" not in describe
+    assert {
+        "ec2:DescribeAvailabilityZones",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeVolumes",
+        "ec2:DescribeVolumesModifications",
+    } <= set(describe["Action"])
+
+
+def test_the_storage_class_tags_volumes_as_the_driver_role_requires(aws_dev_stack, aws_prod_stack):
+    """The driver can create a volume only with the tag its role requires, so the StorageClass
+    must put exactly that tag on; each cluster has its own value, so the prod driver cannot
+    touch dev's volumes in the same account."""
+    for run, cluster in ((aws_dev_stack, "redis-eks-dev"), (aws_prod_stack, "redis-eks-prod")):
+        (create,) = [
+            s
+            for s in ebs_csi_statements(run)
+            if s["Action"] == ["ec2:CreateVolume"] and s["Resource"].endswith(":volume/*")
+        ]
+        required = create["Condition"]["StringEquals"][f"aws:RequestTag/{CLUSTER_TAG_KEY}"]
+        assert required == cluster
+        parameters = run.one(STORAGE_CLASS).inputs["parameters"]
+        tag_specifications = {k: v for k, v in parameters.items() if k.startswith("tagSpecification_")}
+        assert tag_specifications == {"tagSpecification_1": f"{CLUSTER_TAG_KEY}={cluster}"}
 
 
 def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer(dev_stack):
@@ -216,6 +460,7 @@ def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer
         "csi.storage.k8s.io/fstype": "ext4",
         "iops": "3000",
         "throughput": "125",
+        "tagSpecification_1": "redis-eks/cluster=redis-eks-dev",
     }
     assert spec["volumeBindingMode"] == "WaitForFirstConsumer"
     assert spec["allowVolumeExpansion"] is True
@@ -225,8 +470,8 @@ def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer
 
 
 def test_the_volume_key_outlives_a_destroy_like_the_volumes_it_encrypts(dev_stack):
-    assert named(dev_stack, "aws:kms/key:Key", "-volumes-key").retain_on_delete is True
-    assert named(dev_stack, "aws:kms/key:Key", "-secrets-key").retain_on_delete is False
+    assert named(dev_stack, KMS_KEY, "-volumes-key").retain_on_delete is True
+    assert named(dev_stack, KMS_KEY, "-secrets-key").retain_on_delete is False
 
 
 def test_a_configured_volume_key_replaces_the_created_one():

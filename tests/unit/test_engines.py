@@ -247,7 +247,7 @@ PASSWORD = "the-stack-password-0123456789"
 
 
 def guard_props(engine: Optional[str] = "redis", image: Optional[str] = REDIS.default_image, **more: Any) -> dict:
-    props = {"shards": 3, "replicas_per_shard": 1, "password": PASSWORD, "accept_manual_change": []}
+    props = {"shards": 3, "replicas_per_shard": 1, "accept_manual_change": []}
     props.update({"engine": engine, "image": image}, **more)
     return props
 
@@ -257,7 +257,8 @@ def stored_guard(**props: Any) -> dict[str, Any]:
     return dict(cb.ClusterChangeGuardProvider().create(guard_props(**props)).outs)
 
 
-# A guard created before the engine setting: shape and password, no engine nor image.
+# A guard created before the engine setting: shape and password, no engine nor image (a
+# guard of today holds no password).
 LEGACY_GUARD = {"shards": 3, "replicas_per_shard": 1, "password": PASSWORD}
 
 
@@ -346,8 +347,8 @@ def test_the_guard_does_not_judge_unknown_values_during_preview() -> None:
 
 def test_an_engine_refusal_comes_with_the_other_refusals() -> None:
     olds = stored_guard(shards=4)
-    news = guard_props(engine="valkey", image=VALKEY.default_image, shards=3, password="another-password-0123456789")
-    assert sorted(prop for prop, _ in check_failures(olds, news)) == ["engine", "password", "shards"]
+    news = guard_props(engine="valkey", image=VALKEY.default_image, shards=3)
+    assert sorted(prop for prop, _ in check_failures(olds, news)) == ["engine", "shards"]
 
 
 # -- the bootstrap's CLI ----------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_render_command_prints_every_object_with_secrets_masked():
         ]
     )
     secret = next(d for d in documents if d["kind"] == "Secret")
-    assert secret["stringData"] == {"password": MASK, "auth.conf": MASK}
+    assert secret["stringData"] == {"password": MASK, "users.acl": MASK, "auth.conf": MASK}
     assert "Review-Password-0123456789" not in result.stdout
 
 

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from cluster_logic.credentials import (
+    REPLICATION_USER,
+    UserAccess,
+    password_hash,
+    replication_password,
+    wanted_credentials,
+)
 from components import redis_node_files as files
 from components.engines import ENGINES, REDIS, VALKEY
 from components.redis_node_files import (
@@ -20,11 +27,11 @@ from components.redis_node_files import (
     config_files,
     maxmemory_bytes,
     pod_dns_names,
-    render_auth_conf,
     render_peers,
     render_redis_conf,
     script_environment,
     script_files,
+    secret_files,
 )
 from components.stack_settings import parse_settings
 
@@ -60,6 +67,7 @@ def test_redis_conf_has_every_required_directive_for_the_pod_paths() -> None:
         "protected-mode": "yes",
         "maxmemory": str(maxmemory_bytes(2 * 2**30)),
         "maxmemory-policy": "allkeys-lfu",
+        "aclfile": "/etc/redis-secret/users.acl",
         "include": "/etc/redis-secret/auth.conf",
         "cluster-allow-reads-when-down": "no",
         "logfile": '""',
@@ -77,6 +85,41 @@ def test_redis_conf_follows_the_paths_it_is_given() -> None:
     assert directives["dir"] == ["/x/data"]
     assert directives["cluster-config-file"] == ["/x/data/nodes.conf"]
     assert directives["include"] == ["/x/secret/auth.conf"]
+    assert directives["aclfile"] == ["/x/secret/users.acl"]
+
+
+def test_tls_serves_clients_replication_and_the_bus_over_tls_only() -> None:
+    paths = NodePaths(conf_dir="/x/conf", secret_dir="/x/secret", data_dir="/x/data", tls_dir="/x/tls")
+    plain = _directives(render_redis_conf(parse_settings({}), paths))
+    assert plain["port"] == ["6379"] and not any(name.startswith("tls-") for name in plain)
+    directives = _directives(render_redis_conf(parse_settings({"tls": "true"}), paths))
+    assert directives["port"] == ["0"], "a plaintext port would let clients around TLS"
+    assert directives["tls-port"] == ["6379"]
+    assert directives["tls-replication"] == ["yes"] and directives["tls-cluster"] == ["yes"]
+    assert directives["tls-cert-file"] == ["/x/tls/tls.crt"]
+    assert directives["tls-key-file"] == ["/x/tls/tls.key"]
+    assert directives["tls-ca-cert-file"] == ["/x/tls/ca.crt"]
+    assert directives["tls-auth-clients"] == ["no"]
+    # Redirects name nodes by the DNS name their certificate covers.
+    assert directives["cluster-preferred-endpoint-type"] == ["hostname"]
+    assert [name for name, values in directives.items() if len(values) > 1] == []
+
+
+def test_the_certificate_covers_every_pod_the_services_and_localhost() -> None:
+    names = files.certificate_dns_names("redis-cluster-headless", "redis-cluster", "cache")
+    for pod in range(0, 200, 37):
+        host = files.announced_hostname(f"redis-cluster-{pod}", "redis-cluster-headless", "cache")
+        assert any(_covers(name, host) for name in names), host
+    assert "redis-cluster.cache.svc.cluster.local" in names and "redis-cluster.cache.svc" in names
+    assert "localhost" in names
+    assert len(names) == len(set(names))
+
+
+def _covers(pattern: str, host: str) -> bool:
+    # RFC 6125: a wildcard stands for exactly the leftmost label.
+    if pattern.startswith("*."):
+        return host.split(".", 1)[1] == pattern[2:] and "." not in host.split(".", 1)[0]
+    return pattern == host
 
 
 def test_bind_lines_only_for_the_sandbox() -> None:
@@ -112,14 +155,24 @@ def test_no_password_in_anything_but_the_secret() -> None:
     assert "requirepass" not in directives and "masterauth" not in directives
 
 
-def test_auth_conf() -> None:
-    assert render_auth_conf(PASSWORD) == f"requirepass {PASSWORD}\nmasterauth {PASSWORD}\n"
+def test_the_secret_holds_hashes_for_the_users_and_the_replicas_own_login() -> None:
+    app = UserAccess("app", commands=("+@read", "+@write"), keys=("app:*",))
+    secret = secret_files(wanted_credentials(PASSWORD, [app], {"app": "app-Passw0rd-0123456789"}))
+    assert secret["password"] == PASSWORD
+    acl = secret["users.acl"].splitlines()
+    assert acl[0] == f"user default on #{password_hash(PASSWORD)} ~* &* +@all"
+    assert acl[1].startswith(f"user {REPLICATION_USER} on #{password_hash(replication_password(PASSWORD))} -@all ")
+    assert acl[2] == f"user app on #{password_hash('app-Passw0rd-0123456789')} ~app:* -@all +@read +@write"
+    # Only hashes: no password appears in the ACL file.
+    assert PASSWORD not in secret["users.acl"] and "app-Passw0rd-0123456789" not in secret["users.acl"]
+    assert "nopass" not in secret["users.acl"]
+    assert secret["auth.conf"] == f"masteruser {REPLICATION_USER}\nmasterauth {replication_password(PASSWORD)}\n"
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "has#hash", 'quo"te', "new\nline"])
-def test_auth_conf_refuses_a_password_that_would_break_the_file(bad: str) -> None:
+def test_secret_files_refuse_a_password_that_would_break_a_file(bad: str) -> None:
     with pytest.raises(ValueError):
-        render_auth_conf(bad)
+        secret_files(wanted_credentials(bad))
 
 
 @pytest.mark.parametrize(
@@ -193,9 +246,12 @@ def test_script_environment_points_at_the_paths() -> None:
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": str(files.PEER_RECOVERY_TIMEOUT_SECONDS),
         "REDIS_PEER_RECOVERY_INTERVAL_SECONDS": str(files.PEER_RECOVERY_INTERVAL_SECONDS),
     }
-    other = script_environment(VALKEY, NodePaths("/c", "/s", "/d"))
+    other = script_environment(VALKEY, NodePaths("/c", "/s", "/d", "/t"))
     assert other["REDIS_PASSWORD_FILE"] == "/s/password" and other["REDIS_PEERS_FILE"] == "/c/peers"
     assert other["ENGINE_CLI"] == "valkey-cli"
+    # With TLS the scripts verify the node against the cluster's CA.
+    assert "REDIS_TLS_CA_FILE" not in other
+    assert script_environment(VALKEY, NodePaths("/c", "/s", "/d", "/t"), tls=True)["REDIS_TLS_CA_FILE"] == "/t/ca.crt"
 
 
 def test_script_defaults_match_the_pod_environment() -> None:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from cluster_logic.credentials import password_hash, wanted_credentials
 from components import redis_node_files as files
 from components.engines import REDIS
 from tests.unit.conftest import build_stack, is_secret, reveal
@@ -127,7 +128,8 @@ def test_pods_follow_the_restricted_pod_security_profile(dev_stack):
     spec = pod_spec(dev_stack)
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] != 0
+    # Above the range hosts hand out, and not the images' own 999.
+    assert spec["securityContext"]["runAsUser"] > 10000 and spec["securityContext"]["runAsGroup"] > 10000
     assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = redis_container(dev_stack)["securityContext"]
@@ -217,7 +219,7 @@ def test_network_policy_opens_the_bus_to_peers_only_and_the_client_port_to_clien
     run = build_stack("dev", clientPodLabels='{"role": "api"}', clientNamespaceLabels='{"team": "shop"}')
     spec = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]
     assert spec["podSelector"]["matchLabels"] == SELECTOR
-    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
     peers_rule, clients_rule = spec["ingress"]
     assert peers_rule["from"] == [{"podSelector": {"matchLabels": SELECTOR}}]
     assert sorted(p["port"] for p in peers_rule["ports"]) == [6379, 16379]
@@ -225,6 +227,23 @@ def test_network_policy_opens_the_bus_to_peers_only_and_the_client_port_to_clien
         {"podSelector": {"matchLabels": {"role": "api"}}, "namespaceSelector": {"matchLabels": {"team": "shop"}}}
     ]
     assert [p["port"] for p in clients_rule["ports"]] == [6379]
+
+
+def test_network_policy_lets_pods_reach_only_their_peers_and_the_cluster_dns(dev_stack):
+    spec = dev_stack.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]
+    assert "Egress" in spec["policyTypes"]
+    peers_rule, dns_rule = spec["egress"]
+    assert peers_rule["to"] == [{"podSelector": {"matchLabels": SELECTOR}}]
+    assert sorted((p["protocol"], p["port"]) for p in peers_rule["ports"]) == [("TCP", 6379), ("TCP", 16379)]
+    assert dns_rule["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    assert sorted((p["protocol"], p["port"]) for p in dns_rule["ports"]) == [("TCP", 53), ("UDP", 53)]
+    # Every rule names whom and which ports: no rule opens egress to everything.
+    assert all(rule.get("to") and rule.get("ports") for rule in spec["egress"])
 
 
 def test_redis_conf_in_the_config_map_is_the_rendered_one(dev_stack):
@@ -249,7 +268,7 @@ def test_the_password_is_a_secret_and_appears_in_no_config_map_argv_or_plain_out
     assert run.of_type("random:index/randomPassword:RandomPassword") == []
     secret = run.one(SECRET).inputs
     assert is_secret(secret["stringData"])
-    assert reveal(secret["stringData"]) == {"password": password, "auth.conf": files.render_auth_conf(password)}
+    assert reveal(secret["stringData"]) == files.secret_files(wanted_credentials(password))
     assert password not in repr([r.inputs for r in run.of_type(CONFIG_MAP)])
     assert password not in repr(run.one(STATEFUL_SET).inputs)
     assert run.outputs["redisPassword"].value == password
@@ -284,13 +303,123 @@ def test_the_change_guard_comes_before_the_secret_and_the_stateful_set():
     run = build_stack("dev", password="Configured-Password-0123456789")
     guard = run.one("pulumi-python:dynamic/redis:ClusterChangeGuard")
     assert (guard.inputs["shards"], guard.inputs["replicas_per_shard"]) == (3, 1)
-    assert is_secret(guard.inputs["password"]) and reveal(guard.inputs["password"]) == "Configured-Password-0123456789"
+    assert "password" not in guard.inputs
     assert guard.urn in run.one(SECRET).dependencies
     assert guard.urn in run.one(STATEFUL_SET).dependencies
     assert guard.inputs["accept_manual_change"] == []
 
 
 def test_the_manual_change_opt_in_reaches_the_guard_and_the_bootstrap():
-    run = build_stack("dev", acceptManualChange='["shards=3", "password"]')
+    run = build_stack("dev", acceptManualChange='["shards=3", "image=redis:8.10.1-trixie"]')
     for token in ("pulumi-python:dynamic/redis:ClusterChangeGuard", "pulumi-python:dynamic/redis:ClusterBootstrap"):
-        assert run.one(token).inputs["accept_manual_change"] == ["shards=3", "password"]
+        assert run.one(token).inputs["accept_manual_change"] == ["shards=3", "image=redis:8.10.1-trixie"]
+
+
+# -- users, rotation and TLS --------------------------------------------------------------
+
+ROTATION = "pulumi-python:dynamic/redis:CredentialRotation"
+USERS = '{"app": {"commands": ["+@read", "+@write"], "keys": ["app:*"]}, "reader": {"commands": ["+@read"], "readKeys": ["*"]}}'
+
+
+def test_named_users_get_the_secret_acl_file_and_a_secret_password_each():
+    given = "Reader-Password-0123456789"
+    run = build_stack(
+        "dev", password="Configured-Password-0123456789", users=USERS, userPasswords=f'{{"reader": "{given}"}}'
+    )
+    # The user without a password of its own gets a random one; the other keeps its own.
+    randoms = {r.name for r in run.of_type("random:index/randomPassword:RandomPassword")}
+    assert randoms == {"redis-user-app"}
+    passwords = run.outputs["redisUserPasswords"]
+    assert passwords.secret is True
+    assert passwords.value["reader"] == given and len(passwords.value["app"]) >= 32
+    acl = reveal(run.one(SECRET).inputs["stringData"])["users.acl"]
+    lines = {line.split()[1]: line for line in acl.splitlines()}
+    assert set(lines) == {"default", "replication", "app", "reader"}
+    assert lines["reader"] == f"user reader on #{password_hash(given)} %R~* -@all +@read"
+    assert "~app:*" in lines["app"] and given not in acl
+    # Nothing of the users' in a ConfigMap.
+    assert "users.acl" not in repr([r.inputs for r in run.of_type(CONFIG_MAP)]) or "aclfile" in repr(
+        [r.inputs for r in run.of_type(CONFIG_MAP)]
+    )
+    assert given not in repr([r.inputs for r in run.of_type(CONFIG_MAP)])
+
+
+def test_new_passwords_reach_the_nodes_before_the_secret_and_the_bootstrap_removes_the_old():
+    run = build_stack("dev", users=USERS, rotationGraceSeconds="120")
+    rotation, secret, bootstrap = run.one(ROTATION), run.one(SECRET), run.one(BOOTSTRAP)
+    guard = run.one("pulumi-python:dynamic/redis:ClusterChangeGuard")
+    assert guard.urn in rotation.dependencies
+    assert rotation.urn in secret.dependencies
+    assert secret.urn in bootstrap.dependencies
+    for resource in (rotation, bootstrap):
+        assert is_secret(resource.inputs["credentials"]) and is_secret(resource.inputs["password"])
+        names = [c["name"] for c in reveal(resource.inputs["credentials"])]
+        assert names == ["default", "replication", "app", "reader"]
+        assert resource.inputs["namespace"] == "redis" and resource.inputs["stateful_set_name"] == "redis-cluster"
+    assert bootstrap.inputs["rotation_grace_seconds"] == 120
+
+
+def test_tls_off_in_dev_on_in_the_prod_example(dev_stack, prod_stack):
+    assert dev_stack.outputs["redisTls"].value is False
+    assert "tls-port" not in pod_config(dev_stack)["data"]["redis.conf"]
+    assert prod_stack.outputs["redisTls"].value is True
+    assert "tls-port 6379" in pod_config(prod_stack)["data"]["redis.conf"]
+
+
+def test_tls_certificates_from_a_ca_of_the_stacks_own():
+    run = build_stack("dev", tls="true", namespace="cache")
+    request = run.one("tls:index/certRequest:CertRequest").inputs
+    assert "*.redis-cluster-headless.cache.svc.cluster.local" in request["dnsNames"]
+    assert "redis-cluster.cache.svc.cluster.local" in request["dnsNames"] and "localhost" in request["dnsNames"]
+    ca = run.one("tls:index/selfSignedCert:SelfSignedCert").inputs
+    assert ca["isCaCertificate"] is True and "cert_signing" in ca["allowedUses"]
+    node = run.one("tls:index/locallySignedCert:LocallySignedCert").inputs
+    assert {"server_auth", "client_auth"} <= set(node["allowedUses"])
+    assert 0 < node["earlyRenewalHours"] < node["validityPeriodHours"]
+    tls_secret = next(r for r in run.of_type(SECRET) if r.inputs["metadata"]["name"] == "redis-cluster-tls").inputs
+    assert tls_secret["type"] == "kubernetes.io/tls"
+    # The key makes the whole of it a secret.
+    assert is_secret(tls_secret["stringData"])
+    assert set(reveal(tls_secret["stringData"])) == {"tls.crt", "tls.key", "ca.crt"}
+    # The pods mount it, announce their DNS name, and the scripts verify against the CA.
+    container, spec = redis_container(run), pod_spec(run)
+    assert {"name": "tls", "mountPath": "/etc/redis-tls", "readOnly": True} in container["volumeMounts"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "redis-cluster-tls"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["REDIS_ANNOUNCE_HOSTNAME"]["value"] == "$(POD_NAME).redis-cluster-headless.cache.svc.cluster.local"
+    assert env["REDIS_TLS_CA_FILE"]["value"] == "/etc/redis-tls/ca.crt"
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_NAME") < names.index("REDIS_ANNOUNCE_HOSTNAME"), "$(VAR) expands earlier entries only"
+    # The provider code reaches the nodes over TLS with the same CA; clients get it too.
+    assert run.one(BOOTSTRAP).inputs["tls_ca"] == run.outputs["redisCaCertificate"].value
+    assert run.one(ROTATION).inputs["tls_ca"] == run.outputs["redisCaCertificate"].value
+    assert run.outputs["redisCaCertificate"].secret is False
+    # No pod starts before its certificate exists.
+    tls_secret_urn = next(r.urn for r in run.of_type(SECRET) if r.inputs["metadata"]["name"] == "redis-cluster-tls")
+    assert tls_secret_urn in run.one(STATEFUL_SET).dependencies
+
+
+def test_tls_certificates_from_a_cert_manager_issuer():
+    run = build_stack("dev", tls="true", certManagerIssuer="ClusterIssuer/internal-ca")
+    assert run.of_type("tls:index/privateKey:PrivateKey") == []
+    certificate = run.one("kubernetes:cert-manager.io/v1:Certificate").inputs
+    assert certificate["spec"]["secretName"] == "redis-cluster-tls"
+    assert certificate["spec"]["issuerRef"] == {
+        "group": "cert-manager.io",
+        "kind": "ClusterIssuer",
+        "name": "internal-ca",
+    }
+    assert "*.redis-cluster-headless.redis.svc.cluster.local" in certificate["spec"]["dnsNames"]
+    assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
+    # The issuer's CA is the Secret's ca.crt: the bootstrap reads it there.
+    assert run.one(BOOTSTRAP).inputs.get("tls_ca") is None
+    assert run.one(BOOTSTRAP).inputs["tls_secret"] == "redis-cluster-tls"
+
+
+def test_without_tls_nothing_of_it_is_rendered(dev_stack):
+    assert dev_stack.of_type("redis-eks:index:NodeCertificates") == []
+    assert all(v["name"] != "tls" for v in pod_spec(dev_stack)["volumes"])
+    assert "REDIS_TLS_CA_FILE" not in {e["name"] for e in redis_container(dev_stack)["env"]}
+    assert dev_stack.outputs["redisCaCertificate"].value is None

@@ -56,7 +56,11 @@ def test_the_add_on_build_follows_the_cluster_version_unless_pinned():
 
 BAD_VALUES = [
     # (settings, fragments the message must contain)
-    ({"acceptManualChange": "shards"}, ["redis-eks:acceptManualChange", "shards=<n>", "password"]),
+    ({"acceptManualChange": "shards"}, ["redis-eks:acceptManualChange", "shards=<n>", "image=<image>"]),
+    (
+        {"acceptManualChange": '["password"]'},
+        ["redis-eks:acceptManualChange", "no longer needed", "Rotating credentials"],
+    ),
     ({"shards": "2"}, ["redis-eks:shards", "'2'", "from 3 to 100", "3 masters"]),
     ({"shards": "three"}, ["redis-eks:shards", "'three'", "whole number"]),
     ({"replicasPerShard": "-1"}, ["redis-eks:replicasPerShard", "'-1'", "from 0 to 5"]),
