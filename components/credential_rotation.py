@@ -20,6 +20,7 @@ import pulumi.dynamic
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, UpdateResult
 
 from cluster_logic.credentials import converge_credentials
+from components.cluster_bootstrap import INPUT_FIELDS as BOOTSTRAP_INPUT_FIELDS
 from components.cluster_bootstrap import (
     BootstrapSpec,
     as_secret,
@@ -35,20 +36,11 @@ from components.cluster_bootstrap import (
 log = logging.getLogger(__name__)
 
 SECRET_FIELDS = ("password", "kubeconfig", "credentials")
-INPUT_FIELDS = (
-    "shards",
-    "replicas_per_shard",
-    "password",
-    "credentials",
-    "transport",
-    "kubeconfig",
-    "namespace",
-    "stateful_set_name",
-    "pod_selector",
-    "nodes",
-    "engine",
-    "tls_ca",
-    "tls_secret",
+# The bootstrap's inputs but those about forming the cluster (timeouts, the opt-in, the grace).
+INPUT_FIELDS = tuple(
+    key
+    for key in BOOTSTRAP_INPUT_FIELDS
+    if key not in ("ready_timeout_seconds", "accept_manual_change", "rotation_grace_seconds")
 )
 # What a change of calls for a pass over the nodes; the others only say how to reach them.
 ROTATED_FIELDS = ("password", "credentials")

@@ -401,22 +401,27 @@ def secrets_key_policy(account: AwsAccount) -> str:
             "Version": "2012-10-17",
             "Statement": [
                 _key_administration(account),
-                {
-                    "Sid": "AccountUsesTheKeyThroughEksOnly",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": account.root_arn},
-                    "Action": [*KMS_USE_ACTIONS, "kms:CreateGrant"],
-                    "Resource": "*",
-                    "Condition": {
-                        "StringEquals": {
-                            "kms:ViaService": account.service_endpoint("eks"),
-                            "kms:CallerAccount": account.account_id,
-                        }
-                    },
-                },
+                _account_use_through(account, "eks", "AccountUsesTheKeyThroughEksOnly"),
             ],
         }
     )
+
+
+def _account_use_through(account: AwsAccount, service: str, sid: str) -> dict:
+    """This account's principals may use the key, but only through `service` (EKS, EC2)."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"AWS": account.root_arn},
+        "Action": [*KMS_USE_ACTIONS, "kms:CreateGrant"],
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {
+                "kms:ViaService": account.service_endpoint(service),
+                "kms:CallerAccount": account.account_id,
+            }
+        },
+    }
 
 
 def volume_key_policy(account: AwsAccount, ebs_csi_role_arn: str) -> str:
@@ -447,19 +452,7 @@ def volume_key_policy(account: AwsAccount, ebs_csi_role_arn: str) -> str:
                     "Resource": "*",
                     "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
                 },
-                {
-                    "Sid": "AccountUsesTheKeyThroughEc2Only",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": account.root_arn},
-                    "Action": [*KMS_USE_ACTIONS, "kms:CreateGrant"],
-                    "Resource": "*",
-                    "Condition": {
-                        "StringEquals": {
-                            "kms:ViaService": account.service_endpoint("ec2"),
-                            "kms:CallerAccount": account.account_id,
-                        }
-                    },
-                },
+                _account_use_through(account, "ec2", "AccountUsesTheKeyThroughEc2Only"),
             ],
         }
     )
