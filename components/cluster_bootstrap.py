@@ -190,10 +190,11 @@ class BootstrapSpec:
 
 
 def _credentials(password: str, given: Any) -> tuple[Credential, ...]:
-    """The users the nodes should hold; stacks from before users had the admin password
-    and, now, the replication user derived from it."""
+    """The users the nodes should hold; none given (a caller that does not manage users,
+    such as a bootstrap of an older program version until its next update): leave them as
+    they are."""
     if not given:
-        return tuple(wanted_credentials(password))
+        return ()
     found = tuple(
         Credential(str(c["name"]), tuple(str(p) for p in c["passwords"]), tuple(str(r) for r in c["rules"]))
         for c in given
@@ -384,9 +385,11 @@ def previous_credentials(olds: Mapping[str, Any]) -> list[Credential]:
     if not isinstance(password, str) or not password:
         return []
     try:
-        return list(_credentials(password, unwrap(olds.get("credentials"))))
+        found = list(_credentials(password, unwrap(olds.get("credentials"))))
     except (KeyError, TypeError, ValueError):
-        return list(wanted_credentials(password))
+        found = []
+    # A run that did not manage users still had its admin password.
+    return found or list(wanted_credentials(password))
 
 
 def finish_rotation(
@@ -402,6 +405,8 @@ def finish_rotation(
     waits until every pod's mounted Secret is the new one (its probes read it), then
     retires the old passwords and users. A node that cannot be reached keeps what it has,
     and refresh reports it (state "rotating")."""
+    if not spec.credentials:
+        return
     report = converge_credentials(
         transport, spec.pod_count, spec.credentials, previous, retire=False, also_accept=previous_users
     )
@@ -565,9 +570,10 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         with reported(*secrets_of(spec), *previous, *old_secrets), open_transport(spec) as transport:
             # First every node takes the new users: a pod that restarted before the Secret
             # changed knows only the old password, and the cluster logic logs in with the new.
-            converge_credentials(
-                transport, spec.pod_count, spec.credentials, previous, retire=False, also_accept=old_users
-            )
+            if spec.credentials:
+                converge_credentials(
+                    transport, spec.pod_count, spec.credentials, previous, retire=False, also_accept=old_users
+                )
             topology = ensure_cluster(
                 transport,
                 spec.shards,
@@ -584,8 +590,9 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         try:
             with open_transport(spec) as transport:
                 topology = read_topology(transport, spec.shards, spec.replicas_per_shard, _known_pods(props))
-                users = read_credentials(transport, spec.pod_count, spec.credentials)
-            pending = users.problems()
+                pending = (
+                    read_credentials(transport, spec.pod_count, spec.credentials).problems() if spec.credentials else []
+                )
             if pending:
                 # A half-finished rotation: old passwords or users still accepted somewhere.
                 # Any state but ok makes the next `pulumi up` update, which finishes it.

@@ -71,6 +71,8 @@ class CredentialRotationProvider(pulumi.dynamic.ResourceProvider):
 
     def _admit(self, props: Mapping[str, Any], olds: Mapping[str, Any]) -> None:
         spec = BootstrapSpec.from_props(_with_bootstrap_defaults(props))
+        if not spec.credentials:
+            return
         previous = previous_passwords(olds, spec)
         with reported(*secrets_of(spec), *previous), open_transport(spec) as transport:
             report = converge_credentials(transport, spec.pod_count, spec.credentials, previous, retire=False)

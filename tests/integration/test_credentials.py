@@ -18,9 +18,9 @@ from cluster_logic.credentials import (
     Credential,
     UserAccess,
     replication_password,
-    wanted_credentials,
 )
 from components.cluster_bootstrap import credentials_props
+from components.redis_node_files import node_credentials
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from testkit.provider_server import ProviderServer, plain_strings, secret, serialized_provider, serialized_rotation
@@ -178,7 +178,7 @@ def test_users_get_exactly_their_rights_and_a_removed_user_is_locked_out(
 ) -> None:
     rotation_blob, bootstrap_blob = blobs
     cluster = nodes.cluster()
-    with_users = wanted_credentials(PASSWORD, [APP, READER], USER_PASSWORDS)
+    with_users = node_credentials(nodes.settings, PASSWORD, [APP, READER], USER_PASSWORDS)
     # The users reach the running nodes (rotation), then their Secret, then the bootstrap
     # finishes: as one `pulumi up` that adds users.
     first = server.create(_props(rotation_blob, engine, nodes, with_users))
@@ -203,7 +203,7 @@ def test_users_get_exactly_their_rights_and_a_removed_user_is_locked_out(
 
     # `reader` removed from the stack: after the next `pulumi up` it cannot log in anywhere,
     # and its open connection is gone.
-    without_reader = wanted_credentials(PASSWORD, [APP], USER_PASSWORDS)
+    without_reader = node_credentials(nodes.settings, PASSWORD, [APP], USER_PASSWORDS)
     state = ProviderServer.from_struct(first.properties)
     server.update(first.id, state, _props(rotation_blob, engine, nodes, without_reader))
     _update_secret(cluster, without_reader)
@@ -224,8 +224,8 @@ def test_a_new_password_is_rotated_under_writes_with_pods_restarting_midway(
 ) -> None:
     rotation_blob, bootstrap_blob = blobs
     cluster = nodes.cluster()
-    old = wanted_credentials(PASSWORD, [APP], USER_PASSWORDS)
-    new = wanted_credentials(NEW_PASSWORD, [APP], USER_PASSWORDS)
+    old = node_credentials(nodes.settings, PASSWORD, [APP], USER_PASSWORDS)
+    new = node_credentials(nodes.settings, NEW_PASSWORD, [APP], USER_PASSWORDS)
     rotation = server.create(_props(rotation_blob, engine, nodes, old))
     bootstrap = server.create(_props(bootstrap_blob, engine, nodes, old))
     bootstrap_state = ProviderServer.from_struct(bootstrap.properties)
