@@ -7,11 +7,13 @@ import base64
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cluster_logic.credentials import password_hash, wanted_credentials
 from cluster_logic.errors import BootstrapError, ForeignNodes, UnexpectedCluster
 from cluster_logic.transports.kubernetes_api import in_pod_cli_argv
 from components import cluster_bootstrap as cb
@@ -308,3 +310,50 @@ def test_the_cluster_logic_speaks_no_pulumi() -> None:
             if needle in text:
                 offenders.append(f"{path.relative_to(REPO)}: {needle}")
     assert offenders == []
+
+
+# -- the end of a rotation ----------------------------------------------------------------
+
+OLD_PASSWORD, NEW_PASSWORD = "old-Passw0rd-0123456789", "new-Passw0rd-0123456789"
+
+
+def _rotating_spec() -> cb.BootstrapSpec:
+    credentials = cb.credentials_props(wanted_credentials(NEW_PASSWORD))
+    return cb.BootstrapSpec.from_props(direct_props(password=NEW_PASSWORD, credentials=credentials))
+
+
+def _nodes_on_the_old_password() -> FakeTransport:
+    transport = FakeTransport(six_nodes())
+    for node in transport.fake_nodes.values():
+        node.users = {"default": {password_hash(OLD_PASSWORD)}, "replication": set()}
+    return transport
+
+
+def _removals(transport: FakeTransport) -> list[tuple]:
+    return [
+        args
+        for node in transport.fake_nodes.values()
+        for args in node.sent
+        if any(str(a).startswith("!") for a in args)
+    ]
+
+
+def test_old_passwords_stay_until_every_pod_mounts_the_new_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = _nodes_on_the_old_password()
+    # The kubelet has not refreshed the mounts yet: the probes still read the old password.
+    monkeypatch.setattr(transport, "mounted_password_hash", lambda node: password_hash(OLD_PASSWORD))
+    monkeypatch.setattr(cb.time, "sleep", lambda seconds: None)
+    with pytest.raises(BootstrapError) as stopped:
+        cb.finish_rotation(transport, _rotating_spec(), [OLD_PASSWORD], time.monotonic() + 0.2)
+    assert "has not reached" in str(stopped.value) and "redis-cluster-0" in str(stopped.value)
+    assert OLD_PASSWORD not in str(stopped.value)
+    assert _removals(transport) == [], "an old password was removed while pods still read it"
+
+
+def test_old_passwords_go_once_every_pod_mounts_the_new_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = _nodes_on_the_old_password()
+    monkeypatch.setattr(transport, "mounted_password_hash", lambda node: password_hash(NEW_PASSWORD))
+    monkeypatch.setattr(cb.time, "sleep", lambda seconds: None)
+    cb.finish_rotation(transport, _rotating_spec(), [OLD_PASSWORD], time.monotonic() + 5)
+    assert len(_removals(transport)) == 6
+    assert all(node.users["default"] == {password_hash(NEW_PASSWORD)} for node in transport.fake_nodes.values())

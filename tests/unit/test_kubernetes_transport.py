@@ -22,7 +22,7 @@ from cluster_logic.migration import SlotMover
 from cluster_logic.model import NodeAddress
 from cluster_logic.observation import probe
 from cluster_logic.transports import kubernetes_api
-from cluster_logic.transports.base import TransportError
+from cluster_logic.transports.base import CliResult, TransportError
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
 
 NODE = NodeAddress("redis-cluster-3", "10.0.3.7", 6379, "zone-a")
@@ -169,3 +169,22 @@ def test_a_zone_that_stays_unreadable_stops_the_run_instead_of_placing_blind() -
         under_test._zone_of("ip-10-0-3-7")
     assert "ip-10-0-3-7" in str(failed.value) and "503" in str(failed.value)
     assert "ip-10-0-3-7" not in under_test._zones, "nothing cached: the next run asks again"
+
+
+def test_the_mounted_secret_is_judged_by_its_digest_read_in_the_pod() -> None:
+    calls = []
+
+    def exec_function(namespace, pod, container, argv, timeout):
+        calls.append((namespace, pod, container, list(argv)))
+        return CliResult(0, "9f86d081884c7d65  /etc/redis-secret/password\n", "")
+
+    found = transport(exec_function=exec_function).mounted_password_hash(NODE)
+    assert found == "9f86d081884c7d65"
+    # Only the file's name goes to the pod, and only its digest comes back.
+    assert calls == [("redis", "redis-cluster-3", "redis", ["sha256sum", "/etc/redis-secret/password"])]
+
+
+def test_an_unreadable_mounted_secret_is_an_error_not_a_match() -> None:
+    failing = transport(exec_function=lambda *args: CliResult(1, "", "sha256sum: No such file or directory"))
+    with pytest.raises(TransportError, match="redis-cluster-3"):
+        failing.mounted_password_hash(NODE)
