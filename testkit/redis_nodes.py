@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from cluster_logic.model import SLOTS, NodeEntry, parse_cluster_nodes
@@ -292,6 +293,18 @@ class LocalNodes:
 # ---------------------------------------------------------------------------------------
 # What a node says of the cluster.
 # ---------------------------------------------------------------------------------------
+
+
+def key_in_slots(ranges: Iterable[tuple[int, int]], prefix: str = "k", start: int = 0) -> str:
+    """The first `<prefix><n>` (n from `start`) whose slot lies in `ranges` (inclusive
+    pairs, as a master's CLUSTER NODES line lists them)."""
+    ranges = tuple(ranges)
+    for n in range(start, start + 100000):
+        key = f"{prefix}{n}"
+        slot = key_slot(key.encode())
+        if any(low <= slot <= high for low, high in ranges):
+            return key
+    raise AssertionError(f"no key {prefix}<n> found for slots {ranges}")
 
 
 def cluster_info(node: LocalNode) -> dict[str, str]:

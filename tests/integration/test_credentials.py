@@ -12,7 +12,6 @@ from typing import Iterator, Optional, Sequence
 
 import pytest
 import redis
-from redis.crc import key_slot
 
 from cluster_logic.credentials import (
     Credential,
@@ -24,7 +23,7 @@ from components.redis_node_files import node_credentials
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from testkit.provider_server import ProviderServer, plain_strings, secret, serialized_provider, serialized_rotation
-from testkit.redis_nodes import PASSWORD, LocalNodes, cluster_nodes, wait_ready, wait_replicas_online
+from testkit.redis_nodes import PASSWORD, LocalNodes, cluster_nodes, key_in_slots, wait_ready, wait_replicas_online
 
 pytestmark = pytest.mark.integration
 
@@ -111,15 +110,6 @@ def _masters(nodes: Sequence[LocalNode]) -> list[tuple[LocalNode, Sequence[tuple
     return [(by_id[e.id], e.slots) for e in cluster_nodes(nodes[0]) if e.is_master and e.slots]
 
 
-def _key_on(ranges: Sequence[tuple[int, int]], n: int) -> str:
-    while True:
-        key = f"rot:{n}"
-        slot = key_slot(key.encode())
-        if any(a <= slot <= b for a, b in ranges):
-            return key
-        n += 1
-
-
 @dataclass
 class FreshConnectionWriter:
     """Writes to every master in turn, each write on a new connection logged in with the
@@ -146,7 +136,7 @@ class FreshConnectionWriter:
         while not self._stop.is_set():
             for master, ranges in self.masters:
                 n += 1
-                self._write(master, _key_on(ranges, n * 7))
+                self._write(master, key_in_slots(ranges, "rot:", n * 7))
             time.sleep(0.01)
 
     def _write(self, master: LocalNode, key: str) -> None:

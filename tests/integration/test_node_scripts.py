@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from redis.crc import key_slot
 
 from cluster_logic.credentials import replication_password
 from components.redis_node_files import PRESTOP_TIMEOUT_SECONDS, SCRIPTS_DIR
@@ -33,6 +32,7 @@ from testkit.redis_nodes import (
     cluster_nodes,
     create_cluster,
     fast_settings,
+    key_in_slots,
     masters_and_replicas,
     myself,
     replica_of,
@@ -699,22 +699,13 @@ def test_one_crashed_master_back_on_a_new_ip_rejoins_as_a_replica(
 # ---------------------------------------------------------------------------------------
 
 
-def _hash_tag_in_slots(ranges: tuple[tuple[int, int], ...]) -> str:
-    for i in range(100000):
-        tag = f"t{i}"
-        slot = key_slot(tag.encode())
-        if any(low <= slot <= high for low, high in ranges):
-            return tag
-    raise AssertionError(f"no hash tag found for slots {ranges}")
-
-
 def test_prestop_on_a_master_hands_over_without_losing_acknowledged_writes(nodes_tls_too: LocalNodes) -> None:
     cluster = nodes_tls_too.cluster()
     masters, _ = masters_and_replicas(cluster)
     master = masters[0]
     replica = replica_of(master, cluster)
     master_slots = myself(master).slots
-    tag = _hash_tag_in_slots(master_slots)
+    tag = key_in_slots(master_slots, "t")
 
     # Acknowledged = on the master and on at least one replica (SET, then WAIT 1 on the
     # same connection), every key in the master's slots.
@@ -776,7 +767,7 @@ def test_prestop_lets_a_replica_finish_its_first_aof_so_that_sigterm_is_not_drop
     masters, _ = masters_and_replicas(cluster)
     master = masters[0]
     replica = replica_of(master, cluster)
-    tag = _hash_tag_in_slots(myself(master).slots)
+    tag = key_in_slots(myself(master).slots, "t")
     writer = master.client()
     for i in range(8):
         writer.set(f"{{{tag}}}:{i}", i)

@@ -60,6 +60,7 @@ from testkit.redis_nodes import (
     cluster_problems,
     dash,
     fast_settings,
+    key_in_slots,
     masters_and_replicas,
     myself,
     wait_cluster_ok,
@@ -96,13 +97,7 @@ def served_serial(node: LocalNode) -> int:
 
 def key_served_by(node: LocalNode, prefix: str = "k") -> str:
     """A key whose slot `node` (a master) holds."""
-    ranges = myself(node).slots
-    for i in range(100000):
-        key = f"{prefix}{i}"
-        slot = key_slot(key.encode())
-        if any(low <= slot <= high for low, high in ranges):
-            return key
-    raise AssertionError(f"no key found for {node.pod}")
+    return key_in_slots(myself(node).slots, prefix)
 
 
 def write_hosts_file(path: Path, nodes: LocalNodes, extra: dict[str, str] | None = None) -> Path:
