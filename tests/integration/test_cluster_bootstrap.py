@@ -53,6 +53,7 @@ from testkit.redis_nodes import (
     create_cluster,
     role,
     wait_replicas_in_sync,
+    wait_replicas_online,
 )
 from testkit.writers import Writer, lost_keys, write_keys
 
@@ -342,6 +343,10 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
     assert "redis-cli --cluster" in failures[0].reason and "acceptManualChange" in failures[0].reason
     with pytest.raises(grpc.RpcError):
         server.diff(created.id, state, fewer)
+    # The new replicas may still be loading their first sync, which would change their key
+    # counts under the comparison below: nothing moves only once replication has settled.
+    wait_replicas_online(nodes.nodes)
+    wait_replicas_in_sync(nodes.nodes)
     before = cluster_nodes_snapshot(nodes)
     with pytest.raises(grpc.RpcError) as refused:
         server.update(created.id, state, fewer)
