@@ -26,6 +26,8 @@ redis_cluster = RedisCluster(
 pulumi.export("clusterName", platform.cluster_name)
 pulumi.export("kubeconfig", platform.kubeconfig)
 pulumi.export("storageClassName", platform.storage_class_name)
+# The DLM policy that snapshots the data volumes (platform=eks with a backupSchedule).
+pulumi.export("backupPolicyId", platform.backup_policy_id)
 pulumi.export("namespace", redis_cluster.namespace)
 pulumi.export("redisPassword", redis_cluster.password)
 # name -> password of every user of the `users` setting (secret).

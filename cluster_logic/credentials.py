@@ -37,11 +37,32 @@ ADMIN_USER = "default"
 # Replicas authenticate to their master as this user, which may only replicate: the
 # password on every pod's disk for that purpose opens nothing else.
 REPLICATION_USER = "replication"
-RESERVED_USERS = (ADMIN_USER, REPLICATION_USER)
+# The metrics exporter beside each node logs in as this user, which may read the server's
+# state and nothing else: no key, no channel, no CONFIG GET (that would show masterauth).
+MONITORING_USER = "monitoring"
+RESERVED_USERS = (ADMIN_USER, REPLICATION_USER, MONITORING_USER)
 ADMIN_RULES = ("~*", "&*", "+@all")
 # What a replica runs on its master's connection: AUTH, PING, REPLCONF, PSYNC (and SYNC
 # from older replicas).
 REPLICATION_RULES = ("-@all", "+psync", "+sync", "+replconf", "+ping")
+# Exactly what redis_exporter 1.86 runs against its node when started with
+# `--config-command=-`, as the ACL LOG of Redis 8.0 and Valkey 9.1 shows it for a user allowed
+# nothing: CLIENT SETNAME on connecting, INFO, CLUSTER INFO, the latency reports and the slow
+# log. Each denied one would lose its metrics and add an ACL LOG entry at every scrape
+# (tests/integration/test_exporter.py checks there is none). The slow log shows the first
+# arguments of slow commands (passwords redacted), the price of its metrics. PING is for a
+# person checking the login by hand.
+MONITORING_RULES = (
+    "-@all",
+    "+ping",
+    "+client|setname",
+    "+info",
+    "+cluster|info",
+    "+latency|latest",
+    "+latency|histogram",
+    "+slowlog|get",
+    "+slowlog|len",
+)
 USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # One ACL rule a user's settings may grant: a command or category, allowed (+) or denied (-),
 # optionally a subcommand (+config|get).
@@ -59,6 +80,12 @@ def replication_password(admin_password: str) -> str:
     """The replication user's password, derived from the admin password: rotating one
     rotates the other, and no second secret has to be kept."""
     return hmac.new(admin_password.encode(), b"redis-eks replication user", hashlib.sha256).hexdigest()
+
+
+def monitoring_password(admin_password: str) -> str:
+    """The monitoring user's password, derived from the admin password like the replication
+    user's: it rotates with it."""
+    return hmac.new(admin_password.encode(), b"redis-eks monitoring user", hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -104,8 +131,8 @@ def wanted_credentials(
     user_passwords: Optional[Mapping[str, str]] = None,
     replication_rules: Sequence[str] = REPLICATION_RULES,
 ) -> list[Credential]:
-    """Every user the nodes should have: the admin (`default`), the replication user and
-    the named ones, each with its one current password."""
+    """Every user the nodes should have: the admin (`default`), the replication user, the
+    monitoring user and the named ones, each with its one current password."""
     passwords = dict(user_passwords or {})
     missing = [user.name for user in users if not passwords.get(user.name)]
     if missing:
@@ -113,6 +140,7 @@ def wanted_credentials(
     return [
         Credential(ADMIN_USER, (admin_password,), ADMIN_RULES),
         Credential(REPLICATION_USER, (replication_password(admin_password),), tuple(replication_rules)),
+        Credential(MONITORING_USER, (monitoring_password(admin_password),), MONITORING_RULES),
         *(Credential(user.name, (passwords[user.name],), user.rules) for user in users),
     ]
 

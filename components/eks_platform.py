@@ -16,10 +16,12 @@ import pulumi_awsx as awsx
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
+from components.snapshot_backups import DLM_POLICY_ID_TAG, SnapshotBackups, SnapshotBackupsArgs
 from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_PROVISIONER, StackSettings
 
 STORAGE_CLASS_NAME = "data"
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
+COREDNS_ADDON = "coredns"
 # The controller's service account as the add-on installs it; the IAM role trusts only it.
 EBS_CSI_SERVICE_ACCOUNT = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
 VPC_CIDR = "10.0.0.0/16"
@@ -72,17 +74,24 @@ class EksPlatformArgs:
 
 
 class EksPlatform(pulumi.ComponentResource):
-    """EKS (or an existing cluster), the Kubernetes provider and the StorageClass `data`."""
+    """EKS (or an existing cluster), the Kubernetes provider and the StorageClass `data`; on EKS,
+    the scheduled snapshots of the data volumes (SnapshotBackups) unless `backupSchedule` is off."""
 
     provider: k8s.Provider
     cluster_name: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     storage_class_name: pulumi.Output[str]
+    # The DLM policy that snapshots the data volumes (platform=eks with a backupSchedule),
+    # or None.
+    backup_policy_id: Optional[pulumi.Output[str]]
+    backup_policy_arn: Optional[pulumi.Output[str]]
 
     def __init__(self, resource_name: str, args: EksPlatformArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
         settings = args.settings
         child = pulumi.ResourceOptions(parent=self)
+        self.backup_policy_id = None
+        self.backup_policy_arn = None
 
         if settings.platform == "eks":
             cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn, cluster_admins = self._build_eks(
@@ -135,6 +144,8 @@ class EksPlatform(pulumi.ComponentResource):
                 "cluster_name": self.cluster_name,
                 "kubeconfig": self.kubeconfig,
                 "storage_class_name": self.storage_class_name,
+                "backup_policy_id": self.backup_policy_id,
+                "backup_policy_arn": self.backup_policy_arn,
             }
         )
 
@@ -210,6 +221,12 @@ class EksPlatform(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        # The version the control plane runs, as EKS reports it once the cluster is created or
+        # its upgrade is done. A new `clusterVersion` upgrades the control plane first (pulumi-eks
+        # then updates its kube-proxy and vpc-cni add-ons to builds for that version); the
+        # node group and the add-ons below take their version from this output, so they start
+        # only after the control plane has finished, and never run ahead of it.
+        control_plane_version = cluster.eks_cluster.apply(_reported_version)
 
         node_role = aws.iam.Role(
             f"{name}-node-role",
@@ -265,6 +282,9 @@ class EksPlatform(pulumi.ComponentResource):
                 id=launch_template.id,
                 version=launch_template.latest_version.apply(str),
             ),
+            # Without it a control-plane upgrade leaves the nodes on the old kubelet; with it the
+            # nodes follow, on the AMI of the new version (the launch template names none).
+            version=control_plane_version,
             # One node at a time, so the PodDisruptionBudget and the preStop handover keep
             # writes going through an AMI or version upgrade.
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
@@ -317,6 +337,8 @@ class EksPlatform(pulumi.ComponentResource):
             f"{name}-ebs-csi-driver",
             cluster_name=name,
             addon_name=EBS_CSI_ADDON,
+            # A build for the cluster's version (stack_settings.EBS_CSI_DRIVER_VERSIONS), so a
+            # new clusterVersion updates the driver too: after the nodes, as it depends on them.
             addon_version=settings.ebs_csi_driver_version,
             service_account_role_arn=ebs_csi_role.arn,
             resolve_conflicts_on_create="OVERWRITE",
@@ -326,8 +348,72 @@ class EksPlatform(pulumi.ComponentResource):
             # place before it starts and are removed only after it is gone.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group, ebs_csi_policy, ebs_csi_kms]),
         )
+        # pulumi-eks makes CoreDNS an EKS add-on only on a cluster with its default node group
+        # or Fargate (CoreDNS needs nodes, and pulumi-eks creates its add-ons with the
+        # cluster). Without this one, CoreDNS would stay the self-managed deployment EKS
+        # installed with the cluster, at that version for good. Like the driver, it comes after
+        # the nodes; its build is AWS's default for the version the control plane reports.
+        coredns = aws.eks.Addon(
+            f"{name}-coredns",
+            cluster_name=name,
+            addon_name=COREDNS_ADDON,
+            addon_version=aws.eks.get_addon_version_output(
+                addon_name=COREDNS_ADDON, kubernetes_version=control_plane_version, most_recent=False, opts=invoke
+            ).version,
+            # Takes over the self-managed deployment (as pulumi-eks does for kube-proxy and
+            # vpc-cni); later, keeps what was changed in the cluster, as the driver does.
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            # Removing the add-on (a `pulumi destroy` before the cluster goes) must not take
+            # cluster DNS away from pods still running.
+            preserve=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, node_group]),
+        )
+        if settings.backup_schedule is not None:
+            self._snapshot_backups(name, settings, account, volume_key_arn)
         cluster_admins = self._cluster_admins(name, settings, partition, cluster)
-        return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon], volume_key_arn, cluster_admins
+        return pulumi.Output.from_input(name), cluster.kubeconfig_json, [addon, coredns], volume_key_arn, cluster_admins
+
+    def _snapshot_backups(
+        self,
+        name: str,
+        settings: StackSettings,
+        account: pulumi.Output[AwsAccount],
+        volume_key_arn: pulumi.Input[str],
+    ) -> None:
+        """Scheduled snapshots of every data volume (DLM), by the tag the StorageClass puts on each.
+
+        What a snapshot holds: each volume's snapshot is crash-consistent for its own node, as
+        if the node had lost power at that instant. redis.conf sets `appendonly yes` with
+        `appendfsync everysec`, so a node restored from its snapshot replays its AOF and has
+        every write it acknowledged up to about a second before the snapshot (what the kernel
+        had not yet flushed to the volume is lost, the AOF's torn tail included, which Redis
+        truncates on load with `aof-load-truncated yes`, its default). The snapshots of one run
+        are taken within the same minutes, one per volume, but not at one instant across
+        shards: a cluster-wide restore point is "each shard as of its own snapshot". Redis
+        Cluster has no cross-shard transaction to tear, but keys written in that window can be
+        on one side of it on one shard and the other side on another (a client that wrote A
+        then B on two shards may find B restored without A). A replica's volume is snapshotted
+        too, at its own instant and as far as its replication had come.
+        """
+        backups = SnapshotBackups(
+            f"{name}-backups",
+            SnapshotBackupsArgs(
+                # The very tag `_storage_parameters` has the driver put on every volume.
+                target_tag=(CLUSTER_TAG_KEY, name),
+                cluster_name=name,
+                stack=pulumi.get_stack(),
+                schedule=settings.backup_schedule,
+                retention_count=settings.backup_retention_count,
+                volume_key_arn=volume_key_arn,
+                account=account,
+                copy_region=settings.backup_copy_region,
+                copy_retention_days=settings.backup_copy_retention_days,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.backup_policy_id = backups.policy_id
+        self.backup_policy_arn = backups.policy_arn
 
     def _cluster_admins(
         self, name: str, settings: StackSettings, partition: pulumi.Output[str], cluster: eks.Cluster
@@ -359,6 +445,12 @@ class EksPlatform(pulumi.ComponentResource):
                 )
             )
         return admins
+
+
+def _reported_version(eks_cluster: Optional[aws.eks.Cluster]) -> Optional[pulumi.Output[str]]:
+    # pulumi-eks always returns its aws.eks.Cluster; a run under mocks may have none to give
+    # (tools/render_manifests.py answers no `eksCluster`), and then there is no version to follow.
+    return None if eks_cluster is None else eks_cluster.version
 
 
 def _kms_key(name: str, description: str, policy: pulumi.Input[str], opts: pulumi.ResourceOptions) -> aws.kms.Key:
@@ -431,7 +523,9 @@ def volume_key_policy(account: AwsAccount, ebs_csi_role_arn: str) -> str:
     instance later); the role's own IAM policy (ebs_volume_key_policy) says the same from
     the role's side. The account's principals may use it through EC2, e.g. an operator
     restoring a retained volume or its snapshot. (The administration statement lets IAM
-    grant more; the statements here name the uses the stack expects.)"""
+    grant more; the statements here name the uses the stack expects.) DLM's role
+    (snapshot_backups) is one it lets IAM grant to: the role's own policy allows it the key
+    through EC2 only, so the key need not wait for that role."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -539,7 +633,14 @@ def ebs_csi_driver_policy(account: AwsAccount, cluster_name: str) -> str:
                 ),
                 allow("SnapshotOurVolumes", ["ec2:CreateSnapshot"], volumes, ours),
                 allow("CreateSnapshotsTaggedAsOurs", ["ec2:CreateSnapshot"], snapshots, requested_ours),
-                allow("DeleteOurSnapshots", ["ec2:DeleteSnapshot"], snapshots, ours),
+                # Not the DLM backups, though they carry both tags (copied from the volume): they
+                # must outlive whatever could go wrong with the driver they back up.
+                allow(
+                    "DeleteOurSnapshotsButNotTheBackups",
+                    ["ec2:DeleteSnapshot"],
+                    snapshots,
+                    {**ours, "Null": {f"ec2:ResourceTag/{DLM_POLICY_ID_TAG}": "true"}},
+                ),
                 # Tags go on in the same call that creates a volume or snapshot (the tags
                 # tested above); a later CreateTags could make another cluster's volume ours.
                 allow(

@@ -16,14 +16,21 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components import metrics_exporter as exporter
 from components import redis_node_files as files
 from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard, credentials_props
+from components.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
 from components.credential_rotation import CredentialRotation
 from components.node_certificates import NodeCertificates, NodeCertificatesArgs
 from components.stack_settings import StackSettings
 
 APP_NAME = "redis-cluster"
 CONTAINER_NAME = "redis"
+EXPORTER_CONTAINER_NAME = "exporter"
+# The exporter's view of the Secret: its own password file, not the admin's password.
+EXPORTER_SECRET_VOLUME = "exporter-secret"
+EXPORTER_TLS_VOLUME = "exporter-tls"
+METRICS_COMPONENT = {"app.kubernetes.io/component": "metrics"}
 # Not the images' own `redis`/`valkey` user (999), which can be a user of the host too: a
 # UID of its own above the range distributions hand out. The restricted Pod Security
 # profile wants a non-root UID; the data volume is group-owned through fsGroup.
@@ -174,7 +181,8 @@ class RedisCluster(pulumi.ComponentResource):
                     lambda values: files.secret_files(
                         files.node_credentials(
                             settings, values[0], settings.users, dict(zip(names_in_order, values[1:]))
-                        )
+                        ),
+                        tls=settings.tls,
                     )
                 )
             ),
@@ -231,6 +239,36 @@ class RedisCluster(pulumi.ComponentResource):
             ),
             opts=on_cluster,
         )
+
+        # Prometheus finds the exporters through a Service of their own, so that a
+        # ServiceMonitor selecting it scrapes each pod once (the other two Services carry the
+        # same labels).
+        metrics_service = k8s.core.v1.Service(
+            f"{resource_name}-metrics",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=names.metrics_service, namespace=ns, labels={**labels, **METRICS_COMPONENT}
+            ),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",
+                # A node that is down or not Ready is what the alerts are for: keep scraping it.
+                publish_not_ready_addresses=True,
+                selector=selector,
+                ports=[k8s.core.v1.ServicePortArgs(name="metrics", port=exporter.EXPORTER_PORT, target_port="metrics")],
+            ),
+            opts=on_cluster,
+        )
+        if settings.monitoring:
+            ClusterMonitoring(
+                f"{resource_name}-monitoring",
+                ClusterMonitoringArgs(
+                    namespace=ns,
+                    name=names.stateful_set,
+                    labels={**labels, **dict(settings.monitoring_labels)},
+                    service_selector={**selector, **METRICS_COMPONENT},
+                    provider=args.provider,
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[metrics_service]),
+            )
 
         stateful_set = k8s.apps.v1.StatefulSet(
             f"{resource_name}-statefulset",
@@ -296,16 +334,17 @@ class RedisCluster(pulumi.ComponentResource):
 
 def _scanner_exceptions(settings: StackSettings) -> Optional[dict[str, str]]:
     """What an auditor's scanner (checkov, tools/scan-manifests.sh) flags and we keep on
-    purpose, each with its reason, on the object it flags. Both go away with a digest in
-    `image`, so neither outlives its reason. (No '=' in a reason: checkov splits on it.)"""
-    if "@" in settings.image:
+    purpose, each with its reason, on the object it flags. Both go away once `image` and
+    `exporterImage` carry a digest, so neither outlives its reason. (No '=' in a reason:
+    checkov splits on it.)"""
+    if "@" in settings.image and "@" in settings.exporter_image:
         return None
     return {
         "checkov.io/skip1": "CKV_K8S_43=Pinned by exact release tag. The program cannot resolve digests "
-        "offline; setting image to tag@sha256:<digest> pins the bytes and clears this check.",
+        "offline; setting image and exporterImage to tag@sha256:<digest> pins the bytes and clears this check.",
         "checkov.io/skip2": "CKV_K8S_15=IfNotPresent on a pinned release tag: with Always every pod restart "
         "or failover would depend on the registry being reachable and within its rate limits. "
-        "With a digest this check passes.",
+        "With digests this check passes.",
     }
 
 
@@ -343,6 +382,10 @@ class _ObjectNames:
     @property
     def peers_config_map(self) -> str:
         return f"{self.base}-peers"
+
+    @property
+    def metrics_service(self) -> str:
+        return f"{self.base}-metrics"
 
     @property
     def secret(self) -> str:
@@ -394,12 +437,17 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
     tls_mounts = (
         [k8s.core.v1.VolumeMountArgs(name="tls", mount_path=paths.tls_dir, read_only=True)] if settings.tls else []
     )
+    # The exporter verifies the node against the CA and needs nothing else of the TLS Secret
+    # (not the node's private key).
+    exporter_tls_mounts = (
+        [k8s.core.v1.VolumeMountArgs(name=EXPORTER_TLS_VOLUME, mount_path=paths.tls_dir, read_only=True)]
+        if settings.tls
+        else []
+    )
     tls_volumes = (
         [
-            k8s.core.v1.VolumeArgs(
-                name="tls",
-                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=names.tls_secret, default_mode=0o440),
-            )
+            _secret_volume("tls", names.tls_secret),
+            _secret_volume(EXPORTER_TLS_VOLUME, names.tls_secret, only=files.TLS_CA_FILE),
         ]
         if settings.tls
         else []
@@ -481,12 +529,7 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                         lifecycle=k8s.core.v1.LifecycleArgs(
                             pre_stop=k8s.core.v1.LifecycleHandlerArgs(exec_=exec_script("pre-stop.sh"))
                         ),
-                        security_context=k8s.core.v1.SecurityContextArgs(
-                            allow_privilege_escalation=False,
-                            read_only_root_filesystem=True,
-                            run_as_non_root=True,
-                            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                        ),
+                        security_context=_restricted_container(),
                         volume_mounts=[
                             k8s.core.v1.VolumeMountArgs(name="conf", mount_path=paths.conf_dir, read_only=True),
                             k8s.core.v1.VolumeMountArgs(name="secret", mount_path=paths.secret_dir, read_only=True),
@@ -494,7 +537,8 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                             *tls_mounts,
                         ],
-                    )
+                    ),
+                    _exporter_container(settings, exporter_tls_mounts),
                 ],
                 volumes=[
                     # One directory: the pod's own files and the peers list beside them.
@@ -512,10 +556,8 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                             ],
                         ),
                     ),
-                    k8s.core.v1.VolumeArgs(
-                        name="secret",
-                        secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=names.secret, default_mode=0o440),
-                    ),
+                    _secret_volume("secret", names.secret),
+                    _secret_volume(EXPORTER_SECRET_VOLUME, names.secret, only=exporter.PASSWORD_FILE_KEY),
                     # The root filesystem is read-only; redis-cli and the scripts may want a scratch dir.
                     k8s.core.v1.VolumeArgs(
                         name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")
@@ -533,6 +575,71 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                     resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": settings.storage_size}),
                 ),
             )
+        ],
+    )
+
+
+def _secret_volume(name: str, secret_name: str, only: Optional[str] = None) -> k8s.core.v1.VolumeArgs:
+    """A Secret as files readable by the pod's group (fsGroup), all of its keys or the `only` one."""
+    return k8s.core.v1.VolumeArgs(
+        name=name,
+        secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name=secret_name,
+            default_mode=0o440,
+            items=[k8s.core.v1.KeyToPathArgs(key=only, path=only)] if only else None,
+        ),
+    )
+
+
+def _restricted_container() -> k8s.core.v1.SecurityContextArgs:
+    """What every container of the pod runs with: the restricted Pod Security profile, and a
+    read-only root filesystem."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+    )
+
+
+def _exporter_container(settings: StackSettings, tls_mounts: list) -> k8s.core.v1.ContainerArgs:
+    """The redis_exporter sidecar: the node's metrics on its own port, read as the monitoring
+    user over the node's own listener (TLS when the node speaks TLS)."""
+    paths = files.POD_PATHS
+    metrics_port = "metrics"
+    return k8s.core.v1.ContainerArgs(
+        name=EXPORTER_CONTAINER_NAME,
+        image=settings.exporter_image,
+        image_pull_policy="IfNotPresent",
+        args=exporter.exporter_args(
+            files.REDIS_PORT,
+            f"{paths.tls_dir}/{files.TLS_CA_FILE}" if settings.tls else None,
+            f"{paths.secret_dir}/{exporter.PASSWORD_FILE_KEY}",
+        ),
+        ports=[k8s.core.v1.ContainerPortArgs(name=metrics_port, container_port=exporter.EXPORTER_PORT)],
+        # A scrape of one node is a handful of commands: little CPU, a small Go heap.
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "10m", "memory": "32Mi"},
+            limits={"cpu": "100m", "memory": "64Mi"},
+        ),
+        # The reload reads the password file again: a rotated password reaches the exporter
+        # within a period of the Secret's update, without a restart. A file it cannot read
+        # fails the probe, and the kubelet restarts the exporter (never the node).
+        liveness_probe=k8s.core.v1.ProbeArgs(
+            http_get=k8s.core.v1.HTTPGetActionArgs(path=exporter.RELOAD_PATH, port=metrics_port),
+            period_seconds=15,
+            timeout_seconds=5,
+            failure_threshold=4,
+        ),
+        readiness_probe=k8s.core.v1.ProbeArgs(
+            http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port=metrics_port),
+            period_seconds=15,
+            timeout_seconds=5,
+        ),
+        security_context=_restricted_container(),
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name=EXPORTER_SECRET_VOLUME, mount_path=paths.secret_dir, read_only=True),
+            *tls_mounts,
         ],
     )
 
@@ -563,6 +670,17 @@ def _network_policy_spec(settings: StackSettings, selector: dict[str, str]):
                 from_=[own_pods], ports=[port(files.REDIS_PORT), port(files.BUS_PORT)]
             ),
             k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[client_pods], ports=[port(files.REDIS_PORT)]),
+            # Prometheus, from its namespace, to the exporters only.
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                from_=[
+                    k8s.networking.v1.NetworkPolicyPeerArgs(
+                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                            match_labels={"kubernetes.io/metadata.name": settings.monitoring_namespace}
+                        )
+                    )
+                ],
+                ports=[port(exporter.EXPORTER_PORT)],
+            ),
         ],
         # A node talks to its peers (clients, replication, MIGRATE: the client port; gossip:
         # the bus) and resolves their names; nothing else, so a compromised pod cannot

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from cluster_logic.credentials import (
     ADMIN_USER,
+    MONITORING_USER,
     REPLICATION_RULES,
     Credential,
     UserAccess,
@@ -23,6 +24,7 @@ from cluster_logic.credentials import (
     render_masterauth,
     wanted_credentials,
 )
+from components import metrics_exporter as exporter
 from components.engines import Engine
 from components.stack_settings import StackSettings
 
@@ -207,9 +209,10 @@ def node_credentials(
     return wanted_credentials(admin_password, users, user_passwords, replication_rules(settings))
 
 
-def secret_files(credentials: Sequence[Credential]) -> dict[str, str]:
-    """What the Secret carries: the admin password (for the scripts), the ACL file and
-    auth.conf. The admin is the first credential, `default`."""
+def secret_files(credentials: Sequence[Credential], tls: bool = False) -> dict[str, str]:
+    """What the Secret carries: the admin password (for the scripts), the ACL file,
+    auth.conf, and the metrics exporter's password file (the monitoring user's, for the
+    node's listener: TLS or not). The admin is the first credential, `default`."""
     admin = credentials[0]
     if admin.name != ADMIN_USER:
         raise ValueError(f"the first credential must be the admin ({ADMIN_USER}), not {admin.name}")
@@ -218,10 +221,16 @@ def secret_files(credentials: Sequence[Credential]) -> dict[str, str]:
         # The settings validation already limits passwords to [A-Za-z0-9_.~-]; this guards
         # direct callers, since such a character would break a config line silently.
         raise ValueError("the password must be non-empty and free of whitespace, quotes, '#' and '\\'")
+    monitoring = next((c for c in credentials if c.name == MONITORING_USER), None)
     return {
         PASSWORD_FILE: password,
         ACL_FILE: render_acl_file(credentials),
         AUTH_CONF_FILE: render_masterauth(password),
+        **(
+            {exporter.PASSWORD_FILE_KEY: exporter.password_file(monitoring.passwords[0], REDIS_PORT, tls)}
+            if monitoring
+            else {}
+        ),
     }
 
 

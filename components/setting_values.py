@@ -9,7 +9,7 @@ import json
 import math
 import re
 from fractions import Fraction
-from typing import Any
+from typing import Any, Optional
 
 from cluster_logic.credentials import COMMAND_RULE, PATTERN, RESERVED_USERS, USER_NAME, UserAccess
 
@@ -268,3 +268,30 @@ def as_cert_manager_issuer(raw: Any) -> tuple[str, str]:
     if kind not in ("Issuer", "ClusterIssuer") or not DNS_SUBDOMAIN.match(name):
         raise ValueError("Issuer/<name> (in the Redis namespace) or ClusterIssuer/<name>")
     return kind, name
+
+
+# A DLM schedule: cron(minutes hours day-of-month month day-of-week year), AWS's six-field
+# form (one of day-of-month and day-of-week is "?").
+_DLM_CRON = re.compile(r"^cron\((?P<fields>[^()]+)\)$")
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?,/#L W-]+$")
+AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
+
+
+def as_backup_schedule(raw: str) -> Optional[str]:
+    """`off`, or a DLM cron expression such as cron(0 3 * * ? *)."""
+    allowed = 'off, or an AWS cron expression with six fields such as "cron(0 3 * * ? *)" (daily at 03:00 UTC)'
+    if raw.strip().lower() == "off":
+        return None
+    match = _DLM_CRON.match(raw.strip())
+    fields = match.group("fields").split() if match else []
+    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(allowed)
+    if (fields[2] == "?") == (fields[4] == "?"):
+        raise ValueError(f"{allowed}; AWS needs '?' in exactly one of day-of-month and day-of-week")
+    return raw.strip()
+
+
+def aws_region(raw: str) -> str:
+    if not AWS_REGION.match(raw):
+        raise ValueError("an AWS region such as eu-central-1")
+    return raw

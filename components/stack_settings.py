@@ -30,6 +30,7 @@ from components.setting_values import (
     INSTANCE_TYPE,
     PASSWORD_PATTERN,
     as_arn,
+    as_backup_schedule,
     as_bool,
     as_cert_manager_issuer,
     as_image,
@@ -39,6 +40,7 @@ from components.setting_values import (
     as_quantity,
     as_string_list,
     as_users,
+    aws_region,
     cidr,
     manual_change,
     matching,
@@ -64,6 +66,13 @@ EBS_CSI_DRIVER_VERSIONS = {
     "1.36": "v1.66.0-eksbuild.1",
 }
 
+
+# The metrics sidecar's image: the release tests/integration/test_exporter.py scrapes for
+# real (Debian's prometheus-redis-exporter at the same version, from tools/fetch-engines.sh).
+DEFAULT_EXPORTER_IMAGE = "oliver006/redis_exporter:v1.86.0"
+# Daily at 03:00 UTC, a week kept: what ElastiCache offers as its backup window, by default.
+DEFAULT_BACKUP_SCHEDULE = "cron(0 3 * * ? *)"
+MAX_BACKUP_RETENTION_COUNT = 1000  # DLM's limit per schedule
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -157,6 +166,20 @@ class StackSettings:
     # How long a replaced password keeps working after the new one is on every node and in
     # the Secret, for clients to switch.
     rotation_grace_seconds: int = 60
+    # Metrics: the exporter sidecar always runs; `monitoring` adds the Prometheus Operator's
+    # ServiceMonitor and PrometheusRule (their CRDs must be installed).
+    monitoring: bool = False
+    exporter_image: str = DEFAULT_EXPORTER_IMAGE
+    # Where Prometheus runs (its pods may reach the metrics port), and the labels its
+    # Prometheus Operator selects ServiceMonitors and PrometheusRules by.
+    monitoring_namespace: str = "monitoring"
+    monitoring_labels: tuple[tuple[str, str], ...] = ()
+    # Scheduled EBS snapshots of the data volumes (platform=eks): a DLM cron expression, or
+    # None for none; how many to keep; optionally a region to copy each to, kept for days.
+    backup_schedule: Optional[str] = DEFAULT_BACKUP_SCHEDULE
+    backup_retention_count: int = 7
+    backup_copy_region: Optional[str] = None
+    backup_copy_retention_days: int = 7
     # The one-off opt-in after a scale-in done by hand on the nodes, or to go back to an
     # image that never started, naming what it accepts ("shards=3", "image=<image>").
     accept_manual_change: tuple[str, ...] = ()
@@ -234,6 +257,17 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "certManagerIssuer": ("cert_manager_issuer", as_cert_manager_issuer),
     "users": ("users", as_users),
     "rotationGraceSeconds": ("rotation_grace_seconds", as_int(0, 3600)),
+    "monitoring": ("monitoring", as_bool),
+    "exporterImage": ("exporter_image", as_image),
+    "monitoringNamespace": (
+        "monitoring_namespace",
+        matching(DNS_LABEL, "a DNS-1123 label: lower-case letters, digits and '-'"),
+    ),
+    "monitoringLabels": ("monitoring_labels", as_labels),
+    "backupSchedule": ("backup_schedule", as_backup_schedule),
+    "backupRetentionCount": ("backup_retention_count", as_int(1, MAX_BACKUP_RETENTION_COUNT)),
+    "backupCopyRegion": ("backup_copy_region", aws_region),
+    "backupCopyRetentionDays": ("backup_copy_retention_days", as_int(1, 3650)),
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change)),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
 }
@@ -246,6 +280,10 @@ _EKS_ONLY_KEYS = (
     "nodeDesiredSize",
     "nodeMaxSize",
     "clusterAdminArns",
+    "backupSchedule",
+    "backupRetentionCount",
+    "backupCopyRegion",
+    "backupCopyRetentionDays",
 )
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig", "userPasswords": "user_passwords"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
@@ -376,6 +414,23 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
                 "which the grace period is part of; raise that or lower this",
             )
         )
+    if parsed("backupSchedule", "backupCopyRegion") and s.backup_copy_region and s.backup_schedule is None:
+        problems.append(
+            _fail("backupCopyRegion", s.backup_copy_region, f"only with a {NAMESPACE}:backupSchedule (it is off)")
+        )
+    if "backupCopyRetentionDays" in values and not s.backup_copy_region:
+        problems.append(
+            _fail(
+                "backupCopyRetentionDays",
+                values["backupCopyRetentionDays"],
+                f"only with {NAMESPACE}:backupCopyRegion, which names where the copies go",
+            )
+        )
+    problems.extend(
+        _fail(key, values[key], f"only with {NAMESPACE}:monitoring = true")
+        for key in ("monitoringLabels",)
+        if key in values and parsed("monitoring") and not s.monitoring
+    )
     if parsed("tls", "certManagerIssuer") and s.cert_manager_issuer and not s.tls:
         problems.append(
             _fail("certManagerIssuer", "/".join(s.cert_manager_issuer), f"only with {NAMESPACE}:tls = true")

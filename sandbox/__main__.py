@@ -7,7 +7,9 @@ renew-cert                                 TLS: a new certificate for every node
 kill <pod>                                 SIGKILL one pod, like a crashed container
 restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
 roll [--binaries DIR]                      a rolling update, pod by pod, onto the engine's .engines/ release (or DIR's)
-down [--purge]                             stop every process; --purge deletes the data too
+backup [--to DIR]                          stop the cluster, copy every pod's data directory, start it again
+restore DIR                                a cluster from a backup's copies, on new addresses (sandbox down or absent)
+down [--purge]                             stop every process; --purge deletes the data too (backups/ stays)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from cluster_logic.errors import BootstrapError
 from components.engines import ENGINES
 from components.stack_settings import SettingsError
+from sandbox.backups import BackupError
 from sandbox.engine_binaries import EngineBinaries, EngineNotFound
 from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
 
@@ -70,8 +73,46 @@ def main(argv: list[str] | None = None) -> int:
         "renew-cert",
         help="TLS: renew the nodes' certificate (same CA) as cert-manager would; the readiness probes load it",
     )
+    backup = commands.add_parser(
+        "backup",
+        help="copy every pod's data directory, as EBS snapshots of the volumes",
+        description=(
+            "Copies every pod's data directory (nodes.conf, the AOF, dump.rdb if any) into a folder of its own, "
+            "data-<pod>/ per pod as the StatefulSet's claims are named, with manifest.json: the stack, engine, "
+            "shape and TLS, each node's ID, role and slots, and every file's size and SHA-256. "
+            "A running cluster is stopped for the copy: every pod at once, without preStop, so that each node's "
+            "files are those of a clean shutdown (AOF flushed, nodes.conf written, nothing changing while read); "
+            "then every pod starts again at its address and the command waits until the cluster is ok. "
+            "Clients see the cluster down meanwhile (a few seconds). A sandbox that is down is copied as it lies "
+            "on disk and stays down. Refused, with nothing stopped or written: no sandbox, some pods down while "
+            "others run, a cluster that is not ok, a destination that holds anything."
+        ),
+    )
+    backup.add_argument(
+        "--to", type=Path, metavar="DIR", help="a new or empty folder (default: <root>/backups/<UTC time>)"
+    )
+    backup.add_argument("--timeout", type=float, default=120.0, help="for the cluster to be ok again (default 120)")
+    restore = commands.add_parser(
+        "restore",
+        help="start the backed-up cluster from a backup's copies, on new addresses",
+        description=(
+            "Starts the cluster of a backup from its copies, each pod on a loopback address that no pod had at "
+            "backup time, with the backup's stack, engine, shape and TLS, and waits until the cluster is ok: as "
+            "new EBS volumes from the snapshots, bound to the claims, come back on pods with new IPs. Nothing "
+            "forms the cluster: the entrypoint moves each node to its new address and peer-recovery.sh "
+            "re-introduces the pods. Prints each node's ID and the keys. Into a root without a sandbox this "
+            "makes a new one (new password); onto a sandbox that is down it keeps its password and moves its "
+            "data directories to <root>/replaced/<UTC time>/. Refused, with nothing changed: a folder that is "
+            "not a complete backup (what is missing or changed is named), a sandbox with any pod running "
+            "(`down` first), binaries of another engine or an older line."
+        ),
+    )
+    restore.add_argument("source", type=Path, metavar="DIR", help="a folder `backup` wrote")
+    restore.add_argument("--timeout", type=float, default=120.0, help="for the cluster to be ok (default 120)")
     down = commands.add_parser("down", help="stop every process")
-    down.add_argument("--purge", action="store_true", help="delete the data directories too")
+    down.add_argument(
+        "--purge", action="store_true", help="delete the data directories too; backups/ under the root stays"
+    )
     options = parser.parse_args(argv)
 
     engine = getattr(options, "engine", None)
@@ -123,18 +164,77 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.roll(binaries)
             print(f"rolled every pod onto {sandbox.binaries().describe()}")
             print_status(sandbox.status())
+        elif options.command == "backup":
+            print_backup(sandbox.backup(options.to, options.timeout))
+        elif options.command == "restore":
+            print_restore(sandbox.restore(options.source, options.timeout), options.source)
+            print("\nconnect:")
+            for line in sandbox.connection_lines():
+                print("  " + line)
         elif options.command == "down":
             sandbox.down(purge=options.purge)
-            print("stopped" + (" and purged" if options.purge else "; data kept (down --purge deletes it)"))
-    except (SandboxError, BootstrapError, SettingsError, EngineNotFound) as error:
+            if not options.purge:
+                print("stopped; data kept (down --purge deletes it)")
+            elif sandbox.backups_dir.is_dir():
+                print(f"stopped and purged; backups kept in {sandbox.backups_dir}")
+            else:
+                print("stopped and purged")
+    except (SandboxError, BootstrapError, SettingsError, EngineNotFound, BackupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
+def print_backup(result: dict) -> None:
+    manifest = result["manifest"]
+    print(
+        f"backed up {len(manifest.nodes)} nodes ({manifest.engine} {manifest.version}, {manifest.shards} shards with "
+        f"{manifest.replicas_per_shard} replica(s) each, {manifest.total_bytes} bytes) to {result['destination']}"
+    )
+    if result["down_seconds"] is None:
+        print("the sandbox was down: its data copied as it lies on disk; it stays down")
+    else:
+        print(
+            f"the cluster was stopped (clean shutdown of every node), copied in {result['copy_seconds']:.1f}s, "
+            f"started again: ok {result['down_seconds']:.1f}s after the first SIGTERM"
+        )
+    print_table(
+        ("pod", "address", "id", "role", "slots", "files"),
+        [
+            [node.pod, f"{node.host}:{node.port}", node.id, node.role, node.slots, str(len(node.files))]
+            for node in manifest.nodes
+        ],
+    )
+
+
+def print_restore(result: dict, source: Path) -> None:
+    manifest = result["manifest"]
+    was = {node.pod: f"{node.host}:{node.port}" for node in manifest.nodes}
+    rows = result["rows"]
+    keys = sum(row["keys"] for row in rows if row.get("role") == "master")
+    print(
+        f"restored {len(rows)} nodes from {source} (backed up {manifest.created}, {manifest.engine} {manifest.version})"
+    )
+    if result["replaced"] is not None:
+        print(f"the data it replaced is in {result['replaced']}")
+    print(f"cluster ok {result['ok_seconds']:.1f}s after the pods started: {keys} keys, every node ID as backed up")
+    print_table(
+        ("pod", "address", "was", "id", "role", "master", "slots", "keys"),
+        [
+            [row["pod"], row["address"], was[row["pod"]], row["id"], row["role"], row.get("master") or ""]
+            + [row["slots"], str(row["keys"])]
+            for row in rows
+        ],
+    )
+
+
 def print_status(rows: list[dict]) -> None:
     columns = ("pod", "address", "zone", "state", "version", "role", "master", "slots", "link", "keys")
     table = [[str(row.get(column, "") if row.get(column) is not None else "") for column in columns] for row in rows]
+    print_table(columns, table)
+
+
+def print_table(columns: tuple[str, ...], table: list[list[str]]) -> None:
     widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
     print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
     for line in table:

@@ -11,6 +11,10 @@ TLS needs: a CA of its own (`<root>/ca/`, standing in for the issuer), the nodes
 (`<root>/tls/`: `tls.crt`, `tls.key`, `ca.crt`, mounted into every node) and a hosts file
 (`<root>/hosts`) mapping each pod's announced DNS name to its address, as the headless
 Service's DNS would answer, for clients run with nss_wrapper (`sandbox.name_resolution`).
+
+`backup` and `restore` stand in for EBS snapshots of the data volumes and new volumes made
+from them: a backup is a folder of every pod's data directory with a manifest
+(`sandbox.backups`), by default in `<root>/backups/`, which `down --purge` leaves in place.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -35,9 +40,10 @@ from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_clu
 from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
-from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal
+from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
 from components.redis_node_files import REDIS_PORT, TLS_CA_FILE, announced_hostname
 from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings
+from sandbox import backups
 from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
@@ -49,6 +55,11 @@ STATE_FILE = "cluster.json"
 CA_DIR = "ca"
 TLS_DIR = "tls"
 HOSTS_FILE = "hosts"
+# Backups outlive `down --purge`, as EBS snapshots outlive the volumes and the stack.
+BACKUPS_DIR = "backups"
+# Where a restore moves the data directories it replaces, as the StorageClass retains the old volumes.
+REPLACED_DIR = "replaced"
+NODES_DIR = "nodes"
 # Pods spread over zones as the StatefulSet's topology spread does; the bootstrap keeps
 # every replica out of its master's zone.
 ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
@@ -110,7 +121,7 @@ class SandboxState:
                     "zone": n.zone,
                     "pid": n.pid,
                     "role": n.role,
-                    "data_dir": str((root / "nodes" / n.pod / "data").resolve()),
+                    "data_dir": str((root / NODES_DIR / n.pod / "data").resolve()),
                 }
                 for n in self.nodes
             ],
@@ -213,7 +224,7 @@ class Sandbox:
             pod=record.pod,
             ip=record.host,
             port=record.port,
-            root=(self.root / "nodes" / record.pod).resolve(),
+            root=(self.root / NODES_DIR / record.pod).resolve(),
             settings=self.settings(state),
             password=state.password,
             peers=tuple(n.host for n in state.nodes),
@@ -485,14 +496,209 @@ class Sandbox:
             time.sleep(0.5)
 
     def down(self, purge: bool = False) -> None:
-        """Stops every process the sandbox started, by pid; keeps the data unless `purge`."""
+        """Stops every process the sandbox started, by pid; keeps the data unless `purge`,
+        which deletes everything under the root but the backups (`backups/`)."""
         state = self.load()
         if state is not None:
-            with ThreadPoolExecutor(max_workers=max(1, len(state.nodes))) as pool:
-                list(pool.map(lambda r: self._stop(state, r, prestop=False), state.nodes))
+            self._stop_all(state)
             self.save(state)
         if purge and self.root.exists():
-            shutil.rmtree(self.root)
+            kept = self.backups_dir
+            if not (kept.is_dir() and any(kept.iterdir())):
+                shutil.rmtree(self.root)
+                return
+            for entry in self.root.iterdir():
+                if entry == kept:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.root / BACKUPS_DIR
+
+    def backup(self, destination: Optional[Path] = None, timeout: float = 120.0) -> dict[str, Any]:
+        """Copies every pod's data directory into `destination` (default
+        `<root>/backups/<UTC time>`), with a manifest (`sandbox.backups`).
+
+        A running cluster is stopped for the copy, every pod at once and without preStop (no
+        failover, as `down`), so that each node's files are those of a clean shutdown: the
+        AOF flushed and fsynced, nodes.conf written, nothing changing while it is read. Then
+        every pod starts again at its address and the command waits until the cluster is ok.
+        Copying files of a running server one by one would not even be crash-consistent: an
+        AOF rewrite or a nodes.conf update between two files yields a set that never existed
+        on disk, where an EBS snapshot takes the whole volume at one instant.
+        A sandbox that is down is copied as it lies on disk and stays down.
+
+        Refused, with nothing stopped or written: no sandbox; some pods down while others run
+        (a copy in the middle of a failure); a running cluster that is not ok; a pod whose data
+        holds no node; a destination that holds anything."""
+        state = self._require_state()
+        running = [record for record in state.nodes if is_server(record.pid)]
+        if running and len(running) < len(state.nodes):
+            down = ", ".join(record.pod for record in state.nodes if record not in running)
+            raise SandboxError(
+                f"{down} down while the other pods run: a backup now would copy a cluster in the middle of a "
+                "failure. `up` first, or `down` to copy the data as it lies on disk"
+            )
+        if running:
+            topology = self.topology()
+            if topology["state"] != "ok":
+                raise SandboxError(
+                    f"the cluster is {topology['state']} ({'; '.join(topology['problems'])}): back it up once "
+                    "`status` shows it healthy"
+                )
+        data_dirs = {record.pod: self._data_dir(record) for record in state.nodes}
+        for pod, data_dir in data_dirs.items():
+            backups.node_identity(pod, data_dir)
+        describe = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stack": state.stack,
+            "engine": state.engine,
+            "version": format_version(state.binaries().version),
+            "bin_dir": state.bin_dir,
+            "shards": state.shards,
+            "replicas_per_shard": state.replicas_per_shard,
+            "tls": state.tls,
+            "consistency": "clean shutdown" if running else "as on disk",
+            "placement": {r.pod: {"zone": r.zone, "host": r.host, "port": r.port} for r in state.nodes},
+        }
+        destination = Path(destination) if destination is not None else _unused(self.backups_dir / _utc_stamp())
+        staging = backups.prepare_destination(destination)
+        started = time.monotonic()
+        stopped = None
+        try:
+            if running:
+                self._stop_all(state)
+                self.save(state)
+                stopped = time.monotonic()
+            manifest = backups.write_backup(staging, destination, data_dirs, describe)
+            copied = time.monotonic()
+        finally:
+            # Whatever happened to the copy, a cluster that ran runs again.
+            backups.discard(staging)
+            if running:
+                self._start_stopped(state)
+                self.wait_ok(timeout)
+                self._record_roles(state)
+        ended = time.monotonic()
+        return {
+            "destination": destination.resolve(),
+            "manifest": manifest,
+            "copy_seconds": copied - (stopped or started),
+            # From the first SIGTERM to the cluster ok again: what clients saw.
+            "down_seconds": ended - started if running else None,
+        }
+
+    def restore(self, source: Path, timeout: float = 120.0) -> dict[str, Any]:
+        """Starts the backed-up cluster from the copies in `source` on new addresses (none
+        that a pod had at backup time, nor that this sandbox's pods had), with the backup's
+        stack, engine, shape and TLS, and waits until it is ok: as new EBS volumes from the
+        snapshots, bound to the claims, come back on pods with new IPs. Nothing forms the
+        cluster: the nodes come back with their nodes.conf and AOF, the entrypoint moves
+        `myself` to the new address and peer-recovery.sh re-introduces the pods.
+
+        Into an empty root this makes a new sandbox (a new password); onto a sandbox that is
+        down it keeps that sandbox's password (the Secret is the stack's, not the volumes'),
+        and moves its data directories to `<root>/replaced/<UTC time>/`, as retained volumes
+        stay behind. Refused, with nothing changed: a folder that is not a complete backup
+        (`sandbox.backups.read_backup` names what is wrong), a sandbox with any pod running,
+        binaries of another engine or an older line than the backup's."""
+        source = Path(source).resolve()
+        manifest = backups.read_backup(source)
+        previous = self.load()
+        if previous is not None:
+            running = [record.pod for record in previous.nodes if is_server(record.pid)]
+            if running:
+                raise SandboxError(
+                    f"the sandbox in {self.root} runs ({', '.join(running)}): a restore replaces its data. "
+                    "`down` first (the data it replaces is kept aside), then restore"
+                )
+        if source.is_relative_to((self.root / NODES_DIR).resolve()):
+            raise SandboxError(f"{source} lies in the data the restore would replace: copy it elsewhere first")
+        binaries = self._restore_binaries(manifest)
+        state = SandboxState(
+            password=previous.password if previous is not None else secrets.token_urlsafe(30),
+            shards=manifest.shards,
+            replicas_per_shard=manifest.replicas_per_shard,
+            stack=manifest.stack,
+            third_octet=previous.third_octet if previous is not None else self.third_octet,
+            engine=manifest.engine,
+            bin_dir=None if binaries is None else str(binaries.bin_dir),
+            tls=manifest.tls,
+        )
+        try:
+            self.settings(state)
+        except OSError as error:
+            raise SandboxError(f"the backup's stack {manifest.stack!r} has no settings here: {error}") from None
+        # Never an address a pod had: a peer still dialling it would meet the wrong node.
+        avoid = {node.host for node in manifest.nodes}
+        avoid |= {record.host for record in previous.nodes} if previous is not None else set()
+        for node in sorted(manifest.nodes, key=lambda n: n.ordinal):
+            state.nodes.append(
+                NodeRecord(pod=node.pod, host=self._free_address(state, avoid), port=REDIS_PORT, zone=node.zone)
+            )
+
+        # Everything refusable is refused; from here on the sandbox changes.
+        created_root = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".restoring-"))
+        try:
+            for node in manifest.nodes:
+                backups.restore_node(source, node, staging / node.pod / "data")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        replaced = None
+        nodes_dir = self.root / NODES_DIR
+        if nodes_dir.exists():
+            replaced = _unused(self.root / REPLACED_DIR / _utc_stamp())
+            replaced.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(nodes_dir, replaced)
+        os.rename(staging, nodes_dir)
+        if state.tls:
+            if (self.tls_dir / TLS_CA_FILE).exists():
+                state.tls_ca_file = str(self.tls_dir.resolve() / TLS_CA_FILE)
+            else:
+                self._new_tls(state)
+        self.save(state)
+        self._write_hosts(state)
+        for record in state.nodes:
+            self.local_node(state, record).write_files()
+        started = time.monotonic()
+        self._start_stopped(state)
+        self.wait_ok(timeout)
+        healed = time.monotonic() - started
+        self._record_roles(state)
+        rows = self.status()
+        changed = [
+            f"{row['pod']} runs as {row.get('id')}, backed up as {node.id}"
+            for row, node in zip(rows, sorted(manifest.nodes, key=lambda n: n.ordinal))
+            if row.get("id") != node.id
+        ]
+        if changed:
+            raise SandboxError("the cluster is ok, but not with the backed-up nodes: " + "; ".join(changed))
+        return {"manifest": manifest, "rows": rows, "replaced": replaced, "ok_seconds": healed}
+
+    def _restore_binaries(self, manifest: backups.Manifest) -> Optional[EngineBinaries]:
+        """The binaries a restore starts the pods on: the release the backup's pods ran, when
+        its folder is still there, else the engine's from .engines/ (None: the sandbox's
+        default). Refuses another engine or an older line, which cannot load the data."""
+        if manifest.engine not in ENGINES:
+            raise SandboxError(f"the backup is of engine {manifest.engine!r}, which this sandbox does not know")
+        recorded = None
+        if manifest.bin_dir is not None and Path(manifest.bin_dir).is_dir():
+            recorded = EngineBinaries(ENGINES[manifest.engine], Path(manifest.bin_dir))
+        binaries = recorded or find_binaries(manifest.engine)
+        backed_up = tuple(int(part) for part in manifest.version.split("."))
+        refusal = change_refusal(manifest.engine, backed_up, binaries.engine.name, binaries.version)
+        if refusal is not None:
+            raise SandboxError(f"the backup was taken on {manifest.engine} {manifest.version}: {refusal}")
+        return recorded
 
     def wait_ok(self, timeout: float = 120.0) -> dict[str, Any]:
         """Waits until the bootstrap's own view of the cluster is ok: every node up and
@@ -554,6 +760,21 @@ class Sandbox:
     def _client(self, state: SandboxState, record: NodeRecord) -> redis.Redis:
         return self.local_node(state, record).client(socket_timeout=5, socket_connect_timeout=1)
 
+    def _data_dir(self, record: NodeRecord) -> Path:
+        return (self.root / NODES_DIR / record.pod / "data").resolve()
+
+    def _stop_all(self, state: SandboxState) -> None:
+        # All at once, without preStop: no master hands its slots over to a replica that is
+        # about to stop as well.
+        with ThreadPoolExecutor(max_workers=max(1, len(state.nodes))) as pool:
+            list(pool.map(lambda r: self._stop(state, r, prestop=False), state.nodes))
+
+    def _start_stopped(self, state: SandboxState) -> None:
+        for record in state.nodes:
+            if not is_server(record.pid):
+                record.pid = self.local_node(state, record).start()
+                self.save(state)
+
     def _stop(self, state: SandboxState, record: NodeRecord, prestop: bool) -> None:
         if not is_server(record.pid):
             record.pid = None
@@ -581,6 +802,18 @@ class Sandbox:
             except (redis.RedisError, OSError):
                 record.role = "unknown"
         self.save(state)
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`...: the first that does not exist (two commands in one second)."""
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate
 
 
 def _myself(nodes_text: str) -> NodeEntry:

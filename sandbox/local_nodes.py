@@ -49,7 +49,7 @@ from components.redis_node_files import (
 from components.stack_settings import StackSettings
 from sandbox.certificates import HEADLESS_SERVICE, TlsFiles
 from sandbox.engine_binaries import EngineBinaries, find_binaries
-from sandbox.processes import kill_session, stop_like_the_kubelet
+from sandbox.processes import kill_and_reap, kill_session, stop_like_the_kubelet
 
 LOG_FILE = "redis.log"
 
@@ -240,12 +240,7 @@ class LocalNode:
         """Ends every process of the node at once (SIGKILL), as a crashed pod."""
         if self.process is None:
             return
-        kill_session(self.process.pid)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            # Only a process stuck in the kernel survives SIGKILL this long.
-            raise RuntimeError(f"{self.pod} (pid {self.process.pid}) did not die on SIGKILL") from None
+        kill_and_reap(self.process, self.pod)
         kill_session(self.process.pid)
 
     def run_script(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -109,6 +110,16 @@ def kill_session(session_id: int) -> None:
         if not alive_members:
             return
         time.sleep(0.02)
+
+
+def kill_and_reap(process: subprocess.Popen, what: str) -> None:
+    """SIGKILLs the session `process` leads and waits for the process itself to be reaped."""
+    kill_session(process.pid)
+    try:
+        process.wait(timeout=KILL_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        # Only a process stuck in the kernel survives SIGKILL this long.
+        raise RuntimeError(f"{what} (pid {process.pid}) did not die on SIGKILL") from None
 
 
 def stop_like_the_kubelet(pid: int, grace: float = GRACE_SECONDS) -> None:

@@ -5,6 +5,8 @@ reading their cluster. `writers`: the writer that records acknowledged writes, b
 and the lost-key check. `sandbox_support`: the sandbox as the reliability suite and its
 benchmark drive it. `processes`: finding what a test left running (process control itself
 is `sandbox.processes`). `provider_server`: the dynamic providers served over gRPC.
-`fake_transport`, `fake_views`: clusters made of canned replies, for unit tests. The Pulumi
+`fake_transport`, `fake_views`: clusters made of canned replies, for unit tests.
+`custom_resources`: every rendered object validated, CRD kinds against their vendored
+schemas. `exporter`: the real redis_exporter beside local nodes, and its text format. The Pulumi
 mock harness is `tools.render_manifests.run_program`.
 """

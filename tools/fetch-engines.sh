@@ -1,17 +1,21 @@
 #!/bin/sh
-# Brings Redis and Valkey, at the lines the product deploys, into .engines/ (git-ignored),
-# without touching this machine's apt sources: Debian unstable's redis-server/redis-tools and
-# valkey-server/valkey-tools are downloaded through a private apt configuration, unpacked with
-# the libraries they link against (unstable's glibc is newer than bookworm's), and run through
-# the unpacked loader by one wrapper per binary:
+# Brings Redis and Valkey, at the lines the product deploys, and the monitoring tools into
+# .engines/ (git-ignored), without touching this machine's apt sources: Debian unstable's
+# redis-server/redis-tools, valkey-server/valkey-tools, prometheus-redis-exporter and promtool
+# are downloaded through a private apt configuration, unpacked with the libraries they link
+# against (unstable's glibc is newer than bookworm's), and run through the unpacked loader by
+# one wrapper per binary:
 #   .engines/current/redis/bin/redis-server, .engines/current/redis/bin/redis-cli,
-#   .engines/current/valkey/bin/valkey-server, .engines/current/valkey/bin/valkey-cli.
+#   .engines/current/valkey/bin/valkey-server, .engines/current/valkey/bin/valkey-cli,
+#   .engines/current/monitoring/bin/redis_exporter, .engines/current/monitoring/bin/promtool.
 # Unstable's versions are not pinned (old ones leave its archive within days); instead
-# tests/integration/test_engine_binaries.py holds each binary's major.minor to the line
-# components/engines.py tests. A folder whose package versions still match what the archive
-# serves is reused as it is; offline, a complete folder is reused with a warning. Each fetch
-# unpacks into a build folder of its own and then moves the `current` link at once, so an
-# interrupted run never leaves half a folder in use. Idempotent, POSIX sh; amd64 only.
+# tests/integration/test_engine_binaries.py holds each engine's major.minor to the line
+# components/engines.py tests, and the exporter's to the exporter image the pods run
+# (components/stack_settings.py). A folder whose package versions still match what the
+# archive serves is reused as it is; offline, a complete folder is reused with a warning.
+# Each fetch unpacks into a build folder of its own and then moves the `current` link at
+# once, so an interrupted run never leaves half a folder in use. Idempotent, POSIX sh;
+# amd64 only.
 #
 # Usage: sh tools/fetch-engines.sh [folder]     (default: .engines beside tools/)
 # Environment: ENGINES_DEBIAN_MIRROR (http://deb.debian.org/debian).
@@ -21,7 +25,11 @@ project=$(cd "$(dirname "$0")/.." && pwd)
 target=${1:-$project/.engines}
 mirror=${ENGINES_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-roots="redis-server redis-tools valkey-server valkey-tools"
+roots="redis-server redis-tools valkey-server valkey-tools prometheus-redis-exporter promtool"
+# Each wrapper (<folder>/bin/<name>) and the binary of the unpacked usr/bin it runs.
+binaries="redis/bin/redis-server:redis-server redis/bin/redis-cli:redis-cli
+valkey/bin/valkey-server:valkey-server valkey/bin/valkey-cli:valkey-cli
+monitoring/bin/redis_exporter:prometheus-redis-exporter monitoring/bin/promtool:promtool"
 
 architecture=$(dpkg --print-architecture)
 if [ "$architecture" != amd64 ]; then
@@ -51,10 +59,15 @@ apt_private() {
         "$@"
 }
 
-engines_run() {
-    for binary in redis/bin/redis-server redis/bin/redis-cli valkey/bin/valkey-server valkey/bin/valkey-cli; do
-        "$target/current/$binary" --version >/dev/null 2>&1 || return 1
+# Whether every wrapper of a build folder runs (the exporter and promtool take --version too).
+wrappers_run() {
+    for pair in $binaries; do
+        "$1/${pair%%:*}" --version >/dev/null 2>&1 || return 1
     done
+}
+
+engines_run() {
+    wrappers_run "$target/current"
 }
 
 if ! apt_private apt-get update >"$apt_dir/update.log" 2>&1; then
@@ -133,27 +146,29 @@ rm -rf "$work/debs"
 # The wrappers name the build folder itself, which never moves: only `current` does.
 loader="$work/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 libraries="$work/root/usr/lib/x86_64-linux-gnu:$work/root/lib/x86_64-linux-gnu"
-for engine in redis valkey; do
-    mkdir -p "$work/$engine/bin"
-    for binary in "$engine-server" "$engine-cli"; do
-        # The loader is the unpacked glibc's own; argv[0] stays the binary's path, so the
-        # process is still recognisable as $binary (and a server still knows it is one).
-        cat >"$work/$engine/bin/$binary" <<EOF
+# The exporter and promtool are Go programs built with cgo, dynamic executables like the
+# engines (`file` says so): the same loader runs them all.
+for pair in $binaries; do
+    wrapper="$work/${pair%%:*}"
+    binary=${pair#*:}
+    mkdir -p "$(dirname "$wrapper")"
+    # The loader is the unpacked glibc's own; argv[0] stays the binary's path, so the
+    # process is still recognisable as $binary (and a server still knows it is one).
+    cat >"$wrapper" <<EOF
 #!/bin/sh
 # Written by tools/fetch-engines.sh: Debian unstable's $binary through its own loader.
 exec "$loader" --library-path "$libraries" "$work/root/usr/bin/$binary" "\$@"
 EOF
-        chmod 0755 "$work/$engine/bin/$binary"
-    done
+    chmod 0755 "$wrapper"
 done
 
 printf "%s" "$wanted" >"$work/packages.txt"
-for binary in redis-server redis-cli; do
-    "$work/redis/bin/$binary" --version >/dev/null
-done
-for binary in valkey-server valkey-cli; do
-    "$work/valkey/bin/$binary" --version >/dev/null
-done
+if ! wrappers_run "$work"; then
+    for pair in $binaries; do
+        "$work/${pair%%:*}" --version >/dev/null || echo "fetch-engines: ${pair%%:*} does not run" >&2
+    done
+    exit 1
+fi
 # One rename moves `current` to the new build; the previous build goes after it.
 previous=""
 if [ -L "$target/current" ]; then
@@ -166,6 +181,7 @@ rm -rf "$target/root" "$target/redis" "$target/valkey" "$target/packages.txt" "$
 if [ -n "$previous" ] && [ "$previous" != "$work" ]; then
     rm -rf "$previous"
 fi
-for binary in redis/bin/redis-server valkey/bin/valkey-server; do
+for binary in redis/bin/redis-server valkey/bin/valkey-server monitoring/bin/redis_exporter; do
     "$target/current/$binary" --version
 done
+"$target/current/monitoring/bin/promtool" --version | head -n 1

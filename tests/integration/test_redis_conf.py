@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from cluster_logic.credentials import REPLICATION_USER, password_hash, replication_password, wanted_credentials
+from cluster_logic.credentials import (
+    MONITORING_USER,
+    REPLICATION_USER,
+    password_hash,
+    replication_password,
+    wanted_credentials,
+)
 from components.redis_node_files import (
     REDIS_CONF_FILE,
     NodePaths,
@@ -118,7 +124,7 @@ def test_every_directive_is_in_effect(server: Server) -> None:
     # included auth.conf logs replicas in as the replication user.
     users = {line.split()[1]: line for line in client.acl_list()}
     assert f"#{password_hash(PASSWORD)}" in users["default"].split() and "nopass" not in users["default"]
-    assert set(users) == {"default", REPLICATION_USER}
+    assert set(users) == {"default", REPLICATION_USER, MONITORING_USER}
     assert client.config_get("requirepass")["requirepass"] == ""
     assert client.config_get("masteruser")["masteruser"] == REPLICATION_USER
     assert client.config_get("masterauth")["masterauth"] == replication_password(PASSWORD)

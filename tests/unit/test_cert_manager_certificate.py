@@ -3,77 +3,40 @@ checked against cert-manager's own CRD schema.
 
 kubernetes-validate knows built-in kinds only, so the Certificate's openAPIV3Schema (v1)
 is kept in tests/schemas/cert-manager-certificate-v1.json; its `$comment` names the
-release it came from. jsonschema ignores the `x-kubernetes-*` extensions; the schema has
-no CEL rules (`x-kubernetes-validations`) that it would miss.
+release it came from. `testkit.custom_resources` closes it as the API server would and
+validates against it, for these tests and for every rendered object.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
-import jsonschema
 import pytest
 
+from testkit.custom_resources import CustomResourceInvalid, crd_schema, custom_resource_errors, validate_manifest
 from tests.unit.conftest import build_stack
 from tools.render_manifests import _whole_numbers
 
 CERTIFICATE = "kubernetes:cert-manager.io/v1:Certificate"
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "cert-manager-certificate-v1.json"
 TLS_SECRET = "redis-cluster-tls"
-
-
-def _closed(schema):
-    """The schema with unknown fields refused where Kubernetes would prune them.
-
-    A structural schema drops fields it does not declare (and a strict apply rejects
-    them), whereas JSON Schema lets them through: close every object that lists its
-    `properties` and neither sets `additionalProperties` nor preserves unknown fields.
-    """
-    if isinstance(schema, list):
-        return [_closed(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed = {key: _closed(value) for key, value in schema.items()}
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        closed["additionalProperties"] = False
-    return closed
 
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    return json.loads(SCHEMA_FILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def validator(schema) -> jsonschema.Draft7Validator:
-    closed = _closed(schema)
-    jsonschema.Draft7Validator.check_schema(closed)
-    return jsonschema.Draft7Validator(closed)
-
-
-def _errors(validator: jsonschema.Draft7Validator, obj: dict) -> list[str]:
-    return [
-        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-    ]
+    return crd_schema("cert-manager.io/v1", "Certificate")
 
 
 @pytest.fixture(scope="module", params=["ClusterIssuer/internal-ca", "Issuer/redis-ca"])
 def rendered(request):
-    """(issuer setting, Redis namespace, the Certificate object as the provider would send it)."""
+    """(issuer setting, Redis namespace, the Certificate object as the provider would send it,
+    the stack's cluster version)."""
     run = build_stack("dev", tls="true", certManagerIssuer=request.param)
     namespace = run.one("kubernetes:core/v1:Namespace").inputs["metadata"]["name"]
     inputs = run.one(CERTIFICATE).inputs
     # Numbers cross Pulumi's wire as doubles (privateKey.size arrives as 256.0); the
     # provider sends whole ones as integers, as the manifest renderer does.
     obj = _whole_numbers({key: inputs[key] for key in ("apiVersion", "kind", "metadata", "spec")})
-    return request.param, namespace, obj
+    return request.param, namespace, obj, run.one("eks:index:Cluster").inputs["version"]
 
 
 def test_schema_file_is_the_certificate_v1_schema_with_its_source(schema):
@@ -84,14 +47,15 @@ def test_schema_file_is_the_certificate_v1_schema_with_its_source(schema):
     assert schema["properties"]["spec"]["required"] == ["issuerRef", "secretName"]
 
 
-def test_rendered_certificate_passes_the_crd_schema(rendered, validator):
-    _, _, obj = rendered
+def test_rendered_certificate_passes_the_crd_schema(rendered):
+    _, _, obj, version = rendered
     assert obj["spec"]["privateKey"]["size"] == 256
-    assert _errors(validator, obj) == []
+    assert custom_resource_errors(obj) == []
+    validate_manifest(obj, version)
 
 
 def test_certificate_is_cert_manager_v1_in_the_redis_namespace(rendered):
-    _, namespace, obj = rendered
+    _, namespace, obj, _ = rendered
     assert obj["apiVersion"] == "cert-manager.io/v1"
     assert obj["kind"] == "Certificate"
     assert namespace == "redis"
@@ -99,7 +63,7 @@ def test_certificate_is_cert_manager_v1_in_the_redis_namespace(rendered):
 
 
 def test_certificate_names_the_tls_secret_and_the_configured_issuer(rendered):
-    issuer, _, obj = rendered
+    issuer, _, obj, _ = rendered
     kind, name = issuer.split("/")
     assert obj["metadata"]["name"] == TLS_SECRET
     assert obj["spec"]["secretName"] == TLS_SECRET
@@ -150,9 +114,13 @@ def _broken(obj: dict, path: tuple[str, ...], value) -> dict:
         "unknown-privateKey-field",
     ],
 )
-def test_schema_rejects_a_broken_certificate(rendered, validator, path, value, complaint):
-    _, _, obj = rendered
-    assert _errors(validator, obj) == []
-    errors = _errors(validator, _broken(obj, path, value))
+def test_schema_rejects_a_broken_certificate(rendered, path, value, complaint):
+    _, _, obj, version = rendered
+    assert custom_resource_errors(obj) == []
+    broken = _broken(obj, path, value)
+    errors = custom_resource_errors(broken)
     assert errors, f"a Certificate with {'.'.join(path)} = {value!r} passed the schema"
     assert any(complaint in error for error in errors), errors
+    with pytest.raises(CustomResourceInvalid) as refused:
+        validate_manifest(broken, version)
+    assert refused.value.errors == errors

@@ -2,8 +2,11 @@
 
 import json
 from contextlib import contextmanager
+from typing import Optional
 
 import pytest
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 from components.eks_platform import CLUSTER_TAG_KEY, EBS_CSI_SERVICE_ACCOUNT
 from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS
@@ -13,6 +16,7 @@ from tools import render_manifests
 EKS_CLUSTER = "eks:index:Cluster"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+ADDON = "aws:eks/addon:Addon"
 POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
 ACCESS_POLICY_ASSOCIATION = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
@@ -251,7 +255,7 @@ def test_the_ebs_csi_add_on_waits_for_its_roles_policies_and_goes_before_them(de
     """The controller creates, attaches and encrypts volumes with its IRSA role: both its
     inline EC2 policy and its inline KMS policy must be in place before it runs, and stay
     until it is gone."""
-    addon = dev_stack.one("aws:eks/addon:Addon")
+    addon = named(dev_stack, ADDON, "-ebs-csi-driver")
     assert named(dev_stack, ROLE_POLICY, "-ebs-csi-ec2").urn in addon.dependencies
     assert named(dev_stack, ROLE_POLICY, "-ebs-csi-kms").urn in addon.dependencies
     assert dev_stack.one(NODE_GROUP).urn in addon.dependencies
@@ -306,7 +310,7 @@ def test_every_listed_principal_gets_its_own_entry_and_none_by_default(dev_stack
 
 
 def test_ebs_csi_add_on_is_pinned_and_uses_its_own_role(dev_stack):
-    addon = dev_stack.one("aws:eks/addon:Addon").inputs
+    addon = named(dev_stack, ADDON, "-ebs-csi-driver").inputs
     role = named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role")
     assert addon["addonName"] == "aws-ebs-csi-driver"
     assert addon["addonVersion"] == EBS_CSI_DRIVER_VERSIONS["1.35"]
@@ -404,9 +408,13 @@ def test_the_ebs_csi_driver_may_change_only_volumes_and_snapshots_tagged_as_this
         ("ec2:DetachVolume", volumes),
         ("ec2:ModifyVolume", volumes),
         ("ec2:CreateSnapshot", volumes),
-        ("ec2:DeleteSnapshot", snapshots),
     ]:
         assert tags(only(action, resource), "ec2:ResourceTag/") == ours, (action, resource)
+    # Ours, and not the DLM backups (components/snapshot_backups.py), which carry both tags
+    # too, copied from their volume.
+    delete = only("ec2:DeleteSnapshot", snapshots)
+    assert delete.pop("Null") == {"ec2:ResourceTag/aws:dlm:lifecycle-policy-id": "true"}
+    assert tags(delete, "ec2:ResourceTag/") == ours
     for action in ("ec2:AttachVolume", "ec2:DetachVolume"):
         assert tags(only(action, instances), "ec2:ResourceTag/") == {"eks:cluster-name": "redis-eks-dev"}
     for resource in (volumes, snapshots):
@@ -465,7 +473,7 @@ def test_data_storage_class_is_encrypted_gp3_retained_and_waits_for_the_consumer
     assert spec["volumeBindingMode"] == "WaitForFirstConsumer"
     assert spec["allowVolumeExpansion"] is True
     assert spec["reclaimPolicy"] == "Retain"
-    addon = dev_stack.one("aws:eks/addon:Addon")
+    addon = named(dev_stack, ADDON, "-ebs-csi-driver")
     assert addon.urn in storage_class.dependencies
 
 
@@ -540,3 +548,139 @@ def test_config_map_and_secret_are_updated_in_place(dev_stack, existing_stack):
         # Provider settings travel as strings.
         assert provider["enableConfigMapMutable"] == "true"
         assert provider["enableSecretMutable"] == "true"
+
+
+# --- Upgrades: the control plane first, then the nodes and the add-ons ----------------------
+
+AWS_EKS_CLUSTER = "aws:eks/cluster:Cluster"
+
+
+@contextmanager
+def eks_reports_its_control_plane(running: Optional[str] = None):
+    """The fake cloud, also answering what pulumi-eks and EKS give back on AWS: the cluster
+    component's `eksCluster` (its aws.eks.Cluster) at the version the control plane runs
+    (`running`, or the one asked for, as once an upgrade is done), and a named build for
+    each add-on and Kubernetes version asked for (getAddonVersion).
+
+    It also records each registration's property dependencies: which resources a single input
+    waits for. Yields that record: (type, name) -> {input: [URNs]}."""
+    property_dependencies: dict[tuple[str, str], dict[str, list[str]]] = {}
+    register = render_manifests._RecordingMonitor.RegisterResource
+    new_resource = render_manifests._FakeCloud.new_resource
+    answer = render_manifests._FakeCloud.call
+
+    def register_resource(self, request):
+        property_dependencies[(request.type, request.name)] = {
+            key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
+        }
+        self.cloud.monitor, self.cloud.parent = self, request.parent
+        return register(self, request)
+
+    def create(self, args):
+        id_, state = new_resource(self, args)
+        if args.typ == EKS_CLUSTER:
+            # The aws.eks.Cluster that pulumi-eks makes inside its component, as the engine
+            # would hand it over: a reference, whose state the program then reads.
+            component_urn = self.monitor.make_urn(self.parent, args.typ, args.name)
+            urn = self.monitor.make_urn(component_urn, AWS_EKS_CLUSTER, f"{args.name}-eksCluster")
+            version = running or args.inputs["version"]
+            self.monitor.resources[urn] = MockMonitor.ResourceRegistration(
+                urn, args.inputs["name"], {"name": args.inputs["name"], "version": version}
+            )
+            state["eksCluster"] = {
+                rpc._special_sig_key: rpc._special_resource_sig,
+                "urn": urn,
+                "id": args.inputs["name"],
+            }
+        return id_, state
+
+    def call(self, args):
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            build = f"{args.args['addonName']} build for Kubernetes {args.args.get('kubernetesVersion')}"
+            return {**args.args, "id": args.args["addonName"], "version": build}
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._RecordingMonitor, "RegisterResource", register_resource)
+        patch.setattr(render_manifests._FakeCloud, "new_resource", create)
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield property_dependencies
+
+
+def test_the_node_group_runs_the_version_the_control_plane_reports():
+    """The node group's version is an output of the cluster, not the setting: during an
+    upgrade it follows once the control plane reports the new version, never before. Here the
+    control plane still reports 1.35 while the stack asks for 1.36."""
+    with eks_reports_its_control_plane(running="1.35") as property_dependencies:
+        run = build_stack("dev", clusterVersion="1.36")
+    cluster = run.one(EKS_CLUSTER)
+    node_group = run.one(NODE_GROUP)
+    assert cluster.inputs["version"] == "1.36"
+    assert node_group.inputs["version"] == "1.35"
+    # The input waits on the cluster component and on its aws.eks.Cluster, the control plane.
+    waits_for = property_dependencies[(NODE_GROUP, node_group.name)]["version"]
+    assert cluster.urn in waits_for
+    assert [urn for urn in waits_for if urn.rsplit("::", 1)[0].endswith(f"${AWS_EKS_CLUSTER}")]
+    assert cluster.urn in node_group.dependencies
+
+
+def test_nodes_are_replaced_one_at_a_time(dev_stack, prod_stack):
+    for run in (dev_stack, prod_stack):
+        assert run.one(NODE_GROUP).inputs["updateConfig"] == {"maxUnavailable": 1}
+
+
+def test_the_ebs_csi_driver_comes_after_the_control_plane_and_the_nodes_at_the_build_for_the_cluster_version():
+    with eks_reports_its_control_plane():
+        runs = {version: build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36")}
+    for version, run in runs.items():
+        addon = named(run, ADDON, "-ebs-csi-driver")
+        assert addon.inputs["addonVersion"] == EBS_CSI_DRIVER_VERSIONS[version]
+        assert run.one(EKS_CLUSTER).urn in addon.dependencies
+        assert run.one(NODE_GROUP).urn in addon.dependencies
+
+
+def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_planes_version():
+    """pulumi-eks makes no CoreDNS add-on on a cluster without its default node group: without
+    this one CoreDNS would stay the self-managed deployment of the cluster's first version."""
+    with eks_reports_its_control_plane(running="1.35"):
+        run = build_stack("dev", clusterVersion="1.36")
+    coredns = named(run, ADDON, "-coredns")
+    assert coredns.inputs["addonName"] == "coredns"
+    assert coredns.inputs["clusterName"] == "redis-eks-dev"
+    assert coredns.inputs["addonVersion"] == "coredns build for Kubernetes 1.35"
+    assert coredns.inputs["resolveConflictsOnCreate"] == "OVERWRITE"
+    assert coredns.inputs["preserve"] is True
+    assert run.one(EKS_CLUSTER).urn in coredns.dependencies
+    assert run.one(NODE_GROUP).urn in coredns.dependencies
+    # The Redis workload starts on a cluster whose DNS is the managed one.
+    assert coredns.urn in run.one(STORAGE_CLASS).dependencies
+
+
+def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons(monkeypatch):
+    """Rendering 1.35, then 1.36: every version in the upgrade moves. EBS_CSI_DRIVER_VERSIONS
+    pins one build for both versions today, so its 1.36 row is replaced here by a marker to
+    show that the driver follows the row of the cluster's version."""
+    monkeypatch.setitem(EBS_CSI_DRIVER_VERSIONS, "1.36", "the 1.36 row of EBS_CSI_DRIVER_VERSIONS")
+    with eks_reports_its_control_plane():
+        before, after = (build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36"))
+
+    def versions(run):
+        return {
+            "control plane": run.one(EKS_CLUSTER).inputs["version"],
+            "nodes": run.one(NODE_GROUP).inputs["version"],
+            "ebs-csi-driver": named(run, ADDON, "-ebs-csi-driver").inputs["addonVersion"],
+            "coredns": named(run, ADDON, "-coredns").inputs["addonVersion"],
+        }
+
+    assert versions(before) == {
+        "control plane": "1.35",
+        "nodes": "1.35",
+        "ebs-csi-driver": EBS_CSI_DRIVER_VERSIONS["1.35"],
+        "coredns": "coredns build for Kubernetes 1.35",
+    }
+    assert versions(after) == {
+        "control plane": "1.36",
+        "nodes": "1.36",
+        "ebs-csi-driver": "the 1.36 row of EBS_CSI_DRIVER_VERSIONS",
+        "coredns": "coredns build for Kubernetes 1.36",
+    }

@@ -402,7 +402,8 @@ def render(**overrides: str) -> ProgramRun:
 )
 def test_the_program_runs_the_engines_server_cli_and_image(overrides, server: str, cli: str, image: str) -> None:
     run = render(**overrides)
-    (container,) = run.one(STATEFUL_SET).inputs["spec"]["template"]["spec"]["containers"]
+    containers = run.one(STATEFUL_SET).inputs["spec"]["template"]["spec"]["containers"]
+    container = next(c for c in containers if c["name"] == "redis")
     assert container["image"] == image
     assert container["command"] == ["sh", "/conf/entrypoint.sh"]
     assert container["args"] == [server, "/conf/redis.conf"]

@@ -4,11 +4,11 @@ import difflib
 import subprocess
 import sys
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from components.stack_settings import DEFAULT_CLUSTER_VERSION, NAMESPACE
+from testkit.custom_resources import validate_manifest
 from tools.render_manifests import (
     GOLDEN_DIR,
     GOLDEN_RENDERS,
@@ -90,13 +90,14 @@ def test_golden_manifests_pass_strict_validation(stack, renders):
     documents = list(yaml.safe_load_all(renders[GOLDEN_DIR / stack / "manifests.yaml"]))
     assert documents
     for document in documents:
-        kubernetes_validate.validate(document, f"{version}.0", strict=True)
+        validate_manifest(document, version)
 
 
 def test_the_valkey_variant_is_the_dev_stack_with_engine_valkey(renders):
     assert GOLDEN_VARIANTS["dev-valkey"] == ("dev", {"engine": "valkey"})
     documents = yaml.safe_load_all(renders[GOLDEN_DIR / "dev-valkey" / "manifests.yaml"])
-    (container,) = next(d for d in documents if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    containers = next(d for d in documents if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    container = next(c for c in containers if c["name"] == "redis")
     assert container["image"] == "valkey/valkey:9.1.2-trixie"
     assert container["args"] == ["valkey-server", "/conf/redis.conf"]
     assert {"name": "ENGINE_CLI", "value": "valkey-cli"} in container["env"]

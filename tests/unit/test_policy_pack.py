@@ -200,8 +200,7 @@ def pod_spec(inputs: dict) -> dict:
 
 
 def redis_container(inputs: dict) -> dict:
-    [container] = pod_spec(inputs)["containers"]
-    return container
+    return next(c for c in pod_spec(inputs)["containers"] if c["name"] == "redis")
 
 
 def without_lines(text: str, *directives: str) -> str:

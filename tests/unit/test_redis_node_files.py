@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from cluster_logic.credentials import (
+    MONITORING_USER,
     REPLICATION_USER,
     UserAccess,
+    monitoring_password,
     password_hash,
     replication_password,
     wanted_credentials,
@@ -162,7 +164,8 @@ def test_the_secret_holds_hashes_for_the_users_and_the_replicas_own_login() -> N
     acl = secret["users.acl"].splitlines()
     assert acl[0] == f"user default on #{password_hash(PASSWORD)} ~* &* +@all"
     assert acl[1].startswith(f"user {REPLICATION_USER} on #{password_hash(replication_password(PASSWORD))} -@all ")
-    assert acl[2] == f"user app on #{password_hash('app-Passw0rd-0123456789')} ~app:* -@all +@read +@write"
+    assert acl[2].startswith(f"user {MONITORING_USER} on #{password_hash(monitoring_password(PASSWORD))} -@all ")
+    assert acl[3] == f"user app on #{password_hash('app-Passw0rd-0123456789')} ~app:* -@all +@read +@write"
     # Only hashes: no password appears in the ACL file.
     assert PASSWORD not in secret["users.acl"] and "app-Passw0rd-0123456789" not in secret["users.acl"]
     assert "nopass" not in secret["users.acl"]

@@ -20,8 +20,7 @@ def pod_spec(run):
 
 
 def redis_container(run):
-    (container,) = pod_spec(run)["containers"]
-    return container
+    return next(c for c in pod_spec(run)["containers"] if c["name"] == "redis")
 
 
 def services(run):
@@ -38,7 +37,7 @@ def test_everything_lives_in_the_configured_namespace_under_restricted_pod_secur
         for r in run.resources
         if r.type.startswith("kubernetes:") and r.type.split(":")[2] not in ("Namespace", "StorageClass")
     ]
-    assert len(namespaced) == 8  # Secret, 2 ConfigMaps, 2 Services, StatefulSet, PDB, NetworkPolicy
+    assert len(namespaced) == 9  # Secret, 2 ConfigMaps, 3 Services, StatefulSet, PDB, NetworkPolicy
     assert {r.inputs["metadata"]["namespace"] for r in namespaced} == {"cache"}
 
 
@@ -220,7 +219,7 @@ def test_network_policy_opens_the_bus_to_peers_only_and_the_client_port_to_clien
     spec = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]
     assert spec["podSelector"]["matchLabels"] == SELECTOR
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    peers_rule, clients_rule = spec["ingress"]
+    peers_rule, clients_rule, _metrics_rule = spec["ingress"]
     assert peers_rule["from"] == [{"podSelector": {"matchLabels": SELECTOR}}]
     assert sorted(p["port"] for p in peers_rule["ports"]) == [6379, 16379]
     assert clients_rule["from"] == [
@@ -334,7 +333,7 @@ def test_named_users_get_the_secret_acl_file_and_a_secret_password_each():
     assert passwords.value["reader"] == given and len(passwords.value["app"]) >= 32
     acl = reveal(run.one(SECRET).inputs["stringData"])["users.acl"]
     lines = {line.split()[1]: line for line in acl.splitlines()}
-    assert set(lines) == {"default", "replication", "app", "reader"}
+    assert set(lines) == {"default", "replication", "monitoring", "app", "reader"}
     assert lines["reader"] == f"user reader on #{password_hash(given)} %R~* -@all +@read"
     assert "~app:*" in lines["app"] and given not in acl
     # Nothing of the users' in a ConfigMap: no ACL file there, no password, no hash.
@@ -353,7 +352,7 @@ def test_new_passwords_reach_the_nodes_before_the_secret_and_the_bootstrap_remov
     for resource in (rotation, bootstrap):
         assert is_secret(resource.inputs["credentials"]) and is_secret(resource.inputs["password"])
         names = [c["name"] for c in reveal(resource.inputs["credentials"])]
-        assert names == ["default", "replication", "app", "reader"]
+        assert names == ["default", "replication", "monitoring", "app", "reader"]
         assert resource.inputs["namespace"] == "redis" and resource.inputs["stateful_set_name"] == "redis-cluster"
     assert bootstrap.inputs["rotation_grace_seconds"] == 120
 

@@ -161,6 +161,32 @@ BAD_VALUES = [
         ["redis-eks:kubeconfig", "clusters and contexts"],
     ),
     ({"bootstrapTimeoutSeconds": "5"}, ["redis-eks:bootstrapTimeoutSeconds", "from 30 to 3600"]),
+    ({"monitoring": "yes please"}, ["redis-eks:monitoring", "'yes please'"]),
+    (
+        {"monitoringLabels": '{"release": "kps"}'},
+        ["redis-eks:monitoringLabels", "only with redis-eks:monitoring = true"],
+    ),
+    ({"monitoringNamespace": "Monitoring"}, ["redis-eks:monitoringNamespace", "'Monitoring'", "DNS-1123"]),
+    ({"exporterImage": "oliver006/redis_exporter"}, ["redis-eks:exporterImage", "names no tag"]),
+    ({"exporterImage": "oliver006/redis_exporter:v1.86"}, ["redis-eks:exporterImage", "'v1.86' moves"]),
+    (
+        {"backupSchedule": "daily"},
+        ["redis-eks:backupSchedule", "'daily'", "off, or an AWS cron expression", "six fields"],
+    ),
+    ({"backupSchedule": "cron(0 3 * * *)"}, ["redis-eks:backupSchedule", "six fields"]),
+    ({"backupSchedule": "cron(0 3 * * 1 *)"}, ["redis-eks:backupSchedule", "'?' in exactly one of day-of-month"]),
+    ({"backupSchedule": "cron(0 3 ? * ? *)"}, ["redis-eks:backupSchedule", "'?' in exactly one of day-of-month"]),
+    ({"backupRetentionCount": "0"}, ["redis-eks:backupRetentionCount", "'0'", "from 1 to 1000"]),
+    ({"backupCopyRegion": "Europe"}, ["redis-eks:backupCopyRegion", "'Europe'", "AWS region"]),
+    (
+        {"backupSchedule": "off", "backupCopyRegion": "eu-central-1"},
+        ["redis-eks:backupCopyRegion", "only with a redis-eks:backupSchedule"],
+    ),
+    ({"backupCopyRetentionDays": "30"}, ["redis-eks:backupCopyRetentionDays", "only with redis-eks:backupCopyRegion"]),
+    (
+        {"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p", "backupSchedule": "off"},
+        ["redis-eks:backupSchedule", "only applies to platform=eks"],
+    ),
 ]
 
 
@@ -290,3 +316,24 @@ def test_a_bad_value_stops_the_program_before_any_resource_is_registered():
     with pytest.raises(SettingsError, match="redis-eks:shards"):
         run_program(config, run=run)
     assert run.resources == []
+
+
+def test_backups_and_metrics_have_production_defaults_and_take_their_settings():
+    defaults = parse_settings({})
+    assert (defaults.backup_schedule, defaults.backup_retention_count) == ("cron(0 3 * * ? *)", 7)
+    assert defaults.backup_copy_region is None and defaults.monitoring is False
+    assert defaults.exporter_image == "oliver006/redis_exporter:v1.86.0"
+    settings = parse_settings(
+        {
+            "backupSchedule": "cron(30 */6 * * ? *)",
+            "backupRetentionCount": "28",
+            "backupCopyRegion": "eu-central-1",
+            "backupCopyRetentionDays": "30",
+            "monitoring": "true",
+            "monitoringLabels": '{"release": "kube-prometheus-stack"}',
+        }
+    )
+    assert settings.backup_schedule == "cron(30 */6 * * ? *)" and settings.backup_retention_count == 28
+    assert (settings.backup_copy_region, settings.backup_copy_retention_days) == ("eu-central-1", 30)
+    assert settings.monitoring_labels == (("release", "kube-prometheus-stack"),)
+    assert parse_settings({"backupSchedule": "OFF"}).backup_schedule is None
