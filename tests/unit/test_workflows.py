@@ -477,8 +477,11 @@ def deploy_problems(name: str, workflow: Workflow, stacks: list[str], test_name:
         if not testers & needs_of(workflow, job_id):
             problems.append(f"{name}: job {job_id}: runs pulumi up without waiting for {test_name}")
         ordered = [s for s in steps(job) if action_of(str(s.get("uses", ""))) == PULUMI_ACTION]
-        if not ordered or (ordered[0].get("with") or {}).get("command") != "preview":
+        first = (ordered[0].get("with") or {}) if ordered else {}
+        if first.get("command") != "preview":
             problems.append(f"{name}: job {job_id}: no preview with the policy pack before pulumi up")
+        else:
+            problems += pulumi_step_problems(name, job_id, first, pulumi_version)
     missing = sorted(set(stacks) - set(deployed))
     if missing:
         problems.append(f"{name}: no pulumi up of the stack(s) {missing}")
@@ -811,6 +814,15 @@ def test_deploy_check_notices_up_without_a_preview_first():
     workflow = yaml.safe_load(text[:start] + text[end:])
     problems = deploy_problems(DEPLOY_WORKFLOW, workflow, ["dev", "prod"], TEST_WORKFLOW, PULUMI_VERSION)
     assert f"{DEPLOY_WORKFLOW}: job deploy-prod: no preview with the policy pack before pulumi up" in problems
+
+
+def test_deploy_check_notices_a_preview_first_without_the_policy_pack():
+    text = (PROJECT_DIR / DEPLOY_WORKFLOW).read_text()
+    start = text.index("          command: preview", text.index("deploy-dev:"))
+    pack = text.index("          policyPacks: policy\n", start)
+    workflow = yaml.safe_load(text[:pack] + text[pack + len("          policyPacks: policy\n") :])
+    problems = deploy_problems(DEPLOY_WORKFLOW, workflow, ["dev", "prod"], TEST_WORKFLOW, PULUMI_VERSION)
+    assert f"{DEPLOY_WORKFLOW}: job deploy-dev: pulumi preview without `policyPacks: policy`" in problems, problems
 
 
 def test_deploy_check_notices_a_stack_never_deployed():
