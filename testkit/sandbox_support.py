@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from cluster_logic.model import expand_ranges, parse_cluster_nodes
+from components.stack_settings import PROJECT_DIR
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.processes import is_server, stop_like_the_kubelet
@@ -294,3 +297,18 @@ def wait_ready(sandbox: Sandbox, pod: str, timeout: float = 60.0) -> float:
     seconds it took."""
     state = _state(sandbox)
     return redis_nodes.wait_ready([sandbox.local_node(state, record_of(state, pod))], timeout)
+
+
+def run_sandbox_cli(root: Path, third_octet: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m sandbox --root <root> --third-octet <n> <args>` as a user runs it; with
+    `check`, a failure raises with what the command printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox", "--root", str(root), "--third-octet", str(third_octet), *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"sandbox {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

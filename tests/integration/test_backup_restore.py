@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,28 +33,19 @@ from testkit.sandbox_support import (
     cluster_client,
     cluster_problems,
     node_client,
+    run_sandbox_cli,
     snapshot,
     states_ok,
     wait_healthy,
 )
 from testkit.writers import lost_keys
-from tools.render_manifests import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
 OCTET = 63
 
 
 def sandbox(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "sandbox", "--root", str(root), "--third-octet", str(OCTET), *args],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"sandbox {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+    return run_sandbox_cli(root, OCTET, *args, check=check)
 
 
 def timed(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:

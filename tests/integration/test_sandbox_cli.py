@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sandbox.processes import alive
+from testkit.sandbox_support import run_sandbox_cli
 from tools.render_manifests import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
-THIRD_OCTET = "61"
+THIRD_OCTET = 61
 
 
 def sandbox(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox", "--root", str(root), "--third-octet", THIRD_OCTET, *args],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=check,
-    )
+    return run_sandbox_cli(root, THIRD_OCTET, *args, check=check)
 
 
 def state_version_lines(stdout: str) -> set[str]:
