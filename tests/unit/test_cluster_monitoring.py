@@ -20,6 +20,7 @@ from components import redis_node_files as files
 from components.stack_settings import DEFAULT_EXPORTER_IMAGE, SettingsError
 from testkit.custom_resources import crd_schema, custom_resource_errors, validate_manifest
 from tests.unit.conftest import build_stack, is_secret, reveal
+from tests.unit.test_manifests import custom_resource
 from tests.unit.test_redis_workload import SECRET, SELECTOR, SERVICE, STATEFUL_SET, pod_spec
 from tools.render_manifests import kubernetes_manifests
 
@@ -81,11 +82,6 @@ def metrics_rules(run) -> list[dict]:
     """The NetworkPolicy's ingress rules that name the exporter's port."""
     spec = run.one(NETWORK_POLICY).inputs["spec"]
     return [r for r in spec["ingress"] if any(p["port"] == exporter.EXPORTER_PORT for p in r["ports"])]
-
-
-def manifest(run, kind: str) -> dict:
-    (found,) = [m for m in kubernetes_manifests(run) if m["kind"] == kind]
-    return found
 
 
 # -- the exporter sidecar -------------------------------------------------------------------
@@ -259,7 +255,7 @@ def test_the_service_monitor_scrapes_the_metrics_service_and_no_other(monitoring
 
 
 def test_the_prometheus_rule_holds_the_rules_file(monitoring_stack):
-    groups = manifest(monitoring_stack, "PrometheusRule")["spec"]["groups"]
+    groups = custom_resource(monitoring_stack, "PrometheusRule")["spec"]["groups"]
     expected = yaml.safe_load(exporter.ALERT_RULES_FILE.read_text())["groups"]
     assert expected and groups == expected
     assert monitoring_stack.one(PROMETHEUS_RULE).inputs["metadata"]["namespace"] == MONITORED_NAMESPACE
@@ -285,7 +281,7 @@ def test_both_objects_are_children_of_the_monitoring_component_on_the_clusters_p
 def test_both_objects_pass_the_vendored_crd_schemas(monitoring_stack):
     version = monitoring_stack.one("eks:index:Cluster").inputs["version"]
     for kind in ("ServiceMonitor", "PrometheusRule"):
-        obj = manifest(monitoring_stack, kind)
+        obj = custom_resource(monitoring_stack, kind)
         assert obj["apiVersion"] == "monitoring.coreos.com/v1"
         assert custom_resource_errors(obj) == [], kind
         validate_manifest(obj, version)
