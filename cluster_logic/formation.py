@@ -230,14 +230,27 @@ def close_open_slots(cluster: Cluster, deadline: Deadline) -> None:
     cluster.refresh()
     nodes = {v.myid: v.node for v in cluster.views if v.myid}
     plan = plan_open_slots(cluster.reference_entries(), [v.me for v in cluster.views if v.me is not None])
-    for node_id, slot in plan.stale_marks:
-        send_once(cluster.transport, nodes[node_id], [("CLUSTER", "SETSLOT", slot, "STABLE")])
-    if not plan.moves:
-        return
+    pods = cluster.pod_of_id()
+    if plan.conflicts:
+        detail = "; ".join(plan.conflicts[:5])
+        for node_id, pod in pods.items():
+            detail = detail.replace(node_id, pod)
+        raise BootstrapError(
+            f"open slots that no move can finish safely: {detail}; nothing was changed. Inspect them and "
+            "fix them with redis-cli --cluster fix, then run the update again"
+        )
     if any(source not in nodes or target not in nodes for source, target in plan.moves):
         raise BootstrapError(
             "open slots point at nodes outside this cluster; fix them with redis-cli --cluster fix first"
         )
+    for node_id, slot in plan.stale_marks:
+        send_once(cluster.transport, nodes[node_id], [("CLUSTER", "SETSLOT", slot, "STABLE")])
+    if not plan.moves:
+        return
+    log.info(
+        "finishing slot moves left open: %s",
+        [(pods.get(s, s), pods.get(t, t), len(slots)) for (s, t), slots in plan.moves.items()],
+    )
     masters = [nodes[e.id] for e in cluster.reference_entries() if e.is_master and e.id in nodes]
     # Slots left open are finished the way they were started: MIGRATE, key by key.
     mover = SlotMover(

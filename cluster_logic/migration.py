@@ -87,6 +87,8 @@ class SlotMover:
         self._count_lock = threading.Lock()
         self._atomic = atomic
         self._atomic_sources: dict[NodeAddress, bool] = {}
+        # Masters that did not answer a broadcast: not told again in this run.
+        self._silent: set[NodeAddress] = set()
 
     def move_all(self, moves: Sequence[tuple[NodeAddress, NodeAddress, Sequence[int]]]) -> None:
         moves = [m for m in moves if m[2]]
@@ -150,7 +152,15 @@ class SlotMover:
             raise BootstrapError(f"moving {where} failed: {short_error(error)}; nothing was moved") from None
         ends = time.monotonic() + (self.deadline.remaining() if self.deadline else ATOMIC_TIMEOUT_SECONDS)
         while True:
-            job = atomic_job(self._slot_migrations(src), known)
+            try:
+                job = atomic_job(self._slot_migrations(src), known)
+            except redis.RedisError as error:
+                # The engine moves the slots whole or not at all: if the source died, the slots
+                # went to its replica with it, and the target drops what it had received.
+                raise BootstrapError(
+                    f"lost {source.pod} while moving {where} ({short_error(error)}); the engine keeps the slots "
+                    "with the source's shard, and the next update moves them again"
+                ) from None
             state = None if job is None else job.get("state")
             if state == ATOMIC_DONE:
                 self._count(keys)
@@ -208,11 +218,15 @@ class SlotMover:
                 f"moving {where} failed: {short_error(error)}; the slots are left open and the next update resumes them"
             ) from None
         for other in self.masters:
-            if other not in (source, target):
+            if other not in (source, target) and other not in self._silent:
                 try:
                     pipeline(self.transport.client(other), [("CLUSTER", "SETSLOT", s, "NODE", dst_id) for s in slots])
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # Gossip carries the new owner to a node we could not tell; telling a node
+                    # that is down again each round would only hold the moves up.
+                    self._silent.add(other)
                 except redis.RedisError:
-                    pass  # gossip carries the new owner to a node we could not tell
+                    pass
 
     def _drain(self, slots: Sequence[int], source: NodeAddress, target: NodeAddress) -> None:
         """MIGRATEs keys until the source holds none in `slots`."""

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cluster_logic.model import NodeAddress
 
 # redis-py waits this long for a reply; it must outlast the MIGRATE timeout used by the
 # slot mover, or a slow batch would be abandoned while the server still works on it.
 COMMAND_TIMEOUT_SECONDS = 60.0
+# redis-py 8 retries a command on a connection error 10 times with a backoff of up to 10 s:
+# a dead node would hold a step for about a minute. The logic polls and judges nodes itself,
+# so a client tries once more at once (a pooled connection the server had closed) and then
+# says so.
+CLIENT_RETRY = Retry(NoBackoff(), 1)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,13 @@ class NodeTransport(ABC):
 
     def client_as(self, node: NodeAddress, password: str) -> redis.Redis:
         """A client of its own (the caller closes it) logged in with another admin password."""
-        return self._make_client(node, password)
+        return self._new_client(node, password)
+
+    def _new_client(self, node: NodeAddress, password: Optional[str] = None) -> redis.Redis:
+        client = self._make_client(node, password)
+        # Before the pool has made a connection: each one it makes takes the policy.
+        client.connection_pool.connection_kwargs["retry"] = CLIENT_RETRY
+        return client
 
     @abstractmethod
     def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
@@ -120,7 +133,7 @@ class NodeTransport(ABC):
         with self._lock:
             found = self._clients.get(node)
             if found is None:
-                found = self._clients[node] = self._make_client(node)
+                found = self._clients[node] = self._new_client(node)
             return found
 
     def forget(self, node: NodeAddress) -> None:

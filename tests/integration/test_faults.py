@@ -7,21 +7,29 @@ pid, whether it passes or fails (`make_sandbox`, tests/integration/conftest.py).
 What is proven:
 * scale-out: the moment `up --shards 4` returns, every replica of a master that gained
   slots holds what its master held, so killing that master then loses no key.
+* a scale-out cut short by the death of a move's target or source (after part of the slots
+  moved, so the victim's replica takes over): `up` fails and says the next update resumes,
+  and the next `up` does, towards the node that holds the keys now; no key and no
+  WAIT-acknowledged write is lost, and every slot is served again.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
-from testkit.sandbox_support import cluster_client, masters, node_client, record_of, wait_healthy
-from testkit.writers import lost_keys, write_keys
+from cluster_logic.errors import BootstrapError
+from cluster_logic.migration import SlotMover
+from cluster_logic.model import parse_cluster_nodes
+from testkit.sandbox_support import cluster_client, masters, node_client, record_of, snapshot, wait_healthy
+from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; this suite owns 80..89.
-SCALE_OUT_KILL = 80
+SCALE_OUT_KILL, MOVE_TARGET_KILLED, MOVE_SOURCE_KILLED = 80, 81, 82
 
 # Enough keys that a quarter of them take a measurable time to reach a new replica.
 LOADED_KEYS = 100_000
@@ -88,4 +96,108 @@ def _wait_promoted(sandbox, candidates: list[str], slots, timeout: float = 60.0)
         if owners:
             return next(iter(owners))
         assert time.monotonic() < deadline, f"none of {candidates} took over {slots} within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. A scale-out cut short by the death of a move's target or source.
+# ---------------------------------------------------------------------------------------
+
+
+class _KillMidMove:
+    """Lets the mover finish one unit of work (a round of slots moved key by key, or one
+    atomic migration job), then SIGKILLs the target or the source of the next unit once it
+    is under way: on the key-by-key path after its slots were marked open, on the atomic
+    path as its job starts. The victim owns slots by then, so its replica takes over."""
+
+    def __init__(self, sandbox, monkeypatch, victim: str) -> None:
+        self.sandbox, self.victim = sandbox, victim
+        self.killed: str = ""
+        self._first_done = threading.Event()
+        self._lock = threading.Lock()
+        drain, atomic = SlotMover._drain, SlotMover.move_atomically
+
+        def unit(original, mover, slots, source, target):
+            with self._lock:
+                first = not self._first_done.is_set() and not getattr(self, "_first_taken", False)
+                self._first_taken = True
+            if first:
+                try:
+                    return original(mover, slots, source, target)
+                finally:
+                    self._first_done.set()
+            self._first_done.wait(60)
+            self._kill(source if victim == "source" else target)
+            return original(mover, slots, source, target)
+
+        monkeypatch.setattr(SlotMover, "_drain", lambda m, slots, s, t: unit(drain, m, slots, s, t))
+        monkeypatch.setattr(SlotMover, "move_atomically", lambda m, slots, s, t: unit(atomic, m, slots, s, t))
+
+    def _kill(self, node) -> None:
+        with self._lock:
+            if not self.killed:
+                self.killed_id = snapshot(self.sandbox)[node.pod].id
+                self.sandbox.kill(node.pod)
+                self.killed = node.pod
+
+
+@pytest.mark.parametrize(("victim", "octet"), [("target", MOVE_TARGET_KILLED), ("source", MOVE_SOURCE_KILLED)])
+def test_a_scale_out_cut_short_by_a_dead_peer_is_finished_by_the_next_up(make_sandbox, monkeypatch, victim, octet):
+    sb = make_sandbox(octet).sandbox
+    sb.up()
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 20_000)
+    plain = Writer(cluster_client(sb), "plain").start()
+    durable = Writer(cluster_client(sb), "durable", mode="wait").start()
+    try:
+        plain.wait_acknowledged(50)
+        cut = _KillMidMove(sb, monkeypatch, victim)
+        with pytest.raises(BootstrapError) as failed:
+            sb.up(shards=4)
+        monkeypatch.undo()
+        assert cut.killed, "the move finished before a peer could be killed"
+        print(f"{victim} {cut.killed} killed mid-move; up said: {failed.value}")
+        if "left open" in str(failed.value):
+            assert "the next update resumes" in str(failed.value)
+        # The victim's replica takes over its slots before the pod comes back (a pod back at
+        # once returns as the master it was, and no failover is needed at all).
+        _wait_failed_over(sb, cut.killed_id)
+        topology = sb.up()
+        assert topology["state"] == "ok", topology["problems"]
+        plain.wait_acknowledged(50, after=time.monotonic())
+    finally:
+        plain.stop()
+        durable.stop()
+    print(plain.summary(), durable.summary(), sep="\n")
+    wait_healthy(sb)
+    facts = masters(sb)
+    assert len(facts) == 4 and cut.killed not in facts
+    assert sum(b - a + 1 for f in facts.values() for a, b in f.slots) == 16384
+    assert not any(f.migrating or f.importing for f in facts.values()), facts
+    _assert_nothing_lost(sb, keys, "keys")
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
+    with cluster_client(sb) as client:
+        print(f"plain acknowledged writes lost: {len(lost_keys(client, plain.acknowledged()))}")
+
+
+def _wait_failed_over(sandbox, node_id: str, timeout: float = 60.0) -> None:
+    """Until every running node lists `node_id` as failed and most of them as holding no
+    slot: its replica was promoted and took its slots. (A node importing slots from it
+    keeps it as their owner: Redis does not update the owner of a slot it imports.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = []
+        state = sandbox.load()
+        for record in state.nodes:
+            if record.pid is None:
+                continue
+            client = node_client(state, record)
+            try:
+                views.append(parse_cluster_nodes(client.execute_command("CLUSTER", "NODES")))
+            finally:
+                client.close()
+        entries = [e for view in views for e in view if e.id == node_id]
+        if entries and all("fail" in e.flags for e in entries) and sum(not e.slots for e in entries) > len(entries) / 2:
+            return
+        assert time.monotonic() < deadline, f"{node_id}'s slots were not taken over within {timeout:.0f}s: {entries}"
         time.sleep(0.2)
