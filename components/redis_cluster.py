@@ -126,6 +126,7 @@ class RedisCluster(pulumi.ComponentResource):
             engine=settings.engine,
             image=settings.image,
             tls=settings.tls,
+            namespace=settings.namespace,
             opts=pulumi.ResourceOptions(parent=self),
         )
 
