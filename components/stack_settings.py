@@ -493,6 +493,11 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
             for key in _EKS_ONLY_KEYS
             if key in values
         )
+    if parsed("platform") and s.platform == "eks" and "kubeconfig" in values:
+        problems.append(
+            f"{NAMESPACE}:kubeconfig only applies to platform=existing (with platform=eks the program builds "
+            "the cluster and its kubeconfig); remove it"
+        )
     if parsed("vpcId") and s.vpc_id and s.platform == "eks":
         problems.extend(
             f"{NAMESPACE}:{key} only shapes a VPC this program creates; remove it with {NAMESPACE}:vpcId "
@@ -659,7 +664,8 @@ def _kubeconfig_problems(text: Any) -> list[str]:
     what = f"{NAMESPACE}:kubeconfig is not valid: expected a kubeconfig (YAML or JSON)"
     try:
         document = yaml.safe_load(text) if isinstance(text, str) and len(text) <= 2**20 else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):
+        # ValueError: an integer past Python's digit limit; RecursionError: deep nesting.
         document = None
     if not isinstance(document, dict) or not document.get("clusters") or not document.get("contexts"):
         return [f"{what} with clusters and contexts"]

@@ -471,6 +471,9 @@ ROWS: list[Bad] = [
         plain=("kubeconfig",),
     ),
     Bad("platform", "existing", ("redis-eks:kubeconfig, set as a secret",), more={"storageProvisioner": "x.io/p"}),
+    Bad("kubeconfig", "[" * 5000, ("clusters and contexts",), stack="existing"),
+    Bad("kubeconfig", "a: " + "9" * 5000, ("clusters and contexts",), stack="existing"),
+    Bad("kubeconfig", KUBECONFIG, ("only applies to platform=existing",)),
     # --- backups ------------------------------------------------------------------------------
     Bad("backupSchedule", "daily"),
     Bad("backupSchedule", "OFF"),
