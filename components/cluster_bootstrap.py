@@ -666,12 +666,37 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls")
+GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls", "namespace")
+# The opt-ins (acceptManualChange items) that have let a change through and are still
+# listed: each lets one change through, so a stale one cannot pass a second.
+USED_FIELD = "used_manual_changes"
 TLS_CHANGE_MESSAGE = (
     "redis-eks:tls cannot change on a running stack: pods roll one at a time, and a TLS pod "
     "and a plaintext one cannot talk, so the cluster would split half way. Deploy a new "
     "stack with the setting you want and move the data to it (docs/known-limits.md)"
 )
+
+
+def namespace_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Another namespace replaces the Namespace object: a new, empty cluster in the new one,
+    and the old one deleted with its pods and claims (the volumes stay, Retain). Only with
+    `namespace=<new>` in acceptManualChange. A guard from before it held the namespace has
+    nothing to compare."""
+    old, new = unwrap(olds.get("namespace")), news.get("namespace")
+    if not olds.get("shards") or not old or is_unknown(new) or unwrap(new) == old:
+        return []
+    new = unwrap(new)
+    if f"namespace={new}" in accepted_changes(news):
+        return []
+    return [
+        (
+            "namespace",
+            f"redis-eks:namespace cannot go from {old!r} to {new!r} on a running stack: the program would "
+            f"create a new, empty cluster in {new!r} and delete {old!r} with its pods and claims (the volumes "
+            "stay, unattached). Keep the namespace, or deploy a new stack and move the data; to replace the "
+            f"cluster all the same, set redis-eks:acceptManualChange namespace={new} for one `pulumi up`",
+        )
+    ]
 
 
 def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -701,6 +726,7 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
     older line of it. (A new password is rotated, see `CredentialRotation`.)"""
     failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
+    failures += namespace_change_failures(olds, news)
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
@@ -708,37 +734,77 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     return failures
 
 
+def _listed(value: Any) -> set[str]:
+    value = unwrap(value)
+    return {str(item) for item in value} if isinstance(value, (list, tuple)) else set()
+
+
+def guarded_change(olds: Mapping[str, Any], news: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The unsafe changes from `olds` to `news`, counting only opt-ins not used before, and
+    the record of used opt-ins to keep: those used before and still listed, and those this
+    change uses. An opt-in removed from the stack is forgotten, so it can be given again."""
+    listed = accepted_changes(news)
+    used_before = _listed(olds.get(USED_FIELD)) & listed
+    fresh = {**news, "accept_manual_change": sorted(listed - used_before)}
+    failures = base = unsafe_change_failures(olds, fresh)
+    if failures and used_before:
+        with_stale = unsafe_change_failures(olds, {**news, "accept_manual_change": sorted(listed)})
+        if len(with_stale) < len(failures):
+            spent = ", ".join(sorted(used_before))
+            failures = [
+                (
+                    "accept_manual_change",
+                    f"redis-eks:acceptManualChange {spent} was used by an earlier `pulumi up`; an opt-in lets one "
+                    "change through: remove it, run `pulumi up`, then set it again for this change",
+                ),
+                *with_stale,
+            ]
+    used_now = {
+        item
+        for item in listed - used_before
+        if len(unsafe_change_failures(olds, {**fresh, "accept_manual_change": sorted(listed - used_before - {item})}))
+        > len(base)
+    }
+    return failures, sorted(used_before | used_now)
+
+
 class ClusterChangeGuardProvider(pulumi.dynamic.ResourceProvider):
-    """Holds the cluster's shape and engine, and fails `check` on a change that would lose
-    keys or split the cluster. The StatefulSet depends on it, so the refusal comes before
-    it changes, with or without a preview."""
+    """Holds the cluster's shape, engine and namespace, and fails `check` on a change that
+    would lose keys or split the cluster. The StatefulSet depends on it, so the refusal comes
+    before it changes, with or without a preview. The opt-ins it let through are recorded in
+    its inputs (what `check` returns is what the engine stores and hands back as `olds`)."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = unsafe_change_failures(olds or {}, news)
-        return CheckResult(news, [CheckFailure(p, r) for p, r in failures])
+        failures, used = guarded_change(olds or {}, news)
+        return CheckResult({**news, USED_FIELD: used}, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in GUARD_FIELDS if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))]
+        changed = [
+            k
+            for k in (*GUARD_FIELDS, USED_FIELD)
+            if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))
+        ]
         return DiffResult(changes=bool(changed))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult("cluster-change-guard", _guard_outputs(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        failures = unsafe_change_failures(olds, news)
+        failures, used = guarded_change(olds, news)
         if failures:
             raise ValueError(failures[0][1])
-        return UpdateResult(_guard_outputs(news))
+        return UpdateResult({**_guard_outputs(news), USED_FIELD: used})
 
 
 def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: props.get(key) for key in GUARD_FIELDS}
+    return {key: props.get(key) for key in (*GUARD_FIELDS, USED_FIELD)}
 
 
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
     """Refuses scale-in before anything is changed, unless the operator accepts one they
-    made by hand (`accept_manual_change`), and refuses another engine or an older line of
-    it (but for an image that never started, named in `accept_manual_change`)."""
+    made by hand (`accept_manual_change`), refuses another engine or an older line of it
+    (but for an image that never started, named in `accept_manual_change`), and another
+    namespace (but with `namespace=<new>` named). Each opt-in lets one change through."""
 
     def __init__(
         self,
@@ -749,6 +815,7 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         engine: str = DEFAULT_ENGINE,
         image: Optional[str] = None,
         tls: bool = False,
+        namespace: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
@@ -758,5 +825,7 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "engine": engine,
             "image": image,
             "tls": tls,
+            "namespace": namespace,
+            USED_FIELD: None,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)
