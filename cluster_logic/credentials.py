@@ -62,6 +62,10 @@ MONITORING_RULES = (
     "+latency|histogram",
     "+slowlog|get",
     "+slowlog|len",
+    # components/alerts/cluster-view.lua, run read-only: a script runs under the user's own
+    # rights, so it can read CLUSTER NODES and nothing else.
+    "+eval_ro",
+    "+cluster|nodes",
 )
 USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # One ACL rule a user's settings may grant: a command or category, allowed (+) or denied (-),

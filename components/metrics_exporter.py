@@ -25,6 +25,11 @@ REQUESTS = {"cpu": "10m", "memory": "32Mi"}
 LIMITS = {"cpu": "100m", "memory": "64Mi"}
 # The alerting rules, one file for the PrometheusRule and for `promtool test rules`.
 ALERT_RULES_FILE = Path(__file__).resolve().parent / "alerts" / "redis-cluster.rules.yaml"
+# The Lua script the exporter runs at every scrape (read-only) for what CLUSTER NODES says and
+# CLUSTER INFO does not: open slots, masters listed without an address. It ships in the
+# pod's ConfigMap, and the exporter reads it from EXPORTER_CONF_DIR.
+CLUSTER_VIEW_SCRIPT = ALERT_RULES_FILE.parent / "cluster-view.lua"
+EXPORTER_CONF_DIR = "/etc/redis-exporter"
 
 
 def redis_address(redis_port: int, tls: bool, host: str = "localhost") -> str:
@@ -44,12 +49,13 @@ def exporter_args(
     password_path: str,
     host: str = "localhost",
     listen_address: str = f":{EXPORTER_PORT}",
+    script_path: str = f"{EXPORTER_CONF_DIR}/{CLUSTER_VIEW_SCRIPT.name}",
 ) -> list[str]:
     """The exporter's arguments for the node at `host:redis_port`: logged in as the
     monitoring user, over TLS when a CA file is given (verified: the node certificate names
     localhost), without `CONFIG GET` (the monitoring user may not run it; INFO carries
-    maxmemory). `password_path` holds `password_file(...)`; `listen_address` is the pod's by
-    default; tests give each exporter its own."""
+    maxmemory). `password_path` holds `password_file(...)`; `listen_address` and `script_path`
+    are the pod's by default; tests give each exporter its own."""
     args = [
         f"--redis.addr={redis_address(redis_port, bool(tls_ca_file), host)}",
         f"--redis.user={MONITORING_USER}",
@@ -60,6 +66,9 @@ def exporter_args(
         "--disable-scrape-endpoint",
         f"--web.listen-address={listen_address}",
         f"--web.telemetry-path={METRICS_PATH}",
+        # EVAL_RO: the script can read, never write, whatever the user's rights.
+        f"--script={script_path}",
+        "--lua-script-read-only",
     ]
     if tls_ca_file:
         args.append(f"--tls-ca-cert-file={tls_ca_file}")

@@ -30,6 +30,7 @@ EXPORTER_CONTAINER_NAME = "exporter"
 # The exporter's view of the Secret: its own password file, not the admin's password.
 EXPORTER_SECRET_VOLUME = "exporter-secret"
 EXPORTER_TLS_VOLUME = "exporter-tls"
+EXPORTER_CONF_VOLUME = "exporter-conf"
 METRICS_COMPONENT = {"app.kubernetes.io/component": "metrics"}
 # Not the images' own `redis`/`valkey` user (999), which can be a user of the host too: a
 # UID of its own above the range distributions hand out. The restricted Pod Security
@@ -416,21 +417,22 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
             ),
         )
     ]
-    if settings.tls:
-        env += [
-            k8s.core.v1.EnvVarArgs(
-                name=POD_NAME_ENV,
-                value_from=k8s.core.v1.EnvVarSourceArgs(
-                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
-                ),
+    env += [
+        k8s.core.v1.EnvVarArgs(
+            name=POD_NAME_ENV,
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
             ),
-            # Kubernetes expands $(POD_NAME) from the variable above: the DNS name the
-            # certificate covers, announced to clients in place of the pod IP.
-            k8s.core.v1.EnvVarArgs(
-                name="REDIS_ANNOUNCE_HOSTNAME",
-                value=files.announced_hostname(f"$({POD_NAME_ENV})", names.headless_service, settings.namespace),
-            ),
-        ]
+        ),
+        # Kubernetes expands $(POD_NAME) from the variable above: the pod's stable DNS name,
+        # which the cluster lists beside the node's address (a pod that lost its identity
+        # finds its old ID by it) and, with TLS, which the certificate covers and clients are
+        # redirected to in place of the pod IP.
+        k8s.core.v1.EnvVarArgs(
+            name="REDIS_ANNOUNCE_HOSTNAME",
+            value=files.announced_hostname(f"$({POD_NAME_ENV})", names.headless_service, settings.namespace),
+        ),
+    ]
     env += [
         k8s.core.v1.EnvVarArgs(name=key, value=value)
         for key, value in sorted(files.script_environment(settings.engine_spec, paths, tls=settings.tls).items())
@@ -559,6 +561,19 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
                     ),
                     _secret_volume("secret", names.secret),
                     _secret_volume(EXPORTER_SECRET_VOLUME, names.secret, only=exporter.PASSWORD_FILE_KEY),
+                    # The exporter's Lua script, the only file of the ConfigMap it sees.
+                    k8s.core.v1.VolumeArgs(
+                        name=EXPORTER_CONF_VOLUME,
+                        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                            name=config_name,
+                            default_mode=0o444,
+                            items=[
+                                k8s.core.v1.KeyToPathArgs(
+                                    key=exporter.CLUSTER_VIEW_SCRIPT.name, path=exporter.CLUSTER_VIEW_SCRIPT.name
+                                )
+                            ],
+                        ),
+                    ),
                     # The root filesystem is read-only; redis-cli and the scripts may want a scratch dir.
                     k8s.core.v1.VolumeArgs(
                         name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")
@@ -636,6 +651,9 @@ def _exporter_container(settings: StackSettings, tls_mounts: list) -> k8s.core.v
         security_context=_restricted_container(),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name=EXPORTER_SECRET_VOLUME, mount_path=paths.secret_dir, read_only=True),
+            k8s.core.v1.VolumeMountArgs(
+                name=EXPORTER_CONF_VOLUME, mount_path=exporter.EXPORTER_CONF_DIR, read_only=True
+            ),
             *tls_mounts,
         ],
     )

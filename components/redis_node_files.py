@@ -60,6 +60,7 @@ NODES_CONF_FILE = "nodes.conf"
 
 SCRIPT_NAMES: tuple[str, ...] = (
     "entrypoint.sh",
+    "lost-identity.sh",
     "peer-recovery.sh",
     "probe-liveness.sh",
     "probe-readiness.sh",
@@ -258,7 +259,9 @@ def certificate_dns_names(headless_service: str, client_service: str, namespace:
 
 
 def announced_hostname(pod: str, headless_service: str, namespace: str) -> str:
-    """The stable DNS name a node announces (`cluster-announce-hostname`) when TLS is on."""
+    """The stable DNS name a node announces (`cluster-announce-hostname`): with TLS clients
+    are redirected to it; always, it tells the cluster which pod an ID belongs to, so that a
+    pod that lost its identity finds its old one (lost-identity.sh)."""
     return f"{pod}.{headless_service}.{namespace}.svc.cluster.local"
 
 
@@ -273,9 +276,11 @@ def config_files(
     bind_address: Optional[str] = None,
     peers: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Everything the ConfigMap carries: redis.conf, the scripts and the peers file."""
+    """Everything the ConfigMap carries: redis.conf, the scripts, the exporter's Lua script
+    and the peers file."""
     files = {REDIS_CONF_FILE: render_redis_conf(settings, paths, bind_address)}
     files.update(script_files())
+    files[exporter.CLUSTER_VIEW_SCRIPT.name] = exporter.CLUSTER_VIEW_SCRIPT.read_text()
     files[PEERS_FILE] = render_peers(peers)
     return files
 

@@ -25,6 +25,7 @@ from components.stack_settings import SettingsError
 from sandbox.backups import BackupError
 from sandbox.engine_binaries import EngineBinaries, EngineNotFound
 from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
+from sandbox.local_nodes import NodeStartError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
 
     engine = getattr(options, "engine", None)
-    initial = None
-    if options.command == "up" and options.binaries is not None:
-        initial = EngineBinaries(
-            ENGINES[engine or Sandbox(options.root, options.stack).stack_engine()], options.binaries.resolve()
-        )
-    sandbox = Sandbox(
-        root=options.root, stack=options.stack, third_octet=options.third_octet, engine=engine, binaries=initial
-    )
     try:
+        initial = None
+        if options.command == "up" and options.binaries is not None:
+            initial = EngineBinaries(
+                ENGINES[engine or Sandbox(options.root, options.stack).stack_engine()], options.binaries.resolve()
+            )
+        sandbox = Sandbox(
+            root=options.root, stack=options.stack, third_octet=options.third_octet, engine=engine, binaries=initial
+        )
         if options.command == "up":
             topology = sandbox.up(options.shards, options.replicas_per_shard, options.timeout, tls=options.tls)
             print(f"engine: {sandbox.binaries().describe()}")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stopped and purged; backups kept in {sandbox.backups_dir}")
             else:
                 print("stopped and purged")
-    except (SandboxError, BootstrapError, SettingsError, EngineNotFound, BackupError) as error:
+    except (SandboxError, BootstrapError, SettingsError, EngineNotFound, BackupError, NodeStartError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -327,7 +327,7 @@ class Sandbox:
             if not is_server(record.pid):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
-        with _transport(state) as transport:
+        with self._transport(state) as transport:
             topology = ensure_cluster(transport, shards, replicas_per_shard, timeout, mode="update")
         self._record_roles(state)
         return topology
@@ -422,7 +422,7 @@ class Sandbox:
     def topology(self) -> dict[str, Any]:
         """The live topology as `pulumi refresh` would report it."""
         state = self._require_state()
-        with _transport(state) as transport:
+        with self._transport(state) as transport:
             return read_topology(transport, state.shards, state.replicas_per_shard)
 
     def kill(self, pod: str) -> None:
@@ -750,6 +750,19 @@ class Sandbox:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _transport(self, state: SandboxState) -> DirectTransport:
+        """The bootstrap's way to the pods, with each pod's own readiness probe standing in
+        for the kubelet's verdict: the bootstrap waits for Ready pods, as on Kubernetes."""
+        nodes = [NodeAddress(n.pod, n.host, n.port, n.zone) for n in state.nodes]
+        records = {n.pod: n for n in state.nodes}
+        tls = TlsOptions(state.tls_ca_file) if state.tls else None
+
+        def readiness(node: NodeAddress) -> Optional[str]:
+            probe = self.local_node(state, records[node.pod]).run_script("probe-readiness.sh", timeout=30)
+            return None if probe.returncode == 0 else (probe.stderr.strip() or f"readiness exit {probe.returncode}")
+
+        return DirectTransport(nodes, state.password, cli=state.binaries().cli, tls=tls, readiness=readiness)
+
     def _require_state(self) -> SandboxState:
         state = self.load()
         if state is None:
@@ -827,12 +840,6 @@ def _myself(nodes_text: str) -> NodeEntry:
         if entry.myself:
             return entry
     raise SandboxError("CLUSTER NODES has no myself line")
-
-
-def _transport(state: SandboxState) -> DirectTransport:
-    nodes = [NodeAddress(n.pod, n.host, n.port, n.zone) for n in state.nodes]
-    tls = TlsOptions(state.tls_ca_file) if state.tls else None
-    return DirectTransport(nodes, state.password, cli=state.binaries().cli, tls=tls)
 
 
 def _served_serial(host: str, port: int, ca_file: str) -> int:

@@ -52,6 +52,12 @@ from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.processes import kill_and_reap, kill_session, stop_like_the_kubelet
 
 LOG_FILE = "redis.log"
+# What entrypoint.sh writes into the pod's TMPDIR while it holds the server back.
+HOLDING_FILE = "entrypoint-holding"
+
+
+class NodeStartError(RuntimeError):
+    """A node's process ended, or never accepted connections, when it was started."""
 
 
 def ports_free(address: str, ports: Sequence[int] = (REDIS_PORT, BUS_PORT)) -> bool:
@@ -123,10 +129,10 @@ class LocalNode:
         return f"{self.paths.tls_dir}/{TLS_CA_FILE}" if self.tls else None
 
     @property
-    def announced_hostname(self) -> Optional[str]:
-        """The stable DNS name the node announces when TLS is on (the StatefulSet's pod name
-        behind the headless Service, in the stack's namespace)."""
-        return announced_hostname(self.pod, HEADLESS_SERVICE, self.settings.namespace) if self.tls else None
+    def announced_hostname(self) -> str:
+        """The stable DNS name the node announces (the StatefulSet's pod name behind the
+        headless Service, in the stack's namespace)."""
+        return announced_hostname(self.pod, HEADLESS_SERVICE, self.settings.namespace)
 
     @property
     def tmp_dir(self) -> Path:
@@ -146,8 +152,7 @@ class LocalNode:
         """What the container's environment would hold: POD_IP and the script settings."""
         env = {"PATH": self.binaries.search_path(), "POD_IP": self.ip, "TMPDIR": str(self.tmp_dir)}
         env.update(script_environment(self.settings.engine_spec, self.paths, tls=self.tls))
-        if self.tls:
-            env["REDIS_ANNOUNCE_HOSTNAME"] = self.announced_hostname
+        env["REDIS_ANNOUNCE_HOSTNAME"] = self.announced_hostname
         env["REDIS_PORT"] = str(self.port)
         env.update(self.extra_env)
         return env
@@ -179,7 +184,9 @@ class LocalNode:
             _write(Path(self.paths.secret_dir) / name, content, 0o600)
 
     def start(self, timeout: float = 15.0) -> int:
-        """Starts the node and waits until its port accepts connections; returns the pid."""
+        """Starts the node and waits until its port accepts connections, or until its
+        entrypoint says it holds the server back (`holding`: a full volume, a lost
+        identity), as a pod's container runs either way; returns the pid."""
         if self.is_running():
             raise RuntimeError(f"{self.pod} is already running as pid {self.process.pid}")
         self.write_files()
@@ -209,16 +216,25 @@ class LocalNode:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.pod} exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise NodeStartError(f"{self.pod} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.holding() is not None:
+                return
             try:
                 with socket.create_connection((self.ip, self.port), timeout=0.5):
                     return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{self.pod} does not accept on {self.ip}:{self.port}:\n{self.log_tail()}"
+                    raise NodeStartError(
+                        f"{self.pod} does not accept on {self.ip}:{self.port} after {timeout:.0f}s:\n{self.log_tail()}"
                     ) from None
                 time.sleep(0.02)
+
+    def holding(self) -> Optional[str]:
+        """Why the entrypoint holds the server back, while it does (else None)."""
+        try:
+            return (self.tmp_dir / HOLDING_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

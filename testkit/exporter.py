@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from components.metrics_exporter import EXPORTER_PORT, METRICS_PATH, exporter_args, password_file
+from components.metrics_exporter import CLUSTER_VIEW_SCRIPT, EXPORTER_PORT, METRICS_PATH, exporter_args, password_file
 from sandbox.engine_binaries import ENGINES_DIR
 from sandbox.name_resolution import resolving_environment, write_hosts
 from sandbox.processes import alive, kill_and_reap
@@ -165,6 +165,7 @@ class LocalExporter:
             str(self.work_dir / PASSWORD_FILE),
             host=self.host,
             listen_address=self.listen_address,
+            script_path=str(CLUSTER_VIEW_SCRIPT),
         )
 
     def start(self, timeout: float = 15.0) -> int:

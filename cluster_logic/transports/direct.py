@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import redis
 
@@ -32,12 +33,16 @@ class DirectTransport(NodeTransport):
         password: str,
         cli: str = "redis-cli",
         tls: Optional[TlsOptions] = None,
+        readiness: Optional[Callable[[NodeAddress], Optional[str]]] = None,
     ) -> None:
+        """`readiness`: what stands in for a pod's readiness probe, given a node that answers
+        PING: why it is not ready, or None (the sandbox runs the pod's own probe script)."""
         super().__init__(password, tls)
         addresses = [n if isinstance(n, NodeAddress) else _address_from_mapping(n) for n in nodes]
         self._nodes = sorted(addresses, key=lambda n: (n.ordinal, n.pod))
         # The engine's own CLI (redis-cli, valkey-cli), a name on PATH or a path.
         self._cli = cli
+        self._readiness = readiness
 
     @property
     def nodes(self) -> list[NodeAddress]:
@@ -61,7 +66,8 @@ class DirectTransport(NodeTransport):
         )
 
     def pod_statuses(self, count: int) -> list[PodStatus]:
-        statuses = [self._probe(node) for node in self._nodes[:count]]
+        with ThreadPoolExecutor(max_workers=min(16, max(1, count))) as pool:
+            statuses = list(pool.map(self._probe, self._nodes[:count]))
         declared = {n.pod for n in self._nodes}
         # The node list is the whole inventory: a missing entry will never become ready.
         if len(self._nodes) < count:
@@ -83,7 +89,8 @@ class DirectTransport(NodeTransport):
         )
         try:
             probe.ping()
-            return PodStatus(node.pod, True, node=node)
+            reason = self._readiness(node) if self._readiness is not None else None
+            return PodStatus(node.pod, reason is None, reason or "", node=node)
         except redis.AuthenticationError:
             raise AuthenticationFailed(f"{node.pod} ({node.endpoint}) rejected the cluster password") from None
         except redis.ResponseError as error:

@@ -2,16 +2,22 @@
 # Liveness: the server process answers at all. Any Redis reply counts, including
 #   LOADING  - replaying a large AOF can take minutes; a kill would only start it over,
 #   BUSY     - a long script; killing would lose more than waiting,
+#   MISCONF  - a master that cannot write its AOF (a full volume) refuses writes and PING;
+#              a restart cannot give it room, and on a full volume would not even start
+#              (readiness fails on it instead, and the AOF alert fires),
 #   NOAUTH/WRONGPASS - the Secret changed under a running server; a restart would pick the
 #              new password up, but liveness restarting every pod at once is worse than a
 #              deliberate rollout, so it is only reported.
-# Only no reply at all (refused, reset, timed out) fails.
+# No reply at all (refused, reset, timed out) fails, unless the entrypoint holds the server
+# back on purpose (a full volume, a lost identity: $TMPDIR/entrypoint-holding says why): a
+# restart would only start that wait over.
 #
 # Over TLS (REDIS_TLS_CA_FILE set), a server whose certificate does not verify against the
 # CA gives no reply either.
 #
 # Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
-# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_TLS_CA_FILE (set: over TLS).
+# REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_TLS_CA_FILE (set: over TLS),
+# TMPDIR (/tmp, the pod's emptyDir).
 set -u
 
 : "${POD_IP:?POD_IP must be set}"
@@ -37,10 +43,19 @@ case "$reply" in
     PONG | LOADING* | BUSY* | MASTERDOWN*)
         exit 0
         ;;
+    MISCONF*)
+        echo "liveness: the server answers but cannot persist: $reply" >&2
+        exit 0
+        ;;
     *NOAUTH* | *WRONGPASS*)
         echo "liveness: the server answers but refuses the mounted password; roll the pods to apply a new one" >&2
         exit 0
         ;;
 esac
+holding="${TMPDIR:-/tmp}/entrypoint-holding"
+if [ -r "$holding" ]; then
+    echo "liveness: the entrypoint holds the server back: $(cat "$holding")" >&2
+    exit 0
+fi
 echo "liveness: no reply from redis at $POD_IP:$REDIS_PORT: $reply" >&2
 exit 1

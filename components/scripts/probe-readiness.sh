@@ -2,7 +2,8 @@
 # Readiness: PING answered with PONG and, once this node is part of a formed cluster (it
 # knows more than itself), cluster_state:ok; a replica also needs its link to the master up
 # and no sync running. A fresh node is Ready: the bootstrap waits for Ready pods before
-# forming the cluster, so requiring a cluster here would deadlock it.
+# forming the cluster, so requiring a cluster here would deadlock it. A node that lost its
+# identity (lost-identity.sh) is not, until it has rejoined.
 #
 # The replica condition paces rolling updates: the StatefulSet moves on to the next pod (it
 # may be this replica's master) only once this replica holds a full copy again, so the
@@ -15,7 +16,7 @@
 # With TLS (REDIS_TLS_CA_FILE set) every call goes over TLS, and the probe also applies a
 # renewed certificate: see reload_tls_if_changed below.
 #
-# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379),
+# Environment: POD_IP and ENGINE_CLI (required), REDIS_PORT (6379), REDIS_DATA_DIR (/data),
 # REDIS_PASSWORD_FILE (/etc/redis-secret/password), REDIS_PROBE_BUDGET_SECONDS (4),
 # REDIS_TLS_CA_FILE (set: over TLS; tls.crt and tls.key sit beside it, as the TLS Secret
 # mounts them), TMPDIR (/tmp, the pod's emptyDir: the record of the loaded TLS files).
@@ -97,7 +98,13 @@ reload_tls_if_changed() {
 
 reply=$(redis PING)
 if [ "$reply" != PONG ]; then
-    echo "readiness: PING got: ${reply:-no reply}" >&2
+    holding="${TMPDIR:-/tmp}/entrypoint-holding"
+    if [ -r "$holding" ]; then
+        echo "readiness: the entrypoint holds the server back: $(cat "$holding")" >&2
+    else
+        # MISCONF among them: a master that cannot write its AOF refuses writes.
+        echo "readiness: PING got: ${reply:-no reply}" >&2
+    fi
     exit 1
 fi
 reload_tls_if_changed
@@ -109,6 +116,12 @@ if [ -z "$known_nodes" ]; then
     exit 1
 fi
 if [ "$known_nodes" -le 1 ]; then
+    # A new node is Ready, for the bootstrap to form or scale out the cluster; a node that
+    # lost its identity is not: clients must not meet it until it has rejoined.
+    if [ -e "${REDIS_DATA_DIR:-/data}/lost-identity/rejoining" ]; then
+        echo "readiness: this node lost its cluster identity and has not rejoined yet ($(cat "${REDIS_DATA_DIR:-/data}/lost-identity/rejoining"))" >&2
+        exit 1
+    fi
     exit 0
 fi
 case "$info" in

@@ -21,7 +21,7 @@ import redis
 import yaml
 
 from cluster_logic.credentials import MONITORING_USER, monitoring_password
-from cluster_logic.model import SLOTS
+from cluster_logic.model import SLOTS, parse_cluster_nodes
 from components.metrics_exporter import ALERT_RULES_FILE
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import Sandbox, SandboxState
@@ -169,6 +169,9 @@ def scrape_problems(pod: str, metrics: Metrics, info: Optional[dict], cluster_no
     expect("redis_aof_last_write_status", 1)
     expect("redis_aof_last_bgrewrite_status", 1)
     expect("redis_rdb_last_bgsave_status", 1)
+    # components/alerts/cluster-view.lua, run by the exporter at every scrape.
+    expect("redis_script_values", 0, key="open_slots")
+    expect("redis_script_values", 0, key="slot_holders_without_address")
     if info is None:
         return [*problems, f"{pod}: the node does not answer the admin"]
     expect("redis_memory_max_bytes", info["maxmemory_config"])
@@ -242,6 +245,42 @@ def test_the_exporters_show_the_series_the_alerts_use_without_a_refused_command(
     # nothing, the exporter logged no error.
     assert plain.monitoring_denials() == {pod: [] for pod in plain.exporters}
     assert log_problems(plain) == []
+
+
+def test_slots_left_open_show_in_the_scrapes_of_the_nodes_that_mark_them(plain: Monitored) -> None:
+    wait_until(lambda: cluster_scrape_problems(plain), 30, "every exporter shows the healthy cluster")
+    infos = {pod: plain.node_info(pod) for pod in plain.exporters}
+    source, target = sorted(pod for pod, info in infos.items() if info["role"] == "master")[:2]
+    state = plain.state()
+    clients = {pod: node_client(state, record_of(state, pod)) for pod in (source, target)}
+    try:
+        ids = {pod: client.execute_command("CLUSTER", "MYID") for pod, client in clients.items()}
+        myself = next(e for e in parse_cluster_nodes(clients[source].execute_command("CLUSTER", "NODES")) if e.myself)
+        slot = myself.slots[0][0]
+        # Half a move, as a run cut short leaves it: importing on the target, migrating on
+        # the source (no key moves; nothing changes for clients of an empty slot).
+        clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        clients[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        scrapes = plain.scrape()
+        opened = {pod: scrapes[pod].value("redis_script_values", key="open_slots") for pod in plain.exporters}
+        # The two masters mark the slot; Valkey 8+ mirrors a primary's marks on its replicas,
+        # Redis does not; the third shard knows nothing of it.
+        mirrors = {
+            pod
+            for pod, info in infos.items()
+            if info["role"] == "slave"
+            and info["master_host"] in {record_of(state, source).host, record_of(state, target).host}
+        }
+        mirrored = 1 if plain.sandbox.load().engine == "valkey" else 0
+        assert opened == {
+            pod: 1 if pod in (source, target) else mirrored if pod in mirrors else 0 for pod in plain.exporters
+        }, opened
+    finally:
+        for client in clients.values():
+            client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+            client.close()
+    wait_until(lambda: cluster_scrape_problems(plain), 30, "every exporter shows no open slot again")
+    assert plain.monitoring_denials() == {pod: [] for pod in plain.exporters}
 
 
 def test_a_killed_master_shows_in_the_scrapes_until_its_replica_serves_and_it_rejoins(plain: Monitored) -> None:

@@ -17,23 +17,42 @@ What is proven:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import redis
 
+from cluster_logic.credentials import monitoring_password
 from cluster_logic.errors import BootstrapError
 from cluster_logic.migration import SlotMover
 from cluster_logic.model import parse_cluster_nodes
 from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS
-from testkit.sandbox_support import cluster_client, masters, node_client, record_of, snapshot, wait_healthy
+from sandbox.processes import kill_and_reap, wait_gone
+from testkit.exporter import LocalExporter
+from testkit.redis_nodes import key_in_slots
+from testkit.sandbox_support import (
+    cluster_client,
+    masters,
+    node_client,
+    record_of,
+    snapshot,
+    start_pod,
+    stop_pod,
+    wait_healthy,
+)
 from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
-# 127.0.<octet>.0/24 per test; this suite owns 80..89.
+# 127.0.<octet>.0/24 per test; this suite owns 79..89.
 SCALE_OUT_KILL, MOVE_TARGET_KILLED, MOVE_SOURCE_KILLED, MOVE_TARGET_FROZEN, MOVE_SOURCE_FROZEN = range(80, 85)
+IDENTITY_EMPTY, IDENTITY_TRUNCATED, IDENTITY_CORRUPT, VOLUME_LOST, VOLUME_FULL = range(85, 90)
+STRAY_NODE = 79
 
 # Enough keys that a quarter of them take a measurable time to reach a new replica.
 LOADED_KEYS = 100_000
@@ -233,3 +252,263 @@ def _wait_failed_over(sandbox, node_id: str, pod: str, timeout: float = 60.0) ->
             return
         assert time.monotonic() < deadline, f"{node_id}'s slots were not taken over within {timeout:.0f}s: {entries}"
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. A node that lost its cluster identity (nodes.conf gone or damaged) or its whole volume.
+# ---------------------------------------------------------------------------------------
+
+
+def _damage(data_dir: Path, how: str) -> None:
+    nodes_conf = data_dir / "nodes.conf"
+    if how == "empty":
+        nodes_conf.write_text("")
+    elif how == "truncated":
+        text = nodes_conf.read_text()
+        nodes_conf.write_text(text[: len(text) // 2])
+    elif how == "corrupt":
+        nodes_conf.write_bytes(b"\x00\x17garbage written by a failing disk\n" + nodes_conf.read_bytes()[7:])
+    elif how == "volume lost":
+        # A new, empty EBS volume in place of the lost one.
+        for entry in data_dir.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    ("how", "octet"),
+    [
+        ("empty", IDENTITY_EMPTY),
+        ("truncated", IDENTITY_TRUNCATED),
+        ("corrupt", IDENTITY_CORRUPT),
+        ("volume lost", VOLUME_LOST),
+    ],
+)
+def test_a_master_back_without_its_identity_never_serves_alone_and_rejoins_as_a_replica(make_sandbox, how, octet):
+    sb = make_sandbox(octet).sandbox
+    sb.up()
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 5_000)
+    owners = masters(sb)
+    victim = sorted(owners)[0]
+    old_id = owners[victim].id
+    heir = next(r["pod"] for r in sb.topology()["replicas"] if r["master"] == victim)
+    data_dir = sb.root / "nodes" / victim / "data"
+    with Writer(cluster_client(sb), "plain") as plain, Writer(cluster_client(sb), "durable", mode="wait") as durable:
+        plain.wait_acknowledged(50)
+        durable.wait_acknowledged(50, durable=True)
+        sb.kill(victim)
+        _damage(data_dir, how)
+        # As the kubelet restarts the container: the entrypoint sets the data aside, holds the
+        # server back until the peers see the old ID failed, and the pod rejoins by itself.
+        sb.restart([victim], timeout=120)
+        plain.wait_acknowledged(50, after=time.monotonic())
+    print(plain.summary(), durable.summary(), sep="\n")
+
+    facts = snapshot(sb)
+    assert facts[victim].role == "slave" and facts[victim].id != old_id, facts[victim]
+    assert facts[heir].role == "master" and facts[heir].slots == owners[victim].slots
+    # Every node forgot the old ID; nobody ever listed the pod as a cluster of its own.
+    state = sb.load()
+    for record in state.nodes:
+        client = node_client(state, record)
+        try:
+            assert old_id not in client.execute_command("CLUSTER", "NODES"), record.pod
+        finally:
+            client.close()
+    log = (sb.root / "nodes" / victim / "redis.log").read_text()
+    assert f"holding the server back until every peer sees {old_id} failed" in log
+    assert "rejoining as a replica" in log and "joined; every node told to forget" in log
+    if how != "volume lost":
+        # The data is kept aside, never deleted: the AOF the node held, and the bad nodes.conf.
+        (aside,) = (data_dir / "lost-identity").glob("2*")
+        assert (aside / "appendonlydir").is_dir() and any((aside / "appendonlydir").iterdir())
+        assert (aside / "nodes.conf").exists()
+    _assert_nothing_lost(sb, keys, "keys")
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
+    with cluster_client(sb) as client:
+        print(f"plain acknowledged writes lost: {len(lost_keys(client, plain.acknowledged()))}")
+
+
+# ---------------------------------------------------------------------------------------
+# 4. A full data volume.
+# ---------------------------------------------------------------------------------------
+
+
+def _fill(directory: Path) -> Path:
+    """Writes a file into `directory` until the file system has no room left."""
+    filler = directory / "filler"
+    with open(filler, "wb") as handle:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _probe(sandbox, pod: str, script: str):
+    state = sandbox.load()
+    return sandbox.local_node(state, record_of(state, pod)).run_script(script, timeout=30)
+
+
+def test_a_full_volume_fails_readiness_never_liveness_and_the_pod_waits_for_room(make_sandbox):
+    sb = make_sandbox(VOLUME_FULL).sandbox
+    victim = "redis-cluster-0"
+    data_dir = sb.root / "nodes" / victim / "data"
+    data_dir.mkdir(parents=True)
+    # The pod's volume: a file system of its own, small enough to fill.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(data_dir)], check=True)
+    try:
+        sb.up()
+        owners = masters(sb)
+        assert victim in owners, owners
+        heir = next(r["pod"] for r in sb.topology()["replicas"] if r["master"] == victim)
+        filler = _fill(data_dir)
+        # A write to the victim's slots makes its AOF write fail: the master refuses writes
+        # (and PING) with MISCONF from then on.
+        key = key_in_slots(owners[victim].slots)
+        state = sb.load()
+        client = node_client(state, record_of(state, victim))
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.set(key, "x" * 4096)
+                except redis.ResponseError as error:
+                    if "MISCONF" in str(error):
+                        break
+                assert time.monotonic() < deadline, "the master never refused a write on its full volume"
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+        # Liveness passes on every run (the kubelet would otherwise restart the pod, which
+        # cannot help); readiness fails and says why.
+        for _ in range(3):
+            liveness = _probe(sb, victim, "probe-liveness.sh")
+            assert liveness.returncode == 0, liveness.stderr
+        assert "MISCONF" in liveness.stderr
+        readiness = _probe(sb, victim, "probe-readiness.sh")
+        assert readiness.returncode == 1 and "MISCONF" in readiness.stderr, readiness
+        # What RedisAofWriteFailing fires on, as the pod's exporter reports it.
+        state = sb.load()
+        exporter = LocalExporter(
+            pod=victim,
+            node_host=record_of(state, victim).host,
+            redis_port=record_of(state, victim).port,
+            password=monitoring_password(state.password),
+            work_dir=sb.root / "exporter",
+        )
+        exporter.start()
+        try:
+            assert exporter.scrape().value("redis_aof_last_write_status") == 0
+        finally:
+            exporter.stop()
+
+        # A change of its cluster config cannot be written: the master exits, as the engine
+        # decides ("can't update cluster config file"), once its replica took over.
+        pid = record_of(sb.load(), victim).pid
+        heir_client = node_client(sb.load(), record_of(sb.load(), heir))
+        try:
+            heir_client.execute_command("CLUSTER", "FAILOVER", "FORCE")
+        finally:
+            heir_client.close()
+        assert wait_gone(pid, 60), "the master kept running without being able to write nodes.conf"
+        log = (sb.root / "nodes" / victim / "redis.log").read_text()
+        assert "cluster config file" in log, log[-2000:]
+
+        # Started again on the full volume (as the kubelet restarts the container), the
+        # entrypoint holds the server back: alive, not ready, and it says why.
+        stop_pod(sb, victim, prestop=False)
+        node = start_pod(sb, victim)
+        assert "KiB free" in (node.holding() or ""), node.log_tail()
+        liveness = _probe(sb, victim, "probe-liveness.sh")
+        assert liveness.returncode == 0 and "holds the server back" in liveness.stderr, liveness
+        readiness = _probe(sb, victim, "probe-readiness.sh")
+        assert readiness.returncode == 1 and "KiB free" in readiness.stderr, readiness
+
+        # Room again (the volume was grown, or files removed): the server starts and rejoins.
+        filler.unlink()
+        wait_healthy(sb, timeout=90)
+        assert snapshot(sb)[victim].role == "slave"
+    finally:
+        sb.down()
+        subprocess.run(["umount", str(data_dir)], check=False)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. What the entrypoint's hold prevents, and what the alert sees when it happens anyway.
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_node_met_at_a_masters_address_under_another_id_shows_in_the_exporter(make_sandbox, engine):
+    """A server started by hand (no entrypoint, an empty data dir) at a dead master's address:
+    the peers meet a new ID there and list the old one `noaddr`, which Redis never fails; the
+    exporter's cluster-view script counts it, and RedisClusterSlotHolderWithoutAddress fires."""
+    managed = make_sandbox(STRAY_NODE)
+    sb = managed.sandbox
+    sb.up()
+    victim = sorted(masters(sb))[0]
+    state = sb.load()
+    record = record_of(state, victim)
+    old_id = snapshot(sb)[victim].id
+    sb.kill(victim)
+    stray_dir = sb.root / "stray"
+    stray_dir.mkdir()
+    stray = subprocess.Popen(
+        [
+            engine.server,
+            "--bind",
+            record.host,
+            "--port",
+            str(record.port),
+            "--cluster-enabled",
+            "yes",
+            "--dir",
+            str(stray_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    peer = next(r for r in state.nodes if r.pod != victim)
+    exporter = LocalExporter(
+        pod=peer.pod,
+        node_host=peer.host,
+        redis_port=peer.port,
+        password=monitoring_password(state.password),
+        work_dir=sb.root / "exporter",
+    )
+    try:
+        exporter.start()
+        deadline = time.monotonic() + 30
+        seen = []
+        while time.monotonic() < deadline:
+            count = exporter.scrape().value("redis_script_values", key="slot_holders_without_address")
+            client = node_client(state, peer)
+            try:
+                entries = parse_cluster_nodes(client.execute_command("CLUSTER", "NODES"))
+            finally:
+                client.close()
+            expected = sum(1 for e in entries if "noaddr" in e.flags and e.slots)
+            seen.append((expected, count))
+            # Redis: the old ID loses its address and keeps its slots. Valkey marks it failed.
+            if expected or any(e.id == old_id and "fail" in e.flags for e in entries):
+                break
+            time.sleep(0.2)
+        print(f"{engine.engine.name}: (noaddr slot holders, metric) over time: {seen[-5:]}")
+        assert all(expected == count for expected, count in seen), seen
+        if engine.engine.name == "redis":
+            # Redis marks the old ID noaddr and keeps its slots with it: no failover comes.
+            assert seen[-1] == (1, 1), seen
+    finally:
+        exporter.stop()
+        kill_and_reap(stray, "the stray server")

@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -60,7 +61,7 @@ def nodes_tls_too(request: pytest.FixtureRequest, nodes: LocalNodes) -> LocalNod
 
 
 class EntrypointRun:
-    def __init__(self, pid: int, returncode: int, stdout: str, stderr: str, nodes_conf: str) -> None:
+    def __init__(self, pid: int, returncode: int, stdout: str, stderr: str, nodes_conf: Optional[str]) -> None:
         self.pid, self.returncode, self.stdout, self.stderr, self.nodes_conf = (
             pid,
             returncode,
@@ -71,11 +72,12 @@ class EntrypointRun:
 
 
 def _run_entrypoint(
-    tmp_path: Path, nodes_conf: str, pod_ip: str, command: list[str], **extra_env: str
+    tmp_path: Path, nodes_conf: Optional[str], pod_ip: str, command: list[str], **extra_env: str
 ) -> EntrypointRun:
     data = tmp_path / "data"
-    data.mkdir(parents=True)
-    (data / "nodes.conf").write_text(nodes_conf)
+    data.mkdir(parents=True, exist_ok=True)
+    if nodes_conf is not None:
+        (data / "nodes.conf").write_text(nodes_conf)
     env = {
         "PATH": os.environ["PATH"],
         "POD_IP": pod_ip,
@@ -86,6 +88,7 @@ def _run_entrypoint(
         "REDIS_PASSWORD_FILE": str(tmp_path / "no-password"),
         "REDIS_PORT": "1",
         "REDIS_PEER_RECOVERY_TIMEOUT_SECONDS": "0",
+        "ENGINE_CLI": "redis-cli",
         **extra_env,
     }
     process = subprocess.Popen(
@@ -101,7 +104,8 @@ def _run_entrypoint(
         stdout, stderr = process.communicate(timeout=10)
     finally:
         kill_session(process.pid)
-    return EntrypointRun(process.pid, process.returncode, stdout, stderr, (data / "nodes.conf").read_text())
+    left = data / "nodes.conf"
+    return EntrypointRun(process.pid, process.returncode, stdout, stderr, left.read_text() if left.exists() else None)
 
 
 NODES_CONF_CASES = {
@@ -185,6 +189,50 @@ def test_entrypoint_announces_the_hostname_it_is_given(tmp_path: Path) -> None:
     ]
     plain = _run_entrypoint(tmp_path / "without", "", "10.9.8.7", command, REDIS_ANNOUNCE_HOSTNAME="")
     assert plain.stdout.splitlines() == ["[redis.conf]", "[--port]", "[7000]"]
+
+
+VALID_NODES_CONF = (
+    f"{ID_A} 10.1.2.3:6379@16379 myself,master - 0 0 1 connected 0-5460\n"
+    f"{ID_B} 10.1.2.4:6379@16379 slave {ID_A} 0 1700000000000 1 connected\n"
+    "vars currentEpoch 3 lastVoteEpoch 0\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "nodes_conf", "data", "damage"),
+    [
+        ("intact", VALID_NODES_CONF, True, None),
+        ("cut between lines, myself kept", VALID_NODES_CONF.split("vars")[0], True, None),
+        ("a new volume", None, False, None),
+        ("missing beside data", None, True, "missing"),
+        ("empty", "", True, "empty"),
+        ("cut inside a line", VALID_NODES_CONF[:60], True, "truncated"),
+        ("binary garbage", "\x00\x17garbage\n" + VALID_NODES_CONF[7:], True, "corrupt"),
+        ("two myself lines", VALID_NODES_CONF.replace(" slave ", " myself,slave "), True, "corrupt"),
+        ("no myself line", VALID_NODES_CONF.replace("myself,", ""), True, "corrupt"),
+    ],
+)
+def test_entrypoint_sets_aside_data_whose_identity_is_gone(tmp_path: Path, case, nodes_conf, data, damage) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if data:
+        (data_dir / "appendonlydir").mkdir()
+        (data_dir / "appendonlydir" / "appendonly.aof.1.base.rdb").write_bytes(b"REDIS0011 keys")
+    (data_dir / "lost+found").mkdir()
+    run = _run_entrypoint(tmp_path, nodes_conf, "10.9.8.7", ["true"])
+    assert run.returncode == 0, run.stderr
+    aside = list((data_dir / "lost-identity").glob("2*")) if (data_dir / "lost-identity").exists() else []
+    if damage is None:
+        assert not aside and "moved" not in run.stderr, case
+        assert (data_dir / "appendonlydir").exists() == data, case
+    else:
+        assert f"nodes.conf is {damage}" in run.stderr, (case, run.stderr)
+        (where,) = aside
+        assert (where / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == b"REDIS0011 keys", case
+        assert (where / "nodes.conf").exists() == (nodes_conf is not None), case
+        assert not (data_dir / "appendonlydir").exists() and not (data_dir / "nodes.conf").exists(), case
+    # A file system's own lost+found is never touched.
+    assert (data_dir / "lost+found").is_dir()
 
 
 def test_entrypoint_execs_its_arguments_in_place(tmp_path: Path) -> None:

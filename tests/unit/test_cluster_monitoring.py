@@ -125,7 +125,7 @@ def test_exporter_mounts_its_password_file_and_not_the_admins(stack):
     tls, run = stack
     container, spec = exporter_container(run), pod_spec(run)
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert set(mounts) == ({"exporter-secret", "exporter-tls"} if tls else {"exporter-secret"})
+    assert set(mounts) == {"exporter-secret", "exporter-conf"} | ({"exporter-tls"} if tls else set())
     assert all(m.get("readOnly") for m in mounts.values())
     volumes = {v["name"]: v for v in spec["volumes"]}
     secret = volumes["exporter-secret"]["secret"]
@@ -145,6 +145,11 @@ def test_exporter_mounts_its_password_file_and_not_the_admins(stack):
     ]
     assert sorted(whole_secret) == ["exporter-secret", "secret"]
     assert "items" not in volumes["secret"]["secret"] and "secret" not in mounts
+    # Of the ConfigMap, its Lua script only, where its --script argument looks for it.
+    script = exporter.CLUSTER_VIEW_SCRIPT.name
+    assert volumes["exporter-conf"]["configMap"]["items"] == [{"key": script, "path": script}]
+    assert f"--script={mounts['exporter-conf']['mountPath']}/{script}" in container["args"]
+    assert "--lua-script-read-only" in container["args"]
 
 
 def test_exporter_runs_non_root_read_only_without_capabilities_within_its_resources(dev_stack):

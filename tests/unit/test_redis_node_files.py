@@ -18,6 +18,7 @@ from cluster_logic.credentials import (
     replication_password,
     wanted_credentials,
 )
+from components import metrics_exporter as exporter
 from components import redis_node_files as files
 from components.engines import ENGINES, REDIS, VALKEY
 from components.redis_node_files import (
@@ -230,7 +231,8 @@ def test_peers_file() -> None:
 def test_config_files_carry_redis_conf_the_scripts_and_peers() -> None:
     settings = parse_settings({})
     rendered = config_files(settings, peers=["p0", "p1"])
-    assert set(rendered) == {"redis.conf", "peers", *SCRIPT_NAMES}
+    assert set(rendered) == {"redis.conf", "peers", "cluster-view.lua", *SCRIPT_NAMES}
+    assert rendered["cluster-view.lua"] == exporter.CLUSTER_VIEW_SCRIPT.read_text()
     assert rendered["redis.conf"] == render_redis_conf(settings)
     assert rendered[files.PEERS_FILE] == "p0\np1\n"
     assert {name: rendered[name] for name in SCRIPT_NAMES} == script_files()
