@@ -1,6 +1,7 @@
 """`python -m sandbox`, the README's first command, as a user runs it: one process per command."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -139,3 +140,17 @@ def test_up_with_tls_prints_lines_that_verify_and_renews_the_certificate_in_plac
     assert [n["pid"] for n in again["nodes"]] == [n["pid"] for n in nodes], "renewal restarts no pod"
     read = subprocess.run(["sh", "-c", f"{line} GET key11"], capture_output=True, text=True, timeout=30)
     assert read.stdout.strip() == "11", read
+
+
+def test_a_pod_that_cannot_start_is_an_error_line_not_a_traceback(root, engine):
+    sandbox(root, "up", "--engine", engine.engine.name)
+    state = json.loads((root / "cluster.json").read_text())
+    sandbox(root, "down")
+    # The first pod's append-only directory is a file now: its server exits at start.
+    aof = Path(state["nodes"][0]["data_dir"]) / "appendonlydir"
+    shutil.rmtree(aof)
+    aof.write_text("not a directory")
+    result = sandbox(root, "up", "--timeout", "20", check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("error:") and "redis-cluster-0" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
