@@ -8,7 +8,8 @@ import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
-from components.eks_platform import CLUSTER_TAG_KEY, EBS_CSI_SERVICE_ACCOUNT
+from components.eks_platform.addons import EBS_CSI_SERVICE_ACCOUNT
+from components.eks_platform.storage import CLUSTER_TAG_KEY
 from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS
 from tests.unit.conftest import build_stack, is_secret, reveal
 from tools import render_manifests
@@ -410,7 +411,7 @@ def test_the_ebs_csi_driver_may_change_only_volumes_and_snapshots_tagged_as_this
         ("ec2:CreateSnapshot", volumes),
     ]:
         assert tags(only(action, resource), "ec2:ResourceTag/") == ours, (action, resource)
-    # Ours, and not the DLM backups (components/snapshot_backups.py), which carry both tags
+    # Ours, and not the DLM backups (components/eks_platform/backups.py), which carry both tags
     # too, copied from their volume.
     delete = only("ec2:DeleteSnapshot", snapshots)
     assert delete.pop("Null") == {"ec2:ResourceTag/aws:dlm:lifecycle-policy-id": "true"}
