@@ -1,5 +1,6 @@
 """What the Prometheus Operator needs to scrape the exporters and alert on them: a
-ServiceMonitor and a PrometheusRule (monitoring: true; the operator's CRDs must exist)."""
+ServiceMonitor and a PrometheusRule (monitoring: true), and, unless the cluster has a
+Prometheus Operator of its own, the two CRDs that define them (components/monitoring_crds.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components import metrics_exporter as exporter
+from components.monitoring_crds import install_crds
 
 MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 
@@ -25,6 +27,9 @@ class ClusterMonitoringArgs:
     # The labels of the metrics Service, which the ServiceMonitor selects.
     service_selector: dict[str, str]
     provider: k8s.Provider
+    # Install the ServiceMonitor and PrometheusRule CRDs (prometheusOperatorCrds: install), or
+    # rely on the cluster's own (existing).
+    install_crds: bool = True
 
 
 def alert_rule_groups() -> list[dict]:
@@ -40,7 +45,10 @@ class ClusterMonitoring(pulumi.ComponentResource):
 
     def __init__(self, resource_name: str, args: ClusterMonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("redis-eks:index:ClusterMonitoring", resource_name, None, opts)
-        on_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        # Both objects wait for the CRDs that define their kinds: the API server answers "no
+        # matches for kind" until those are served.
+        crds = install_crds(resource_name, args.provider, self) if args.install_crds else []
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=crds)
         metadata = k8s.meta.v1.ObjectMetaArgs(name=args.name, namespace=args.namespace, labels=args.labels)
         service_monitor = k8s.apiextensions.CustomResource(
             f"{resource_name}-service-monitor",

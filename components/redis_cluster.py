@@ -21,6 +21,7 @@ from components import redis_node_files as files
 from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard, credentials_props
 from components.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
 from components.credential_rotation import CredentialRotation
+from components.monitoring_crds import INSTALL
 from components.node_certificates import NodeCertificates, NodeCertificatesArgs
 from components.stack_settings import StackSettings
 
@@ -266,6 +267,7 @@ class RedisCluster(pulumi.ComponentResource):
                     labels={**labels, **dict(settings.monitoring_labels)},
                     service_selector={**selector, **METRICS_COMPONENT},
                     provider=args.provider,
+                    install_crds=settings.prometheus_operator_crds == INSTALL,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[metrics_service]),
             )

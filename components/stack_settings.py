@@ -25,6 +25,7 @@ import yaml
 
 from cluster_logic.credentials import UserAccess
 from components.engines import DEFAULT_ENGINE, ENGINES, Engine, Version, image_problems, image_version
+from components.monitoring_crds import CRD_MODES, INSTALL
 from components.setting_values import (
     DNS_LABEL,
     INSTANCE_TYPE,
@@ -186,6 +187,9 @@ class StackSettings:
     # IAM roles and users given cluster admin through EKS access entries, besides the
     # cluster's creator (platform=eks only).
     cluster_admin_arns: tuple[str, ...] = ()
+    # What a first deploy and the day-2 changes of a production stack need (README, "Deploying
+    # on AWS"): the Prometheus Operator CRDs installed by the stack or already in the cluster.
+    prometheus_operator_crds: str = INSTALL
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -270,6 +274,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "backupCopyRetentionDays": ("backup_copy_retention_days", as_int(1, 3650)),
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change)),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
+    "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(CRD_MODES)),
 }
 # Keys that only mean something when this program builds the cluster.
 _EKS_ONLY_KEYS = (
@@ -428,7 +433,7 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
         )
     problems.extend(
         _fail(key, values[key], f"only with {NAMESPACE}:monitoring = true")
-        for key in ("monitoringLabels",)
+        for key in ("monitoringLabels", "prometheusOperatorCrds")
         if key in values and parsed("monitoring") and not s.monitoring
     )
     if parsed("tls", "certManagerIssuer") and s.cert_manager_issuer and not s.tls:
