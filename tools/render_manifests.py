@@ -200,7 +200,24 @@ class _FakeCloud(pulumi.runtime.Mocks):
                 "id": "eu-west-1",
                 "endpoint": "ec2.eu-west-1.amazonaws.com",
             }
+        if args.token == "aws:eks/getClusters:getClusters":
+            # A fresh account: the stack's cluster does not exist yet.
+            return {"id": "eu-west-1", "names": [], "region": "eu-west-1"}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            return session_context(args.args["arn"])
         return {}
+
+
+def session_context(arn: str) -> dict[str, str]:
+    """What aws.iam.get_session_context answers: an STS assumed-role session's role (AWS adds
+    the role's path, which this fake does not know), any other ARN as it is."""
+    partition, _, _, account, resource = arn.split(":", 5)[1:]
+    kind, _, rest = resource.partition("/")
+    if arn.split(":")[2] == "sts" and kind == "assumed-role":
+        role, session = rest.rsplit("/", 1)
+        issuer = f"arn:{partition}:iam::{account}:role/{role}"
+        return {"arn": arn, "id": arn, "issuerArn": issuer, "issuerName": role, "sessionName": session}
+    return {"arn": arn, "id": arn, "issuerArn": arn, "issuerName": rest.rsplit("/", 1)[-1], "sessionName": ""}
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):

@@ -45,12 +45,18 @@ class EksPlatform(pulumi.ComponentResource):
     # or None.
     backup_policy_id: Optional[pulumi.Output[str]]
     backup_policy_arn: Optional[pulumi.Output[str]]
+    # The identity EKS made the cluster's admin when it created it (platform=eks; None when
+    # not known), and the clusterAdminArns left out for being that identity.
+    cluster_creator_arn: Optional[str]
+    cluster_admin_arns_left_out: list[str]
 
     def __init__(self, resource_name: str, args: EksPlatformArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
         settings = args.settings
         self.backup_policy_id = None
         self.backup_policy_arn = None
+        self.cluster_creator_arn = None
+        self.cluster_admin_arns_left_out = []
 
         if settings.platform == "eks":
             cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn, cluster_admins = self._build_eks(
@@ -99,6 +105,8 @@ class EksPlatform(pulumi.ComponentResource):
                 "storage_class_name": self.storage_class_name,
                 "backup_policy_id": self.backup_policy_id,
                 "backup_policy_arn": self.backup_policy_arn,
+                "cluster_creator_arn": self.cluster_creator_arn,
+                "cluster_admin_arns_left_out": self.cluster_admin_arns_left_out,
             }
         )
 
@@ -106,7 +114,10 @@ class EksPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         partition, account = current_account(pulumi.InvokeOutputOptions(parent=self))
         subnets = network(name, settings, child)
-        cluster = cluster_access.eks_cluster(name, settings, subnets, account, child)
+        creator = cluster_access.cluster_creator(name, parent=self)
+        self.cluster_creator_arn = creator.arn
+        self.cluster_admin_arns_left_out = cluster_access.left_out_admins(settings, creator)
+        cluster = cluster_access.eks_cluster(name, settings, subnets, account, creator, child)
         control_plane_version = cluster_access.control_plane_version(cluster)
         node_group = nodes.node_group(
             name, settings, subnets.private_subnet_ids, cluster, control_plane_version, partition, parent=self
@@ -126,7 +137,7 @@ class EksPlatform(pulumi.ComponentResource):
             )
             self.backup_policy_id = backups.policy_id
             self.backup_policy_arn = backups.policy_arn
-        admins = cluster_access.cluster_admins(name, settings, partition, cluster, parent=self)
+        admins = cluster_access.cluster_admins(name, settings, partition, cluster, creator, parent=self)
         return (
             pulumi.Output.from_input(name),
             cluster.kubeconfig_json,

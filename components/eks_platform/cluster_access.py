@@ -1,9 +1,10 @@
 """The EKS control plane and who may reach it: the secrets key, the cluster (pulumi-eks), and an
-access entry per `clusterAdminArns`."""
+access entry per `clusterAdminArns` but the cluster's creator, whose entry EKS makes itself."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
@@ -17,6 +18,55 @@ from components.stack_settings import CONTROL_PLANE_LOG_TYPES, StackSettings
 
 # What `clusterAdminArns` are given: AWS's cluster-admin access policy, over the whole cluster.
 CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
+# The tag on the EKS cluster that names the IAM role or user that created it. EKS gives that
+# identity an access entry of its own when it creates the cluster (pulumi-eks sets
+# bootstrapClusterCreatorAdminPermissions); a second entry for it fails with
+# ResourceInUseException (409). The creator is fixed at creation, whoever runs later updates,
+# so it is read back from the cluster on every later run instead of taken from the caller.
+CREATOR_TAG_KEY = "redis-eks/cluster-creator"
+
+
+@dataclass(frozen=True)
+class ClusterCreator:
+    """Who EKS made a cluster admin when it created the cluster, as this run knows it."""
+
+    # The IAM role or user ARN (an assumed-role session resolved to its role, with its path),
+    # or None for a cluster created before the creator was recorded.
+    arn: Optional[str]
+    # Whether this run creates the cluster (the caller is then its creator).
+    creates_cluster: bool
+
+
+def cluster_creator(name: str, parent: pulumi.Resource) -> ClusterCreator:
+    """The identity EKS gives (or gave) the cluster's own admin entry.
+
+    A cluster that exists already says who created it in its CREATOR_TAG_KEY tag (none on a
+    cluster created before the tag: then no listed ARN is its creator, or its first update
+    would have failed with 409). A cluster this run creates is created by the caller: its STS
+    session (`assumed-role/<role>/<session>`) is resolved to the role's ARN, path included,
+    by iam:GetRole (aws.iam.get_session_context). Plain invokes, so the answer is known at
+    preview and decides which entries the preview shows."""
+    invoke = pulumi.InvokeOptions(parent=parent)
+    if name in (aws.eks.get_clusters(opts=invoke).names or []):
+        tags = aws.eks.get_cluster(name=name, opts=invoke).tags or {}
+        return ClusterCreator(tags.get(CREATOR_TAG_KEY), creates_cluster=False)
+    caller = aws.get_caller_identity(opts=invoke).arn
+    return ClusterCreator(aws.iam.get_session_context(arn=caller, opts=invoke).issuer_arn, creates_cluster=True)
+
+
+def same_principal(first: str, second: str) -> bool:
+    """Two IAM role or user ARNs name one identity: the same partition, account, kind and name,
+    whatever the path (an access entry may be listed with or without it) and the case (IAM
+    names are unique regardless of case)."""
+
+    def identity(arn: str) -> tuple[str, ...]:
+        parts = arn.split(":", 5)
+        if len(parts) < 6:
+            return (arn.lower(),)
+        kind, _, rest = parts[5].partition("/")
+        return (parts[1], parts[4], kind, rest.rsplit("/", 1)[-1].lower())
+
+    return identity(first) == identity(second)
 
 
 def eks_cluster(
@@ -24,6 +74,7 @@ def eks_cluster(
     settings: StackSettings,
     network: Network,
     account: pulumi.Output[AwsAccount],
+    creator: ClusterCreator,
     child: pulumi.ResourceOptions,
 ) -> eks.Cluster:
     # EKS takes a grant on this key with the permissions of whoever creates the cluster,
@@ -58,6 +109,8 @@ def eks_cluster(
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             public_access_cidrs=list(settings.public_access_cidrs) if settings.endpoint_public_access else None,
             tags={"Name": name},
+            # Written when the cluster is created and kept: later runs read it back.
+            cluster_tags={CREATOR_TAG_KEY: creator.arn} if creator.arn else None,
         ),
         opts=child,
     )
@@ -78,20 +131,31 @@ def _reported_version(eks_cluster: Optional[aws.eks.Cluster]) -> Optional[pulumi
     return None if eks_cluster is None else eks_cluster.version
 
 
+def left_out_admins(settings: StackSettings, creator: ClusterCreator) -> list[str]:
+    """The `clusterAdminArns` that name the cluster's creator: EKS holds their entry already."""
+    if creator.arn is None:
+        return []
+    return [arn for arn in settings.cluster_admin_arns if same_principal(arn, creator.arn)]
+
+
 def cluster_admins(
     name: str,
     settings: StackSettings,
     partition: pulumi.Output[str],
     cluster: eks.Cluster,
+    creator: ClusterCreator,
     parent: pulumi.Resource,
 ) -> list[pulumi.Resource]:
-    """An access entry with cluster-admin rights per `clusterAdminArns`.
+    """An access entry with cluster-admin rights per `clusterAdminArns`, but the creator's.
 
     The identity that creates the cluster is its admin through EKS's own entry; anyone
     else (CI, a colleague) needs one of these to reach Kubernetes at all."""
     admins: list[pulumi.Resource] = []
     policy_arn = pulumi.Output.concat("arn:", partition, ":eks::aws:cluster-access-policy/", CLUSTER_ADMIN_POLICY)
+    left_out = left_out_admins(settings, creator)
     for principal_arn in settings.cluster_admin_arns:
+        if principal_arn in left_out:
+            continue
         # "111122223333:role/ci-deploy": one name per principal, stable while it is listed.
         principal = principal_arn.split(":", 4)[4].replace(":", "-")
         entry = aws.eks.AccessEntry(

@@ -685,3 +685,103 @@ def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons
         "ebs-csi-driver": "the 1.36 row of EBS_CSI_DRIVER_VERSIONS",
         "coredns": "coredns build for Kubernetes 1.36",
     }
+
+
+# --- The cluster's creator: EKS makes its access entry, the stack must not ------------------
+
+CI_SESSION = "arn:aws:sts::111122223333:assumed-role/redis-eks-ci-deploy/GitHubActions"
+COLLEAGUE = "arn:aws:iam::111122223333:role/platform-oncall"
+COLLEAGUE_SESSION = "arn:aws:sts::111122223333:assumed-role/platform-oncall/alice"
+
+
+@contextmanager
+def aws_account_of(caller: str, clusters: Optional[dict[str, dict[str, str]]] = None, role_paths=None):
+    """The fake cloud as AWS would answer a run by `caller` (an STS session or an IAM ARN):
+    who calls, which EKS clusters exist (name -> tags), and a session's role with its path
+    (role name -> path, as iam:GetRole knows it)."""
+    answer = render_manifests._FakeCloud.call
+    clusters = clusters or {}
+    role_paths = role_paths or {}
+
+    def call(self, args):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": caller.split(":")[4], "arn": caller, "id": caller, "userId": "AROAEXAMPLE:session"}
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": sorted(clusters), "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {"id": args.args["name"], "name": args.args["name"], "tags": clusters[args.args["name"]]}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            context = render_manifests.session_context(args.args["arn"])
+            path = role_paths.get(context["issuerName"])
+            if path:
+                context["issuerArn"] = context["issuerArn"].replace(":role/", f":role/{path}", 1)
+            return context
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield
+
+
+def admin_entries(run) -> list[str]:
+    return sorted(r.inputs["principalArn"] for r in run.of_type(ACCESS_ENTRY))
+
+
+def test_the_role_that_creates_the_cluster_gets_no_second_access_entry():
+    """CI creates the prod cluster with the role the prod example lists: EKS gives that role its
+    entry, and CreateAccessEntry for it again fails with 409 ResourceInUseException, after
+    which no Kubernetes object is made. Its STS session resolves to the role, which is left
+    out, recorded on the cluster and named in the outputs."""
+    with aws_account_of(CI_SESSION):
+        run = build_stack("prod")
+    assert admin_entries(run) == []
+    assert run.of_type(ACCESS_POLICY_ASSOCIATION) == []
+    assert run.outputs["clusterAdminArnsLeftOut"].value == [PROD_CI_ROLE]
+    assert run.outputs["clusterCreatorArn"].value == PROD_CI_ROLE
+    assert run.one(EKS_CLUSTER).inputs["clusterTags"] == {"redis-eks/cluster-creator": PROD_CI_ROLE}
+
+
+def test_a_creator_is_recognised_with_or_without_its_roles_path():
+    """EKS's own entry names the role with its path (IAM Identity Center roles have one);
+    clusterAdminArns may list it either way."""
+    sso_role = "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_0123"
+    session = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_Admin_0123/alice@example.com"
+    for listed in (sso_role, "arn:aws:iam::111122223333:role/awsreservedsso_admin_0123"):
+        with aws_account_of(
+            session, role_paths={"AWSReservedSSO_Admin_0123": "aws-reserved/sso.amazonaws.com/eu-west-1/"}
+        ):
+            run = build_stack("dev", clusterAdminArns=json.dumps([listed, COLLEAGUE]))
+        assert admin_entries(run) == [COLLEAGUE], listed
+        assert run.outputs["clusterCreatorArn"].value == sso_role
+        assert run.outputs["clusterAdminArnsLeftOut"].value == [listed]
+
+
+def test_later_runs_leave_out_the_recorded_creator_whoever_runs_them():
+    """The creator is fixed when the cluster is made. A colleague (listed) running a later
+    update keeps their own entry, and CI's stays left out: leaving out each run's caller
+    instead would delete the colleague's entry at the end of their own run."""
+    arns = json.dumps([PROD_CI_ROLE, COLLEAGUE])
+    with aws_account_of(COLLEAGUE_SESSION, clusters={"redis-eks-dev": {"redis-eks/cluster-creator": PROD_CI_ROLE}}):
+        run = build_stack("dev", clusterAdminArns=arns)
+    assert admin_entries(run) == [COLLEAGUE]
+    assert run.outputs["clusterAdminArnsLeftOut"].value == [PROD_CI_ROLE]
+    # The tag as it is: no change to the cluster.
+    assert run.one(EKS_CLUSTER).inputs["clusterTags"] == {"redis-eks/cluster-creator": PROD_CI_ROLE}
+
+
+def test_a_cluster_from_before_the_record_keeps_every_listed_entry():
+    """A cluster created before the tag: whoever created it was not listed (its first update
+    would have failed), so every listed ARN keeps its entry, the caller's included, and no
+    caller is written down as the creator after the fact."""
+    arns = json.dumps([PROD_CI_ROLE, COLLEAGUE])
+    with aws_account_of(CI_SESSION, clusters={"redis-eks-dev": {"Name": "redis-eks-dev-eksCluster"}}):
+        run = build_stack("dev", clusterAdminArns=arns)
+    assert admin_entries(run) == sorted([PROD_CI_ROLE, COLLEAGUE])
+    assert run.outputs["clusterAdminArnsLeftOut"].value == []
+    assert run.outputs["clusterCreatorArn"].value is None
+    assert "clusterTags" not in run.one(EKS_CLUSTER).inputs
+
+
+def test_existing_platform_names_no_creator(existing_stack):
+    assert existing_stack.outputs["clusterCreatorArn"].value is None
+    assert existing_stack.outputs["clusterAdminArnsLeftOut"].value == []
