@@ -60,13 +60,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 SUPPORTED_CLUSTER_VERSIONS = ("1.35", "1.36")
 DEFAULT_CLUSTER_VERSION = "1.35"
 
-# The aws-ebs-csi-driver add-on build pinned per cluster version (AWS's default build for
-# it when pinned); `ebsCsiDriverVersion` overrides it.
-EBS_CSI_DRIVER_VERSIONS = {
-    "1.35": "v1.66.0-eksbuild.1",
-    "1.36": "v1.66.0-eksbuild.1",
-}
-
 
 # The metrics sidecar's image: the release tests/integration/test_exporter.py scrapes for
 # real (Debian's prometheus-redis-exporter at the same version, from tools/fetch-engines.sh).
@@ -100,6 +93,12 @@ GP3_MAX_IOPS_PER_GIB = 500
 MIN_SHARDS = 3
 MAX_SHARDS = 100
 MAX_REPLICAS_PER_SHARD = 5
+
+
+# An EKS add-on build, as `aws eks describe-addon-versions` names them.
+ADDON_BUILD = matching(
+    re.compile(r"^v\d+\.\d+\.\d+(-[a-z]+)?-eksbuild\.\d+$"), "an add-on build such as v1.66.0-eksbuild.1"
+)
 
 
 class SettingsError(ValueError):
@@ -136,7 +135,9 @@ class StackSettings:
     nat_gateways: str = "single"
     endpoint_public_access: bool = True
     public_access_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
-    ebs_csi_driver_version: str = EBS_CSI_DRIVER_VERSIONS[DEFAULT_CLUSTER_VERSION]
+    # A pinned build of the aws-ebs-csi-driver add-on, or None: the one EKS names for the
+    # cluster's Kubernetes version (components/eks_platform/addons.py).
+    ebs_csi_driver_version: Optional[str] = None
     storage_kms_key_arn: Optional[str] = None
     storage_provisioner: str = EBS_PROVISIONER
     storage_size: str = "5Gi"
@@ -190,6 +191,11 @@ class StackSettings:
     # What a first deploy and the day-2 changes of a production stack need (README, "Deploying
     # on AWS"): the Prometheus Operator CRDs installed by the stack or already in the cluster.
     prometheus_operator_crds: str = INSTALL
+    # Pinned builds of the other EKS add-ons, or None: the build EKS names for the cluster's
+    # Kubernetes version; each pin is checked against what EKS offers for it, at preview.
+    coredns_version: Optional[str] = None
+    kube_proxy_version: Optional[str] = None
+    vpc_cni_version: Optional[str] = None
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -231,10 +237,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "natGateways": ("nat_gateways", one_of(NAT_GATEWAY_STRATEGIES)),
     "endpointPublicAccess": ("endpoint_public_access", as_bool),
     "publicAccessCidrs": ("public_access_cidrs", as_string_list(cidr)),
-    "ebsCsiDriverVersion": (
-        "ebs_csi_driver_version",
-        matching(re.compile(r"^v\d+\.\d+\.\d+-eksbuild\.\d+$"), "an add-on version such as v1.66.0-eksbuild.1"),
-    ),
+    "ebsCsiDriverVersion": ("ebs_csi_driver_version", ADDON_BUILD),
     "storageKmsKeyArn": ("storage_kms_key_arn", as_arn("kms")),
     "storageProvisioner": (
         "storage_provisioner",
@@ -275,6 +278,9 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change)),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
     "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(CRD_MODES)),
+    "corednsVersion": ("coredns_version", ADDON_BUILD),
+    "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
+    "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
 }
 # Keys that only mean something when this program builds the cluster.
 _EKS_ONLY_KEYS = (
@@ -289,6 +295,10 @@ _EKS_ONLY_KEYS = (
     "backupRetentionCount",
     "backupCopyRegion",
     "backupCopyRetentionDays",
+    "ebsCsiDriverVersion",
+    "corednsVersion",
+    "kubeProxyVersion",
+    "vpcCniVersion",
 )
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig", "userPasswords": "user_passwords"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)
@@ -325,8 +335,6 @@ def parse_settings(values: Mapping[str, Any]) -> StackSettings:
 
     if "engine" in parsed and "image" not in values:
         parsed["image"] = ENGINES[parsed["engine"]].default_image
-    if "cluster_version" in parsed and "ebs_csi_driver_version" not in parsed:
-        parsed["ebs_csi_driver_version"] = EBS_CSI_DRIVER_VERSIONS[parsed["cluster_version"]]
     if parsed.get("platform") == "existing" and "storageProvisioner" not in values:
         problems.append(
             _fail(

@@ -205,7 +205,21 @@ class _FakeCloud(pulumi.runtime.Mocks):
             return {"id": "eu-west-1", "names": [], "region": "eu-west-1"}
         if args.token == "aws:iam/getSessionContext:getSessionContext":
             return session_context(args.args["arn"])
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            default, newest = FAKE_ADDON_BUILDS[args.args["addonName"]]
+            build = newest if args.args.get("mostRecent") else default
+            return {**args.args, "id": args.args["addonName"], "version": build}
         return {}
+
+
+# The builds this fake cloud answers per add-on, (default, newest), for any Kubernetes version:
+# stand-ins in EKS's format for the renders and tests, not what EKS offers.
+FAKE_ADDON_BUILDS = {
+    "aws-ebs-csi-driver": ("v1.66.0-eksbuild.1", "v1.69.0-eksbuild.1"),
+    "coredns": ("v1.12.1-eksbuild.2", "v1.12.4-eksbuild.1"),
+    "kube-proxy": ("v1.35.0-eksbuild.2", "v1.35.2-eksbuild.1"),
+    "vpc-cni": ("v1.20.1-eksbuild.1", "v1.21.0-eksbuild.2"),
+}
 
 
 def session_context(arn: str) -> dict[str, str]:

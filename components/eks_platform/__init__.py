@@ -112,6 +112,9 @@ class EksPlatform(pulumi.ComponentResource):
 
     def _build_eks(self, name: str, settings: StackSettings):
         child = pulumi.ResourceOptions(parent=self)
+        # Before anything is registered: a pinned add-on build EKS does not offer stops the
+        # preview here.
+        addons.check_pinned_builds(settings, parent=self)
         partition, account = current_account(pulumi.InvokeOutputOptions(parent=self))
         subnets = network(name, settings, child)
         creator = cluster_access.cluster_creator(name, parent=self)
@@ -127,9 +130,9 @@ class EksPlatform(pulumi.ComponentResource):
             name, account, ebs_csi_role.arn, parent=self
         )
         ebs_csi_driver = addons.ebs_csi_driver(
-            name, settings, cluster, node_group, ebs_csi_role, ebs_csi_ec2, volume_key_arn, parent=self
+            name, settings, cluster, node_group, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
         )
-        coredns = addons.coredns(name, cluster, node_group, control_plane_version, parent=self)
+        coredns = addons.coredns(name, settings, cluster, node_group, control_plane_version, parent=self)
         if settings.backup_schedule is not None:
             # The very tag `storage_parameters` has the driver put on every volume.
             backups = snapshot_backups(

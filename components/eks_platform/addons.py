@@ -1,9 +1,12 @@
 """The EKS add-ons the stack runs beside pulumi-eks's own (kube-proxy, VPC CNI): the EBS CSI
-driver, with an IAM role of its own (IRSA) limited to this cluster's volumes, and CoreDNS."""
+driver, with an IAM role of its own (IRSA) limited to this cluster's volumes, and CoreDNS; and
+the build of every add-on, as EKS names it for the cluster's Kubernetes version or as pinned."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
@@ -13,14 +16,93 @@ import pulumi_eks as eks
 from components.eks_platform.aws_account import AwsAccount
 from components.eks_platform.backups import DLM_POLICY_ID_TAG
 from components.eks_platform.storage import CLUSTER_TAG_KEY, EBS_CSI_MANAGED_TAG_KEY
-from components.stack_settings import StackSettings
+from components.stack_settings import NAMESPACE, SettingsError, StackSettings
 
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 COREDNS_ADDON = "coredns"
+KUBE_PROXY_ADDON = "kube-proxy"
+VPC_CNI_ADDON = "vpc-cni"
 # The controller's service account as the add-on installs it; the IAM role trusts only it.
 EBS_CSI_SERVICE_ACCOUNT = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
 # EKS tags the instances of a managed node group with the cluster's name under this key.
 EKS_NODE_CLUSTER_TAG_KEY = "eks:cluster-name"
+
+
+@dataclass(frozen=True)
+class AddonBuild:
+    """How one add-on's build is chosen: the setting that pins it, or EKS's answer for the
+    cluster's Kubernetes version (aws.eks.get_addon_version): its default build, or, for the
+    two pulumi-eks installs, the newest, as pulumi-eks itself asks (nodejs/eks/cluster/cluster.ts),
+    so that a stack that ran before keeps the builds it has."""
+
+    addon: str
+    setting: str
+    attribute: str
+    most_recent: bool
+
+
+ADDON_BUILDS = (
+    AddonBuild(EBS_CSI_ADDON, "ebsCsiDriverVersion", "ebs_csi_driver_version", most_recent=False),
+    AddonBuild(COREDNS_ADDON, "corednsVersion", "coredns_version", most_recent=False),
+    AddonBuild(KUBE_PROXY_ADDON, "kubeProxyVersion", "kube_proxy_version", most_recent=True),
+    AddonBuild(VPC_CNI_ADDON, "vpcCniVersion", "vpc_cni_version", most_recent=True),
+)
+
+
+def build_order(build: str) -> tuple[int, ...]:
+    """v1.66.0-eksbuild.1 -> (1, 66, 0, 1): builds of one add-on in the order EKS releases them."""
+    return tuple(int(number) for number in re.findall(r"\d+", build))
+
+
+def pinned_build_problems(settings: StackSettings, parent: pulumi.Resource) -> list[str]:
+    """Every pinned add-on build that EKS does not offer for `clusterVersion`.
+
+    Asked of EKS for the version the settings name (not the one the control plane reports,
+    unknown before the cluster exists), so the answer is there at preview, on the first
+    deploy too, and before an upgrade moves anything. A pin newer than the newest build EKS
+    offers for that version cannot be installed: the add-on would fail, and with it the
+    StorageClass and everything after it. An older pin may still be refused by EKS if it is
+    not offered for the version: the invoke names only the default and the newest build."""
+    problems = []
+    for build in ADDON_BUILDS:
+        pinned = getattr(settings, build.attribute)
+        if pinned is None:
+            continue
+        newest = aws.eks.get_addon_version(
+            addon_name=build.addon,
+            kubernetes_version=settings.cluster_version,
+            most_recent=True,
+            opts=pulumi.InvokeOptions(parent=parent),
+        ).version
+        if build_order(pinned) > build_order(newest):
+            problems.append(
+                f"{NAMESPACE}:{build.setting} = {pinned!r} is not valid: EKS offers {build.addon} builds up to "
+                f"{newest} for Kubernetes {settings.cluster_version} (`aws eks describe-addon-versions "
+                f"--addon-name {build.addon} --kubernetes-version {settings.cluster_version}` lists them); "
+                "pin one of those, or remove the setting to take the build EKS names"
+            )
+    return problems
+
+
+def check_pinned_builds(settings: StackSettings, parent: pulumi.Resource) -> None:
+    problems = pinned_build_problems(settings, parent)
+    if problems:
+        raise SettingsError(problems)
+
+
+def addon_build(
+    build: AddonBuild, settings: StackSettings, kubernetes_version: pulumi.Input[Optional[str]], parent: pulumi.Resource
+) -> pulumi.Input[str]:
+    """The pinned build, or the one EKS names for the version the control plane reports."""
+    pinned = getattr(settings, build.attribute)
+    if pinned is not None:
+        return pinned
+    return aws.eks.get_addon_version_output(
+        addon_name=build.addon,
+        kubernetes_version=kubernetes_version,
+        most_recent=build.most_recent,
+        opts=pulumi.InvokeOutputOptions(parent=parent),
+    ).version
 
 
 def ebs_csi_role(
@@ -52,6 +134,7 @@ def ebs_csi_driver(
     settings: StackSettings,
     cluster: eks.Cluster,
     nodes: pulumi.Resource,
+    control_plane_version: pulumi.Input[Optional[str]],
     role: aws.iam.Role,
     ec2_policy: aws.iam.RolePolicy,
     volume_key_arn: pulumi.Input[str],
@@ -67,9 +150,9 @@ def ebs_csi_driver(
         f"{name}-ebs-csi-driver",
         cluster_name=name,
         addon_name=EBS_CSI_ADDON,
-        # A build for the cluster's version (stack_settings.EBS_CSI_DRIVER_VERSIONS), so a
-        # new clusterVersion updates the driver too: after the nodes, as it depends on them.
-        addon_version=settings.ebs_csi_driver_version,
+        # The build EKS names for the version the control plane reports (or the pinned one),
+        # so a new clusterVersion updates the driver too: after the nodes, as it depends on them.
+        addon_version=addon_build(ADDON_BUILDS[0], settings, control_plane_version, parent),
         service_account_role_arn=role.arn,
         resolve_conflicts_on_create="OVERWRITE",
         resolve_conflicts_on_update="PRESERVE",
@@ -82,6 +165,7 @@ def ebs_csi_driver(
 
 def coredns(
     name: str,
+    settings: StackSettings,
     cluster: eks.Cluster,
     nodes: pulumi.Resource,
     control_plane_version: pulumi.Input[Optional[str]],
@@ -91,17 +175,12 @@ def coredns(
     Fargate (CoreDNS needs nodes, and pulumi-eks creates its add-ons with the cluster). Without
     this one, CoreDNS would stay the self-managed deployment EKS installed with the cluster, at
     that version for good. Like the driver, it comes after the nodes; its build is AWS's
-    default for the version the control plane reports."""
+    default for the version the control plane reports (or the pinned one)."""
     return aws.eks.Addon(
         f"{name}-coredns",
         cluster_name=name,
         addon_name=COREDNS_ADDON,
-        addon_version=aws.eks.get_addon_version_output(
-            addon_name=COREDNS_ADDON,
-            kubernetes_version=control_plane_version,
-            most_recent=False,
-            opts=pulumi.InvokeOutputOptions(parent=parent),
-        ).version,
+        addon_version=addon_build(ADDON_BUILDS[1], settings, control_plane_version, parent),
         # Takes over the self-managed deployment (as pulumi-eks does for kube-proxy and
         # vpc-cni); later, keeps what was changed in the cluster, as the driver does.
         resolve_conflicts_on_create="OVERWRITE",

@@ -103,8 +103,15 @@ def eks_cluster(
             enabled_cluster_log_types=list(CONTROL_PLANE_LOG_TYPES),
             endpoint_private_access=True,
             endpoint_public_access=settings.endpoint_public_access,
-            # The VPC CNI ignores NetworkPolicy objects unless told to enforce them.
-            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True),
+            # The VPC CNI ignores NetworkPolicy objects unless told to enforce them. pulumi-eks
+            # installs it and kube-proxy as add-ons at the newest build EKS offers for the
+            # cluster's version (aws.eks.get_addon_version), unless a build is pinned here.
+            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True, addon_version=settings.vpc_cni_version),
+            kube_proxy_addon_options=(
+                eks.KubeProxyAddonOptionsArgs(version=settings.kube_proxy_version)
+                if settings.kube_proxy_version
+                else None
+            ),
             # Leave standard support only on purpose: extended support costs extra.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             public_access_cidrs=list(settings.public_access_cidrs) if settings.endpoint_public_access else None,

@@ -10,8 +10,8 @@ from pulumi.runtime.mocks import MockMonitor
 
 from components.eks_platform.addons import EBS_CSI_SERVICE_ACCOUNT
 from components.eks_platform.storage import CLUSTER_TAG_KEY
-from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS
-from tests.unit.conftest import build_stack, is_secret, reveal
+from components.stack_settings import CONTROL_PLANE_LOG_TYPES, SettingsError, load_stack_config
+from tests.unit.conftest import KUBECONFIG, build_stack, is_secret, reveal
 from tools import render_manifests
 
 EKS_CLUSTER = "eks:index:Cluster"
@@ -314,7 +314,8 @@ def test_ebs_csi_add_on_is_pinned_and_uses_its_own_role(dev_stack):
     addon = named(dev_stack, ADDON, "-ebs-csi-driver").inputs
     role = named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role")
     assert addon["addonName"] == "aws-ebs-csi-driver"
-    assert addon["addonVersion"] == EBS_CSI_DRIVER_VERSIONS["1.35"]
+    # The fake cloud's default build: EKS's answer, not a table of ours.
+    assert addon["addonVersion"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
     assert addon["clusterName"] == "redis-eks-dev"
     assert addon["serviceAccountRoleArn"] == role.outputs["arn"]
 
@@ -597,7 +598,8 @@ def eks_reports_its_control_plane(running: Optional[str] = None):
 
     def call(self, args):
         if args.token == "aws:eks/getAddonVersion:getAddonVersion":
-            build = f"{args.args['addonName']} build for Kubernetes {args.args.get('kubernetesVersion')}"
+            which = "newest" if args.args.get("mostRecent") else "default"
+            build = f"{args.args['addonName']} {which} build for Kubernetes {args.args.get('kubernetesVersion')}"
             return {**args.args, "id": args.args["addonName"], "version": build}
         return answer(self, args)
 
@@ -631,13 +633,16 @@ def test_nodes_are_replaced_one_at_a_time(dev_stack, prod_stack):
 
 
 def test_the_ebs_csi_driver_comes_after_the_control_plane_and_the_nodes_at_the_build_for_the_cluster_version():
-    with eks_reports_its_control_plane():
-        runs = {version: build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36")}
-    for version, run in runs.items():
-        addon = named(run, ADDON, "-ebs-csi-driver")
-        assert addon.inputs["addonVersion"] == EBS_CSI_DRIVER_VERSIONS[version]
-        assert run.one(EKS_CLUSTER).urn in addon.dependencies
-        assert run.one(NODE_GROUP).urn in addon.dependencies
+    """The build EKS names for the version the control plane reports (aws.eks.get_addon_version),
+    not a table in the code that goes stale or names a build EKS does not offer for a version."""
+    with eks_reports_its_control_plane(running="1.35") as property_dependencies:
+        run = build_stack("dev", clusterVersion="1.36")
+    addon = named(run, ADDON, "-ebs-csi-driver")
+    assert addon.inputs["addonVersion"] == "aws-ebs-csi-driver default build for Kubernetes 1.35"
+    assert run.one(EKS_CLUSTER).urn in addon.dependencies
+    assert run.one(NODE_GROUP).urn in addon.dependencies
+    waits_for = property_dependencies[(ADDON, addon.name)]["addonVersion"]
+    assert [urn for urn in waits_for if urn.rsplit("::", 1)[0].endswith(f"${AWS_EKS_CLUSTER}")]
 
 
 def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_planes_version():
@@ -648,7 +653,7 @@ def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_plane
     coredns = named(run, ADDON, "-coredns")
     assert coredns.inputs["addonName"] == "coredns"
     assert coredns.inputs["clusterName"] == "redis-eks-dev"
-    assert coredns.inputs["addonVersion"] == "coredns build for Kubernetes 1.35"
+    assert coredns.inputs["addonVersion"] == "coredns default build for Kubernetes 1.35"
     assert coredns.inputs["resolveConflictsOnCreate"] == "OVERWRITE"
     assert coredns.inputs["preserve"] is True
     assert run.one(EKS_CLUSTER).urn in coredns.dependencies
@@ -657,11 +662,9 @@ def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_plane
     assert coredns.urn in run.one(STORAGE_CLASS).dependencies
 
 
-def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons(monkeypatch):
-    """Rendering 1.35, then 1.36: every version in the upgrade moves. EBS_CSI_DRIVER_VERSIONS
-    pins one build for both versions today, so its 1.36 row is replaced here by a marker to
-    show that the driver follows the row of the cluster's version."""
-    monkeypatch.setitem(EBS_CSI_DRIVER_VERSIONS, "1.36", "the 1.36 row of EBS_CSI_DRIVER_VERSIONS")
+def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons():
+    """Rendering 1.35, then 1.36: every version in the upgrade moves, each add-on to the build EKS
+    names for the new version."""
     with eks_reports_its_control_plane():
         before, after = (build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36"))
 
@@ -676,15 +679,110 @@ def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons
     assert versions(before) == {
         "control plane": "1.35",
         "nodes": "1.35",
-        "ebs-csi-driver": EBS_CSI_DRIVER_VERSIONS["1.35"],
-        "coredns": "coredns build for Kubernetes 1.35",
+        "ebs-csi-driver": "aws-ebs-csi-driver default build for Kubernetes 1.35",
+        "coredns": "coredns default build for Kubernetes 1.35",
     }
     assert versions(after) == {
         "control plane": "1.36",
         "nodes": "1.36",
-        "ebs-csi-driver": "the 1.36 row of EBS_CSI_DRIVER_VERSIONS",
-        "coredns": "coredns build for Kubernetes 1.36",
+        "ebs-csi-driver": "aws-ebs-csi-driver default build for Kubernetes 1.36",
+        "coredns": "coredns default build for Kubernetes 1.36",
     }
+
+
+# --- Pinned add-on builds, checked against what EKS offers --------------------------------
+
+
+@contextmanager
+def eks_offers(newest: dict[str, str]):
+    """The fake cloud, answering getAddonVersion with `newest` (add-on -> build) for the newest
+    build of any Kubernetes version, and recording every question asked."""
+    asked: list[dict] = []
+    answer = render_manifests._FakeCloud.call
+
+    def call(self, args):
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            asked.append(dict(args.args))
+            if args.args.get("mostRecent"):
+                return {**args.args, "id": args.args["addonName"], "version": newest[args.args["addonName"]]}
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield asked
+
+
+NEWEST = {
+    "aws-ebs-csi-driver": "v1.69.0-eksbuild.1",
+    "coredns": "v1.12.4-eksbuild.1",
+    "kube-proxy": "v1.36.1-eksbuild.2",
+    "vpc-cni": "v1.21.0-eksbuild.2",
+}
+
+
+def test_a_pinned_build_eks_does_not_offer_for_the_version_is_refused_at_preview():
+    """Each pin is asked of EKS for the Kubernetes version the settings name, before anything is
+    created (the control plane's own version is unknown on a first deploy); every refused pin
+    of the run is named together, with what EKS offers."""
+    run = render_manifests.ProgramRun()
+    config = load_stack_config("dev")
+    pins = {
+        "clusterVersion": "1.36",
+        "ebsCsiDriverVersion": "v1.70.0-eksbuild.1",
+        "kubeProxyVersion": "v1.37.0-eksbuild.1",
+        "corednsVersion": "v1.12.4-eksbuild.1",
+    }
+    config.update({f"redis-eks:{key}": value for key, value in pins.items()})
+    with eks_offers(NEWEST) as asked, pytest.raises(SettingsError) as refused:
+        render_manifests.run_program(config, stack="dev", run=run)
+    message = str(refused.value)
+    assert "redis-eks:ebsCsiDriverVersion = 'v1.70.0-eksbuild.1'" in message
+    assert "up to v1.69.0-eksbuild.1 for Kubernetes 1.36" in message
+    assert "redis-eks:kubeProxyVersion = 'v1.37.0-eksbuild.1'" in message
+    assert "corednsVersion" not in message
+    assert {(a["addonName"], a["kubernetesVersion"]) for a in asked if a.get("mostRecent")} == {
+        ("aws-ebs-csi-driver", "1.36"),
+        ("kube-proxy", "1.36"),
+        ("coredns", "1.36"),
+    }
+    # Nothing but the platform component itself was registered.
+    assert [r.type for r in run.resources] == ["redis-eks:index:EksPlatform"]
+
+
+def test_a_pin_eks_offers_is_installed_as_pinned():
+    with eks_offers(NEWEST):
+        run = build_stack(
+            "dev",
+            ebsCsiDriverVersion="v1.67.0-eksbuild.2",
+            corednsVersion="v1.12.4-eksbuild.1",
+            kubeProxyVersion="v1.35.0-eksbuild.2",
+            vpcCniVersion="v1.21.0-eksbuild.2",
+        )
+    assert named(run, ADDON, "-ebs-csi-driver").inputs["addonVersion"] == "v1.67.0-eksbuild.2"
+    assert named(run, ADDON, "-coredns").inputs["addonVersion"] == "v1.12.4-eksbuild.1"
+    # pulumi-eks installs these two; it is handed the pins.
+    cluster = run.one(EKS_CLUSTER).inputs
+    assert cluster["kubeProxyAddonOptions"]["version"] == "v1.35.0-eksbuild.2"
+    assert cluster["vpcCniOptions"]["addonVersion"] == "v1.21.0-eksbuild.2"
+
+
+def test_without_pins_pulumi_eks_resolves_its_own_add_ons(dev_stack):
+    cluster = dev_stack.one(EKS_CLUSTER).inputs
+    assert "kubeProxyAddonOptions" not in cluster
+    assert "addonVersion" not in cluster["vpcCniOptions"]
+
+
+def test_add_on_pins_are_refused_on_a_cluster_made_elsewhere():
+    with pytest.raises(SettingsError, match="corednsVersion only applies to platform=eks"):
+        render_manifests.run_program(
+            {
+                "redis-eks:platform": "existing",
+                "redis-eks:kubeconfig": KUBECONFIG,
+                "redis-eks:storageProvisioner": "rancher.io/local-path",
+                "redis-eks:corednsVersion": "v1.12.4-eksbuild.1",
+            },
+            stack="local",
+        )
 
 
 # --- The cluster's creator: EKS makes its access entry, the stack must not ------------------
