@@ -17,15 +17,15 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from components.stack_settings import PROMETHEUS_OPERATOR_CRD_MODES
+
 PROMETHEUS_OPERATOR_RELEASE = "v0.93.0"
 PROMETHEUS_OPERATOR_COMMIT = "f8fafd475f3d132e239432ae6172de60a6cb6516"
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 CRD_FILES = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 # `prometheusOperatorCrds`: the stack installs the CRDs above, or the cluster has them already
 # (a Prometheus Operator of its own, e.g. kube-prometheus-stack), and nothing is installed.
-INSTALL = "install"
-EXISTING = "existing"
-CRD_MODES = (INSTALL, EXISTING)
+INSTALL, EXISTING = PROMETHEUS_OPERATOR_CRD_MODES
 
 
 @functools.cache

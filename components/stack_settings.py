@@ -25,7 +25,6 @@ import yaml
 
 from cluster_logic.credentials import UserAccess
 from components.engines import DEFAULT_ENGINE, ENGINES, Engine, Version, image_problems, image_version
-from components.monitoring_crds import CRD_MODES, INSTALL
 from components.setting_values import (
     DNS_LABEL,
     INSTANCE_TYPE,
@@ -67,6 +66,9 @@ DEFAULT_EXPORTER_IMAGE = "oliver006/redis_exporter:v1.86.0"
 # Daily at 03:00 UTC, a week kept: what ElastiCache offers as its backup window, by default.
 DEFAULT_BACKUP_SCHEDULE = "cron(0 3 * * ? *)"
 MAX_BACKUP_RETENTION_COUNT = 1000  # DLM's limit per schedule
+# prometheusOperatorCrds: the stack installs the ServiceMonitor and PrometheusRule CRDs, or the
+# cluster has them already (a Prometheus Operator of its own); components/monitoring_crds.py.
+PROMETHEUS_OPERATOR_CRD_MODES = ("install", "existing")
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -190,7 +192,7 @@ class StackSettings:
     cluster_admin_arns: tuple[str, ...] = ()
     # What a first deploy and the day-2 changes of a production stack need (README, "Deploying
     # on AWS"): the Prometheus Operator CRDs installed by the stack or already in the cluster.
-    prometheus_operator_crds: str = INSTALL
+    prometheus_operator_crds: str = PROMETHEUS_OPERATOR_CRD_MODES[0]
     # Pinned builds of the other EKS add-ons, or None: the build EKS names for the cluster's
     # Kubernetes version; each pin is checked against what EKS offers for it, at preview.
     coredns_version: Optional[str] = None
@@ -277,7 +279,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "backupCopyRetentionDays": ("backup_copy_retention_days", as_int(1, 3650)),
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change)),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
-    "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(CRD_MODES)),
+    "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(PROMETHEUS_OPERATOR_CRD_MODES)),
     "corednsVersion": ("coredns_version", ADDON_BUILD),
     "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
     "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
