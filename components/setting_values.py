@@ -139,17 +139,18 @@ def as_string_list(item_check):
     return parse
 
 
-_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|image=\S+)$")
+_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|image=\S+|nodeGroupDrained=[A-Za-z0-9_-]+)$")
+_MANUAL_CHANGES = "shards=<n>, replicasPerShard=<n>, image=<image> or nodeGroupDrained=<node group>"
 
 
 def manual_change(item: str) -> None:
     if item == "password":
         raise ValueError(
-            "a list of shards=<n>, replicasPerShard=<n> or image=<image>; 'password' is no longer needed: "
+            f"a list of {_MANUAL_CHANGES}; 'password' is no longer needed: "
             "a changed password is rotated by `pulumi up` itself (docs/operations.md, Rotating credentials)"
         )
     if not _MANUAL_CHANGE.match(item):
-        raise ValueError(f"a list of shards=<n>, replicasPerShard=<n> or image=<image>; {item!r} is not one")
+        raise ValueError(f"a list of {_MANUAL_CHANGES}; {item!r} is not one")
 
 
 def subnet_id(item: str) -> None:

@@ -69,6 +69,9 @@ MAX_BACKUP_RETENTION_COUNT = 1000  # DLM's limit per schedule
 # prometheusOperatorCrds: the stack installs the ServiceMonitor and PrometheusRule CRDs, or the
 # cluster has them already (a Prometheus Operator of its own); components/monitoring_crds.py.
 PROMETHEUS_OPERATOR_CRD_MODES = ("install", "existing")
+# nodeGroupForm: where the node group's instance type is (components/eks_platform/nodes.py):
+# in its launch template, on the group (stacks created before), or both groups while moving.
+NODE_GROUP_FORMS = ("launchTemplate", "instanceTypes", "moving")
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -198,6 +201,7 @@ class StackSettings:
     coredns_version: Optional[str] = None
     kube_proxy_version: Optional[str] = None
     vpc_cni_version: Optional[str] = None
+    node_group_form: str = NODE_GROUP_FORMS[0]
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -283,6 +287,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "corednsVersion": ("coredns_version", ADDON_BUILD),
     "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
     "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
+    "nodeGroupForm": ("node_group_form", one_of(NODE_GROUP_FORMS)),
 }
 # Keys that only mean something when this program builds the cluster.
 _EKS_ONLY_KEYS = (
@@ -301,6 +306,7 @@ _EKS_ONLY_KEYS = (
     "corednsVersion",
     "kubeProxyVersion",
     "vpcCniVersion",
+    "nodeGroupForm",
 )
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig", "userPasswords": "user_passwords"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)

@@ -108,6 +108,7 @@ class RegisteredResource:
     provider: str
     dependencies: list[str]
     retain_on_delete: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -256,6 +257,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     provider=request.provider,
                     dependencies=list(request.dependencies),
                     retain_on_delete=bool(request.retainOnDelete),
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response

@@ -23,7 +23,7 @@ from components.eks_platform import addons, cluster_access, nodes, storage
 from components.eks_platform.aws_account import current_account
 from components.eks_platform.backups import snapshot_backups
 from components.eks_platform.network import network
-from components.stack_settings import StackSettings
+from components.stack_settings import SettingsError, StackSettings
 
 
 @dataclass(frozen=True)
@@ -112,27 +112,33 @@ class EksPlatform(pulumi.ComponentResource):
 
     def _build_eks(self, name: str, settings: StackSettings):
         child = pulumi.ResourceOptions(parent=self)
-        # Before anything is registered: a pinned add-on build EKS does not offer stops the
-        # preview here.
-        addons.check_pinned_builds(settings, parent=self)
+        # What runs already, and what the settings may not do to it: asked of AWS and refused
+        # before anything is registered, so the preview stops here, all problems together.
+        exists = cluster_access.cluster_exists(name, parent=self)
+        groups = nodes.existing_node_groups(name, exists, parent=self)
+        problems = addons.pinned_build_problems(settings, parent=self) + nodes.node_group_problems(
+            name, settings, groups
+        )
+        if problems:
+            raise SettingsError(problems)
         partition, account = current_account(pulumi.InvokeOutputOptions(parent=self))
         subnets = network(name, settings, child)
-        creator = cluster_access.cluster_creator(name, parent=self)
+        creator = cluster_access.cluster_creator(name, exists, parent=self)
         self.cluster_creator_arn = creator.arn
         self.cluster_admin_arns_left_out = cluster_access.left_out_admins(settings, creator)
         cluster = cluster_access.eks_cluster(name, settings, subnets, account, creator, child)
         control_plane_version = cluster_access.control_plane_version(cluster)
-        node_group = nodes.node_group(
-            name, settings, subnets.private_subnet_ids, cluster, control_plane_version, partition, parent=self
+        node_groups = nodes.node_groups(
+            name, settings, groups, subnets.private_subnet_ids, cluster, control_plane_version, partition, self
         )
         ebs_csi_role, ebs_csi_ec2 = addons.ebs_csi_role(name, cluster, account, child)
         volume_key_arn: pulumi.Input[str] = settings.storage_kms_key_arn or storage.volume_key(
             name, account, ebs_csi_role.arn, parent=self
         )
         ebs_csi_driver = addons.ebs_csi_driver(
-            name, settings, cluster, node_group, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
+            name, settings, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
         )
-        coredns = addons.coredns(name, settings, cluster, node_group, control_plane_version, parent=self)
+        coredns = addons.coredns(name, settings, cluster, node_groups, control_plane_version, parent=self)
         if settings.backup_schedule is not None:
             # The very tag `storage_parameters` has the driver put on every volume.
             backups = snapshot_backups(

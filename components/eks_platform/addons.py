@@ -16,7 +16,7 @@ import pulumi_eks as eks
 from components.eks_platform.aws_account import AwsAccount
 from components.eks_platform.backups import DLM_POLICY_ID_TAG
 from components.eks_platform.storage import CLUSTER_TAG_KEY, EBS_CSI_MANAGED_TAG_KEY
-from components.stack_settings import NAMESPACE, SettingsError, StackSettings
+from components.stack_settings import NAMESPACE, StackSettings
 
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 COREDNS_ADDON = "coredns"
@@ -84,12 +84,6 @@ def pinned_build_problems(settings: StackSettings, parent: pulumi.Resource) -> l
     return problems
 
 
-def check_pinned_builds(settings: StackSettings, parent: pulumi.Resource) -> None:
-    problems = pinned_build_problems(settings, parent)
-    if problems:
-        raise SettingsError(problems)
-
-
 def addon_build(
     build: AddonBuild, settings: StackSettings, kubernetes_version: pulumi.Input[Optional[str]], parent: pulumi.Resource
 ) -> pulumi.Input[str]:
@@ -133,7 +127,7 @@ def ebs_csi_driver(
     name: str,
     settings: StackSettings,
     cluster: eks.Cluster,
-    nodes: pulumi.Resource,
+    nodes: list[aws.eks.NodeGroup],
     control_plane_version: pulumi.Input[Optional[str]],
     role: aws.iam.Role,
     ec2_policy: aws.iam.RolePolicy,
@@ -159,7 +153,7 @@ def ebs_csi_driver(
         # The add-on only turns ACTIVE once its pods are scheduled: it needs the nodes. Its
         # controller creates and attaches volumes with its role's policies, so those are in
         # place before it starts and are removed only after it is gone.
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[cluster, nodes, ec2_policy, kms_policy]),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[cluster, *nodes, ec2_policy, kms_policy]),
     )
 
 
@@ -167,7 +161,7 @@ def coredns(
     name: str,
     settings: StackSettings,
     cluster: eks.Cluster,
-    nodes: pulumi.Resource,
+    nodes: list[aws.eks.NodeGroup],
     control_plane_version: pulumi.Input[Optional[str]],
     parent: pulumi.Resource,
 ) -> aws.eks.Addon:
@@ -188,7 +182,7 @@ def coredns(
         # Removing the add-on (a `pulumi destroy` before the cluster goes) must not take
         # cluster DNS away from pods still running.
         preserve=True,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[cluster, nodes]),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[cluster, *nodes]),
     )
 
 

@@ -37,7 +37,12 @@ class ClusterCreator:
     creates_cluster: bool
 
 
-def cluster_creator(name: str, parent: pulumi.Resource) -> ClusterCreator:
+def cluster_exists(name: str, parent: pulumi.Resource) -> bool:
+    """Whether the stack's EKS cluster exists already (a plain invoke: known at preview)."""
+    return name in (aws.eks.get_clusters(opts=pulumi.InvokeOptions(parent=parent)).names or [])
+
+
+def cluster_creator(name: str, exists: bool, parent: pulumi.Resource) -> ClusterCreator:
     """The identity EKS gives (or gave) the cluster's own admin entry.
 
     A cluster that exists already says who created it in its CREATOR_TAG_KEY tag (none on a
@@ -47,7 +52,7 @@ def cluster_creator(name: str, parent: pulumi.Resource) -> ClusterCreator:
     by iam:GetRole (aws.iam.get_session_context). Plain invokes, so the answer is known at
     preview and decides which entries the preview shows."""
     invoke = pulumi.InvokeOptions(parent=parent)
-    if name in (aws.eks.get_clusters(opts=invoke).names or []):
+    if exists:
         tags = aws.eks.get_cluster(name=name, opts=invoke).tags or {}
         return ClusterCreator(tags.get(CREATOR_TAG_KEY), creates_cluster=False)
     caller = aws.get_caller_identity(opts=invoke).arn

@@ -215,7 +215,9 @@ def test_the_public_endpoint_is_limited_to_the_configured_ranges(prod_stack):
 def test_managed_nodes_run_in_private_subnets_with_imdsv2_and_encrypted_disks(dev_stack, prod_stack):
     group = dev_stack.one("aws:eks/nodeGroup:NodeGroup").inputs
     assert group["subnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
-    assert group["instanceTypes"] == ["t3.large"]
+    # The instance type is the launch template's, not the group's (Moving the node group below).
+    assert "instanceTypes" not in group
+    assert dev_stack.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["instanceType"] == "t3.large"
     assert group["scalingConfig"] == {"minSize": 3, "desiredSize": 3, "maxSize": 4}
     assert prod_stack.one("aws:eks/nodeGroup:NodeGroup").inputs["scalingConfig"] == {
         "minSize": 3,
@@ -883,3 +885,131 @@ def test_a_cluster_from_before_the_record_keeps_every_listed_entry():
 def test_existing_platform_names_no_creator(existing_stack):
     assert existing_stack.outputs["clusterCreatorArn"].value is None
     assert existing_stack.outputs["clusterAdminArnsLeftOut"].value == []
+
+
+# --- The instance type in the launch template; moving a group from before --------------------
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+OLD_GROUP = "redis-eks-dev-node-group-1a2b3c4"
+
+
+@contextmanager
+def eks_runs(node_groups: dict[str, list[str]], creator: Optional[str] = None):
+    """The fake cloud with the dev stack's cluster running, and these node groups (EKS name ->
+    the group's own instance types, empty when they are the launch template's)."""
+    answer = render_manifests._FakeCloud.call
+    tags = {"redis-eks/cluster-creator": creator} if creator else {}
+
+    def call(self, args):
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": ["redis-eks-dev"], "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {"id": "redis-eks-dev", "name": "redis-eks-dev", "tags": tags}
+        if args.token == "aws:eks/getNodeGroups:getNodeGroups":
+            return {"id": "redis-eks-dev", "clusterName": "redis-eks-dev", "names": sorted(node_groups)}
+        if args.token == "aws:eks/getNodeGroup:getNodeGroup":
+            group = args.args["nodeGroupName"]
+            return {
+                "id": group,
+                "clusterName": "redis-eks-dev",
+                "nodeGroupName": group,
+                "instanceTypes": node_groups[group],
+            }
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield
+
+
+def groups_of(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(NODE_GROUP)}
+
+
+def templates_of(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(LAUNCH_TEMPLATE)}
+
+
+def test_a_new_instance_type_rolls_the_nodes_instead_of_replacing_the_group():
+    """EKS cannot change a group's instance types: on the group, a new type replaces it (scaled
+    to zero, every Redis pod down at once). In the launch template, it is a new template
+    version, which the group rolls out one node at a time through the PodDisruptionBudget. So
+    the group's own inputs do not change at all; only its template does."""
+    before, after = build_stack("dev"), build_stack("dev", nodeInstanceType="m6i.large")
+    assert groups_of(before) == groups_of(after)
+    (group,) = groups_of(after).values()
+    assert "instanceTypes" not in group and group["updateConfig"] == {"maxUnavailable": 1}
+    assert group["nodeGroupName"] == "redis-eks-dev-nodes"
+    (template,) = templates_of(after).values()
+    assert template["instanceType"] == "m6i.large"
+    assert template["updateDefaultVersion"] is True
+    assert group["launchTemplate"]["id"] == f"{after.one(LAUNCH_TEMPLATE).name}-id"
+
+
+def test_a_group_from_before_is_not_moved_into_a_launch_template_silently():
+    """A running group with its instance type on the group: EKS refuses a launch template that
+    names one (terraform-aws-modules/terraform-aws-eks#1514), and dropping the group would
+    scale it to zero. The default form is refused at preview, with the way."""
+    with eks_runs({OLD_GROUP: ["t3.large"]}), pytest.raises(SettingsError) as refused:
+        build_stack("dev")
+    message = str(refused.value)
+    assert "redis-eks:nodeGroupForm = 'launchTemplate' is refused" in message
+    assert OLD_GROUP in message and "instanceTypes" in message and "moving" in message
+    assert "nodeGroupDrained=<the old group's name>" in message
+
+
+def test_a_group_from_before_is_kept_as_it_was():
+    """nodeGroupForm instanceTypes renders exactly what stacks from before run: the same
+    resources, the type on the group, a template without one."""
+    with eks_runs({OLD_GROUP: ["t3.large"]}):
+        run = build_stack("dev", nodeGroupForm="instanceTypes")
+    assert set(groups_of(run)) == {"redis-eks-dev-node-group"}
+    assert set(templates_of(run)) == {"redis-eks-dev-nodes"}
+    group = groups_of(run)["redis-eks-dev-node-group"]
+    assert group["instanceTypes"] == ["t3.large"] and "nodeGroupName" not in group
+    assert "instanceType" not in templates_of(run)["redis-eks-dev-nodes"]
+    # Its type cannot change: that would replace it.
+    with (
+        eks_runs({OLD_GROUP: ["t3.large"]}),
+        pytest.raises(SettingsError, match=r"nodeInstanceType = 'm6i\.large' is refused"),
+    ):
+        build_stack("dev", nodeGroupForm="instanceTypes", nodeInstanceType="m6i.large")
+
+
+def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_removed():
+    """The blue/green move, step by step, as the previews would show it."""
+    # 1. moving: the old group as it runs (its own type, whatever nodeInstanceType now says),
+    #    and a launch-template group of the new type beside it; the add-ons need either.
+    with eks_runs({OLD_GROUP: ["t3.large"]}):
+        moving = build_stack("dev", nodeGroupForm="moving", nodeInstanceType="m6i.large")
+    groups = groups_of(moving)
+    assert set(groups) == {"redis-eks-dev-node-group", "redis-eks-dev-nodes"}
+    assert groups["redis-eks-dev-node-group"]["instanceTypes"] == ["t3.large"]
+    (old,) = [g for g in moving.of_type(NODE_GROUP) if g.name == "redis-eks-dev-node-group"]
+    assert old.ignore_changes == ["instanceTypes"], "whatever EKS reports, the old group keeps its types"
+    assert "instanceTypes" not in groups["redis-eks-dev-nodes"]
+    assert templates_of(moving)["redis-eks-dev-node-template"]["instanceType"] == "m6i.large"
+    assert "instanceType" not in templates_of(moving)["redis-eks-dev-nodes"]
+    for addon in moving.of_type(ADDON):
+        assert {g.urn for g in moving.of_type(NODE_GROUP)} <= set(addon.dependencies), addon.name
+    # 2. (the operator cordons the old nodes and drains them one at a time: docs/operations.md)
+    # 3. launchTemplate while the old group still runs: refused until its drain is named.
+    with eks_runs({OLD_GROUP: ["t3.large"], "redis-eks-dev-nodes": []}), pytest.raises(SettingsError):
+        build_stack("dev", nodeInstanceType="m6i.large")
+    with eks_runs({OLD_GROUP: ["t3.large"], "redis-eks-dev-nodes": []}):
+        done = build_stack(
+            "dev", nodeInstanceType="m6i.large", acceptManualChange=json.dumps([f"nodeGroupDrained={OLD_GROUP}"])
+        )
+    # The old group is no longer in the program: Pulumi deletes it, empty.
+    assert set(groups_of(done)) == {"redis-eks-dev-nodes"}
+    assert groups_of(done)["redis-eks-dev-nodes"] == groups["redis-eks-dev-nodes"]
+    # 4. Once it is gone, the setting is not needed, and the old form cannot come back.
+    with eks_runs({"redis-eks-dev-nodes": []}):
+        assert set(groups_of(build_stack("dev", nodeInstanceType="m6i.large"))) == {"redis-eks-dev-nodes"}
+    with eks_runs({"redis-eks-dev-nodes": []}), pytest.raises(SettingsError, match="would delete"):
+        build_stack("dev", nodeGroupForm="instanceTypes")
+
+
+def test_moving_needs_a_group_to_move_from():
+    with pytest.raises(SettingsError, match="no node group with its instance type on the group"):
+        build_stack("dev", nodeGroupForm="moving")
