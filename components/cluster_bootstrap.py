@@ -666,7 +666,23 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls")
+GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls", "namespace", "storage_size")
+NAMESPACE_CHANGE_MESSAGE = (
+    "redis-eks:namespace = {value!r} is refused on this running stack: the namespace would be replaced, and "
+    "with it every object in it, the pods and their claims (the volumes stay, Retain) all at once. Deploy a "
+    'new stack with the namespace you want and move the data to it (docs/operations.md, "Changing the '
+    'engine", step 2, copies it between clusters)'
+)
+STORAGE_SIZE_MESSAGE = (
+    "redis-eks:storageSize = {value!r} is refused on this running stack: a StatefulSet's claim templates "
+    "cannot change, so the StatefulSet would be replaced, and the running pods' claims keep their size "
+    "anyway. Grow each claim first (`kubectl patch pvc data-redis-cluster-<n> -n <namespace> -p "
+    '\'{{"spec":{{"resources":{{"requests":{{"storage":"{value}"}}}}}}}}\'`: the StorageClass allows '
+    "expansion), then set it together with redis-eks:acceptManualChange storageSize={value} for one "
+    "`pulumi up`: the StatefulSet object is made again and takes over the running pods without restarting "
+    "them (it orphans them when deleted); remove acceptManualChange afterwards (docs/operations.md, "
+    '"Volume size")'
+)
 TLS_CHANGE_MESSAGE = (
     "redis-eks:tls cannot change on a running stack: pods roll one at a time, and a TLS pod "
     "and a plaintext one cannot talk, so the cluster would split half way. Deploy a new "
@@ -705,6 +721,14 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
         failures.append(("tls", TLS_CHANGE_MESSAGE))
+    # Guards from before these fields stored none: the next update stores them.
+    for key, message in (("namespace", NAMESPACE_CHANGE_MESSAGE), ("storage_size", STORAGE_SIZE_MESSAGE)):
+        old, new = unwrap(olds.get(key)), unwrap(news.get(key))
+        if old is None or new is None or is_unknown(new) or old == new:
+            continue
+        if key == "storage_size" and f"storageSize={new}" in accepted_changes(news):
+            continue
+        failures.append((key, message.format(value=new)))
     return failures
 
 
@@ -738,7 +762,8 @@ def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
     """Refuses scale-in before anything is changed, unless the operator accepts one they
     made by hand (`accept_manual_change`), and refuses another engine or an older line of
-    it (but for an image that never started, named in `accept_manual_change`)."""
+    it (but for an image that never started, named in `accept_manual_change`), another
+    namespace, and a new storage size (but once the claims were grown, when named)."""
 
     def __init__(
         self,
@@ -749,6 +774,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         engine: str = DEFAULT_ENGINE,
         image: Optional[str] = None,
         tls: bool = False,
+        namespace: Optional[str] = None,
+        storage_size: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
@@ -758,5 +785,7 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "engine": engine,
             "image": image,
             "tls": tls,
+            "namespace": namespace,
+            "storage_size": storage_size,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

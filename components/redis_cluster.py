@@ -44,6 +44,8 @@ DNS_PORT = 53
 POD_NAME_ENV = "POD_NAME"
 # Room after the preStop handover for redis-server to flush its AOF and exit on SIGTERM.
 SHUTDOWN_SECONDS = 30
+# pulumi-kubernetes's annotation for how it deletes an object (provider/pkg/metadata/overrides.go).
+DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,22 @@ class RedisCluster(pulumi.ComponentResource):
         selector = {key: labels[key] for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
         names = _ObjectNames(APP_NAME)
 
+        # Registered first, and the namespace, the Secret and the StatefulSet depend on it: its
+        # check refuses scale-in, another engine, namespace or storage size before any of them
+        # is touched, even on `pulumi up --skip-preview`.
+        guard = ClusterChangeGuard(
+            f"{resource_name}-change-guard",
+            shards=settings.shards,
+            replicas_per_shard=settings.replicas_per_shard,
+            accept_manual_change=settings.accept_manual_change,
+            engine=settings.engine,
+            image=settings.image,
+            tls=settings.tls,
+            namespace=settings.namespace,
+            storage_size=settings.storage_size,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
         namespace = k8s.core.v1.Namespace(
             f"{resource_name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -89,7 +107,7 @@ class RedisCluster(pulumi.ComponentResource):
                     "pod-security.kubernetes.io/enforce-version": "latest",
                 },
             ),
-            opts=on_cluster,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[guard]),
         )
         ns = namespace.metadata.name
 
@@ -115,20 +133,6 @@ class RedisCluster(pulumi.ComponentResource):
             )
         )
         credentials = pulumi.Output.secret(credentials)
-
-        # Registered before the Secret and the StatefulSet, which depend on it: its check
-        # refuses scale-in and another engine before either of them is touched, even on
-        # `pulumi up --skip-preview`.
-        guard = ClusterChangeGuard(
-            f"{resource_name}-change-guard",
-            shards=settings.shards,
-            replicas_per_shard=settings.replicas_per_shard,
-            accept_manual_change=settings.accept_manual_change,
-            engine=settings.engine,
-            image=settings.image,
-            tls=settings.tls,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
 
         tls_ca: Optional[pulumi.Output[str]] = None
         certificates = None
@@ -275,7 +279,13 @@ class RedisCluster(pulumi.ComponentResource):
         stateful_set = k8s.apps.v1.StatefulSet(
             f"{resource_name}-statefulset",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=names.stateful_set, namespace=ns, labels=labels, annotations=_scanner_exceptions(settings)
+                name=names.stateful_set,
+                namespace=ns,
+                labels=labels,
+                # Deleting the StatefulSet leaves its pods running, for the next one to take
+                # over: a replacement (an accepted storageSize, Volume size in the runbook) then
+                # restarts no pod, and no delete takes every Redis pod down at once.
+                annotations={DELETION_PROPAGATION: "orphan", **(_scanner_exceptions(settings) or {})},
             ),
             spec=_stateful_set_spec(settings, labels, selector, names, headless, config_name, args.storage_class_name),
             opts=pulumi.ResourceOptions(

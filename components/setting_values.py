@@ -139,8 +139,14 @@ def as_string_list(item_check):
     return parse
 
 
-_MANUAL_CHANGE = re.compile(r"^(shards=[0-9]+|replicasPerShard=[0-9]+|image=\S+|nodeGroupDrained=[A-Za-z0-9_-]+)$")
-_MANUAL_CHANGES = "shards=<n>, replicasPerShard=<n>, image=<image> or nodeGroupDrained=<node group>"
+_MANUAL_CHANGE = re.compile(
+    r"^(shards=[0-9]+|replicasPerShard=[0-9]+|image=\S+|nodeGroupDrained=[A-Za-z0-9_-]+"
+    r"|storageSize=\S+|storageIops=[0-9]+|storageThroughput=[0-9]+)$"
+)
+_MANUAL_CHANGES = (
+    "shards=<n>, replicasPerShard=<n>, image=<image>, nodeGroupDrained=<node group>, storageSize=<size>, "
+    "storageIops=<n> or storageThroughput=<n>"
+)
 
 
 def manual_change(item: str) -> None:

@@ -18,12 +18,14 @@ from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 
 from components.eks_platform import addons, cluster_access, nodes, storage
 from components.eks_platform.aws_account import current_account
 from components.eks_platform.backups import snapshot_backups
 from components.eks_platform.network import network
-from components.stack_settings import SettingsError, StackSettings
+from components.platform_change_guard import PlatformChangeGuard
+from components.stack_settings import EBS_PROVISIONER, SettingsError, StackSettings
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,50 @@ class EksPlatformArgs:
     name: str
 
 
+def guarded_settings(settings: StackSettings) -> dict:
+    """What PlatformChangeGuard keeps: the settings its refusals judge, None where they do not
+    apply (a setting of the other platform)."""
+    eks = settings.platform == "eks"
+    server = (
+        None
+        if eks or settings.kubeconfig is None
+        else pulumi.Output.secret(pulumi.Output.from_input(settings.kubeconfig).apply(kubeconfig_server))
+    )
+    # "" where a setting is not set or does not apply: Pulumi drops a None, and the guard must
+    # see a key made later (storageKmsKeyArn) as a change.
+    guarded = {
+        "platform": settings.platform,
+        "vpc_id": settings.vpc_id if eks else None,
+        "private_subnet_ids": list(settings.private_subnet_ids) if eks else None,
+        "availability_zone_count": settings.availability_zone_count if eks and not settings.vpc_id else None,
+        "cluster_version": settings.cluster_version if eks else None,
+        "node_group_form": settings.node_group_form if eks else None,
+        "node_instance_type": settings.node_instance_type if eks else None,
+        "storage_kms_key_arn": settings.storage_kms_key_arn,
+        "storage_provisioner": settings.storage_provisioner,
+        "storage_iops": settings.storage_iops if settings.storage_provisioner == EBS_PROVISIONER else None,
+        "storage_throughput": settings.storage_throughput if settings.storage_provisioner == EBS_PROVISIONER else None,
+        "kubernetes_server": server,
+        "accept_manual_change": list(settings.accept_manual_change),
+    }
+    return {key: "" if value is None else value for key, value in guarded.items()}
+
+
+def kubeconfig_server(kubeconfig: str) -> Optional[str]:
+    """The API server the kubeconfig's current context names: which cluster the stack is on."""
+    document = yaml.safe_load(kubeconfig) or {}
+    contexts = {c.get("name"): c.get("context") or {} for c in document.get("contexts") or []}
+    cluster = contexts.get(document.get("current-context"), {}).get("cluster")
+    servers = {c.get("name"): (c.get("cluster") or {}).get("server") for c in document.get("clusters") or []}
+    return servers.get(cluster)
+
+
 class EksPlatform(pulumi.ComponentResource):
     """EKS (or an existing cluster), the Kubernetes provider and the StorageClass `data`; on EKS,
     the scheduled snapshots of the data volumes (SnapshotBackups) unless `backupSchedule` is off."""
 
     provider: k8s.Provider
+    guard: PlatformChangeGuard
     cluster_name: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     storage_class_name: pulumi.Output[str]
@@ -53,6 +94,13 @@ class EksPlatform(pulumi.ComponentResource):
     def __init__(self, resource_name: str, args: EksPlatformArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
         settings = args.settings
+        # First: what the settings may not change on a running stack is refused at preview,
+        # before the resources below (which depend on it) are touched.
+        self.guard = PlatformChangeGuard(
+            f"{resource_name}-change-guard",
+            guarded_settings(settings),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self.backup_policy_id = None
         self.backup_policy_arn = None
         self.cluster_creator_arn = None
@@ -86,7 +134,7 @@ class EksPlatform(pulumi.ComponentResource):
             ),
             # Whoever runs `pulumi up` while adding itself to clusterAdminArns reaches
             # Kubernetes only once its access is in place; on destroy, the access goes last.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=cluster_admins),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.guard, *cluster_admins]),
         )
         data_class = storage.storage_class(
             resource_name,
@@ -94,7 +142,7 @@ class EksPlatform(pulumi.ComponentResource):
             volume_key_arn,
             cluster_tag,
             self.provider,
-            storage_class_depends_on,
+            [self.guard, *storage_class_depends_on],
             parent=self,
         )
         self.storage_class_name = data_class.metadata.name
@@ -111,7 +159,8 @@ class EksPlatform(pulumi.ComponentResource):
         )
 
     def _build_eks(self, name: str, settings: StackSettings):
-        child = pulumi.ResourceOptions(parent=self)
+        # What the guard keeps from being replaced waits for its check.
+        child = pulumi.ResourceOptions(parent=self, depends_on=[self.guard])
         # What runs already, and what the settings may not do to it: asked of AWS and refused
         # before anything is registered, so the preview stops here, all problems together.
         exists = cluster_access.cluster_exists(name, parent=self)
@@ -129,11 +178,19 @@ class EksPlatform(pulumi.ComponentResource):
         cluster = cluster_access.eks_cluster(name, settings, subnets, account, creator, child)
         control_plane_version = cluster_access.control_plane_version(cluster)
         node_groups = nodes.node_groups(
-            name, settings, groups, subnets.private_subnet_ids, cluster, control_plane_version, partition, self
+            name,
+            settings,
+            groups,
+            subnets.private_subnet_ids,
+            cluster,
+            control_plane_version,
+            partition,
+            self,
+            self.guard,
         )
         ebs_csi_role, ebs_csi_ec2 = addons.ebs_csi_role(name, cluster, account, child)
         volume_key_arn: pulumi.Input[str] = settings.storage_kms_key_arn or storage.volume_key(
-            name, account, ebs_csi_role.arn, parent=self
+            name, account, ebs_csi_role.arn, parent=self, guard=self.guard
         )
         ebs_csi_driver = addons.ebs_csi_driver(
             name, settings, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self

@@ -130,10 +130,11 @@ def node_groups(
     control_plane_version: pulumi.Input[str],
     partition: pulumi.Output[str],
     parent: pulumi.Resource,
+    guard: pulumi.Resource,
 ) -> list[aws.eks.NodeGroup]:
     """The node groups `nodeGroupForm` asks for: the launch-template group, the old form's group,
     or both while moving. They share the node role and its policies."""
-    child = pulumi.ResourceOptions(parent=parent)
+    child = pulumi.ResourceOptions(parent=parent, depends_on=[guard])
     node_role = aws.iam.Role(
         f"{name}-node-role",
         assume_role_policy=service_trust_policy("ec2.amazonaws.com"),
@@ -166,7 +167,7 @@ def node_groups(
         # writes going through an AMI, version or instance type change.
         update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
     )
-    after = pulumi.ResourceOptions(parent=parent, depends_on=[cluster, *node_policies])
+    after = pulumi.ResourceOptions(parent=parent, depends_on=[guard, cluster, *node_policies])
     created = []
     if settings.node_group_form in (INSTANCE_TYPES, MOVING):
         # As stacks from before have it, unchanged; while moving, with the types it runs, and

@@ -29,7 +29,11 @@ EBS_CSI_MANAGED_TAG_KEY = "ebs.csi.aws.com/cluster"
 
 
 def volume_key(
-    name: str, account: pulumi.Output[AwsAccount], ebs_csi_role_arn: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    account: pulumi.Output[AwsAccount],
+    ebs_csi_role_arn: pulumi.Input[str],
+    parent: pulumi.Resource,
+    guard: pulumi.Resource,
 ) -> pulumi.Output[str]:
     """The key the stack creates for the volumes (unless `storageKmsKeyArn` names one), its ARN.
 
@@ -45,7 +49,7 @@ def volume_key(
         f"{name}-volumes-key",
         f"Encryption of the Redis EBS volumes of EKS cluster {name}",
         pulumi.Output.all(account, ebs_csi_role_arn).apply(lambda values: volume_key_policy(*values)),
-        pulumi.ResourceOptions(parent=parent, retain_on_delete=True),
+        pulumi.ResourceOptions(parent=parent, retain_on_delete=True, depends_on=[guard]),
     ).arn
 
 

@@ -747,8 +747,11 @@ def test_a_pinned_build_eks_does_not_offer_for_the_version_is_refused_at_preview
         ("kube-proxy", "1.36"),
         ("coredns", "1.36"),
     }
-    # Nothing but the platform component itself was registered.
-    assert [r.type for r in run.resources] == ["redis-eks:index:EksPlatform"]
+    # Nothing but the platform component and its guard (which changes nothing in the cloud).
+    assert [r.type for r in run.resources] == [
+        "redis-eks:index:EksPlatform",
+        "pulumi-python:dynamic/redis:PlatformChangeGuard",
+    ]
 
 
 def test_a_pin_eks_offers_is_installed_as_pinned():
