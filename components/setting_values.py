@@ -229,6 +229,23 @@ def as_arn(service: str):
     return matching(re.compile(rf"^arn:aws[a-z-]*:{service}:[a-z0-9-]+:\d{{12}}:.+$"), f"an {service} ARN")
 
 
+# A KMS key by its key ID: an alias ARN (alias/...) names no key in an IAM policy's Resource,
+# which matches key ARNs only, so the EBS CSI driver's and DLM's policies would allow nothing.
+_KMS_KEY_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
+
+
+def as_kms_key_arn(raw: str) -> str:
+    if not _KMS_KEY_ARN.match(raw):
+        raise ValueError(
+            "a KMS key ARN with its key ID, arn:aws:kms:<region>:<account>:key/<key id> (aws kms describe-key "
+            "--key-id alias/<name> prints it); not an alias ARN, which no IAM policy matches"
+        )
+    return raw
+
+
 _USER_FIELDS = {"commands": "commands", "keys": "keys", "readKeys": "read_keys", "channels": "channels"}
 _USERS_EXAMPLE = '{"app": {"commands": ["+@read", "+@write"], "keys": ["app:*"]}}'
 

@@ -487,12 +487,34 @@ def test_the_volume_key_outlives_a_destroy_like_the_volumes_it_encrypts(dev_stac
 
 
 def test_a_configured_volume_key_replaces_the_created_one():
-    arn = "arn:aws:kms:eu-west-1:123456789012:key/0000-my-key"
+    arn = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     run = build_stack("dev", storageKmsKeyArn=arn)
     assert [r.name for r in run.of_type("aws:kms/key:Key")] == ["redis-eks-dev-secrets-key"]
     assert run.one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == arn
     policy = json.loads(named(run, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").inputs["policy"])
     assert {statement["Resource"] for statement in policy["Statement"]} == {arn}
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:kms:eu-west-1:123456789012:alias/redis-volumes",
+        "arn:aws:kms:eu-west-1:123456789012:key/my-key",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+    ],
+)
+def test_a_volume_key_is_named_by_its_key_arn_not_an_alias(arn):
+    """An IAM policy's Resource matches key ARNs only: with an alias ARN, the driver's and DLM's
+    policies would allow nothing on the key that encrypts the volumes."""
+    with pytest.raises(SettingsError) as refused:
+        build_stack("dev", storageKmsKeyArn=arn)
+    assert f"redis-eks:storageKmsKeyArn = {arn!r}" in str(refused.value)
+    assert "key/<key id>" in str(refused.value) and "alias" in str(refused.value)
+
+
+def test_a_multi_region_key_is_a_key_arn_too():
+    arn = "arn:aws:kms:eu-west-1:123456789012:key/mrk-1234567890abcdef1234567890abcdef"
+    assert build_stack("dev", storageKmsKeyArn=arn).one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == arn
 
 
 def test_prod_storage_performance_comes_from_config(prod_stack):

@@ -150,7 +150,7 @@ BAD_VALUES = [
         ["redis-eks:clusterAdminArns", "only applies to platform=eks"],
     ),
     ({"clientPodLabels": '["app"]'}, ["redis-eks:clientPodLabels", "labels"]),
-    ({"storageKmsKeyArn": "my-key"}, ["redis-eks:storageKmsKeyArn", "kms ARN"]),
+    ({"storageKmsKeyArn": "my-key"}, ["redis-eks:storageKmsKeyArn", "KMS key ARN"]),
     ({"shard": "3"}, ["redis-eks:shard", "did you mean redis-eks:shards"]),
     (
         {"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p", "nodeMaxSize": "9"},
