@@ -18,6 +18,7 @@ import pulumi_random as random
 
 from components import metrics_exporter as exporter
 from components import redis_node_files as files
+from components import roll_budget as roll
 from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard, credentials_props
 from components.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
 from components.credential_rotation import CredentialRotation
@@ -42,8 +43,6 @@ DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 DNS_PORT = 53
 # Where the scripts read the pod's own name (the announced host name is built from it).
 POD_NAME_ENV = "POD_NAME"
-# Room after the preStop handover for redis-server to flush its AOF and exit on SIGTERM.
-SHUTDOWN_SECONDS = 30
 # pulumi-kubernetes's annotation for how it deletes an object (provider/pkg/metadata/overrides.go).
 DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
 
@@ -293,11 +292,17 @@ class RedisCluster(pulumi.ComponentResource):
                 provider=args.provider,
                 depends_on=[guard, config_map, peers_map, secret, headless, *([certificates] if certificates else [])],
                 # The bootstrap decides when the cluster is formed; Pulumi need not wait for
-                # every pod to be Ready itself (a fresh pod is Ready anyway).
-                custom_timeouts=pulumi.CustomTimeouts(create="20m", update="30m"),
+                # every pod to be Ready itself (a fresh pod is Ready anyway). A roll goes pod
+                # by pod: its await grows with the pods (components/roll_budget.py).
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create="20m", update=f"{roll.roll_budget(settings).update_seconds}s"
+                ),
             ),
         )
 
+        warning = roll.drain_warning(settings)
+        if warning:
+            pulumi.log.warn(warning, resource=self)
         k8s.policy.v1.PodDisruptionBudget(
             f"{resource_name}-pdb",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
@@ -480,7 +485,7 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
             spec=k8s.core.v1.PodSpecArgs(
                 automount_service_account_token=False,
                 enable_service_links=False,
-                termination_grace_period_seconds=files.PRESTOP_TIMEOUT_SECONDS + SHUTDOWN_SECONDS,
+                termination_grace_period_seconds=roll.termination_grace_seconds(),
                 security_context=k8s.core.v1.PodSecurityContextArgs(
                     run_as_non_root=True,
                     run_as_user=REDIS_UID,

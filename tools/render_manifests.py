@@ -109,6 +109,8 @@ class RegisteredResource:
     dependencies: list[str]
     retain_on_delete: bool = False
     ignore_changes: list[str] = field(default_factory=list)
+    # customTimeouts (create, update, delete) as the engine receives them, "" when unset.
+    custom_timeouts: tuple[str, str, str] = ("", "", "")
 
 
 @dataclass
@@ -258,6 +260,11 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     dependencies=list(request.dependencies),
                     retain_on_delete=bool(request.retainOnDelete),
                     ignore_changes=list(request.ignoreChanges),
+                    custom_timeouts=(
+                        request.customTimeouts.create,
+                        request.customTimeouts.update,
+                        request.customTimeouts.delete,
+                    ),
                 )
             )
         return response
