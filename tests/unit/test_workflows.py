@@ -457,15 +457,52 @@ def push_coverage_problems(workflows: dict[str, Workflow], test_name: str) -> li
     return problems
 
 
-def preview_problems(name: str, workflow: Workflow, stacks: list[str], pulumi_version: str) -> list[str]:
-    """Every stack previewed on pull requests, with the policy pack, the diff commented."""
+# The stacks whose state holds production's secrets: a pull request's code previews them only
+# behind an environment of their own (`preview-<stack>`), whose reviewers read it first.
+PRODUCTION_STACKS = ("prod",)
+
+
+def stack_environments(job: dict, stacks: list[str]) -> dict[str, str | None]:
+    """stack -> the GitHub environment the job runs it in (a matrix entry's, when the job's
+    environment is `${{ matrix.<key> }}`)."""
+    environment = environment_name(job)
+    match = re.fullmatch(r"\$\{\{\s*matrix\.(\w+)\s*\}\}", str(environment or "").strip())
+    if not match:
+        return dict.fromkeys(stacks, environment)
+    entries = ((job.get("strategy") or {}).get("matrix") or {}).get("include") or []
+    return {
+        str(entry.get("stack")): entry.get(match.group(1)) for entry in entries if str(entry.get("stack")) in stacks
+    }
+
+
+def preview_problems(
+    name: str,
+    workflow: Workflow,
+    stacks: list[str],
+    pulumi_version: str,
+    production: tuple[str, ...] = PRODUCTION_STACKS,
+) -> list[str]:
+    """Every stack previewed on pull requests, with the policy pack, the diff commented; the
+    other stacks in the `preview` environment, each production stack only in an environment of
+    its own (`preview-<stack>`, the one with reviewers)."""
     problems = []
     if "pull_request" not in triggers(workflow):
         problems.append(f"{name}: does not run on pull requests")
     previewed = set()
-    for job_id, _, step, step_stacks in pulumi_runs(workflow, "preview"):
+    for job_id, job, step, step_stacks in pulumi_runs(workflow, "preview"):
         inputs = step.get("with") or {}
         previewed.update(step_stacks)
+        for stack, environment in stack_environments(job, step_stacks).items():
+            wanted = f"preview-{stack}" if stack in production else "preview"
+            if environment != wanted:
+                problems.append(
+                    f"{name}: job {job_id}: previews {stack} in the environment {environment!r}, not {wanted!r}"
+                    + (
+                        " (a production stack's preview waits for that environment's reviewers)"
+                        if stack in production
+                        else ""
+                    )
+                )
         if not is_true(inputs.get("comment-on-pr")):
             problems.append(f"{name}: job {job_id}: the preview is not commented on the pull request")
         problems += pulumi_step_problems(name, job_id, inputs, pulumi_version)
@@ -822,17 +859,39 @@ def test_push_coverage_check_notices_main_left_untested(workflows):
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("stack: [dev, prod]", "stack: [dev]", "no preview of the stack(s) ['prod']"),
         (
-            "stack: [dev, prod]",
-            "stack: [dev, prod, staging]",
+            "          - stack: prod\n            environment: preview-prod\n",
+            "",
+            "no preview of the stack(s) ['prod']",
+        ),
+        (
+            "          - stack: dev\n",
+            "          - stack: staging\n            environment: preview\n          - stack: dev\n",
             "previews stack(s) ['staging'] with no Pulumi.<stack>.yaml",
+        ),
+        (
+            "            environment: preview-prod",
+            "            environment: preview",
+            "previews prod in the environment 'preview', not 'preview-prod'",
+        ),
+        (
+            "    environment: ${{ matrix.environment }}",
+            "    environment: preview",
+            "previews prod in the environment 'preview', not 'preview-prod'",
         ),
         ("          policyPacks: policy\n", "", "without `policyPacks: policy`"),
         ("          comment-on-pr: true", "          comment-on-pr: false", "not commented on the pull request"),
         (f"pulumi-version: {PULUMI_VERSION}", "pulumi-version: 3.0.0", "is not the release requirements.txt pins"),
     ],
-    ids=["stack-missing", "stack-unknown", "no-policy-pack", "no-comment", "other-cli"],
+    ids=[
+        "stack-missing",
+        "stack-unknown",
+        "prod-unreviewed",
+        "one-environment-for-all",
+        "no-policy-pack",
+        "no-comment",
+        "other-cli",
+    ],
 )
 def test_preview_check_notices(old, new, expected):
     workflow = yaml.safe_load(broken(PREVIEW_WORKFLOW, old, new))
