@@ -42,7 +42,7 @@ from cluster_logic.credentials import (
 )
 from cluster_logic.errors import BootstrapError, ForeignNodes, ScaleInRefused, UnexpectedCluster
 from cluster_logic.reconcile import ensure_cluster, read_topology
-from cluster_logic.transports.base import TlsOptions
+from cluster_logic.transports.base import TlsOptions, TransportError
 from cluster_logic.transports.direct import DirectTransport
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, image_version
@@ -440,11 +440,17 @@ def _wait_for_mounted_secret(transport: Any, spec: BootstrapSpec, deadline_at: f
     before would fail their probes (an empty Service) until the kubelet caught up."""
     wanted = password_hash(spec.password)
     while True:
-        lagging = [
-            node.pod
-            for node in transport.running_nodes(spec.pod_count)
-            if transport.mounted_password_hash(node) not in (None, wanted)
-        ]
+        lagging = []
+        for node in transport.running_nodes(spec.pod_count):
+            try:
+                mounted = transport.mounted_password_hash(node)
+            except TransportError as error:
+                # Out of reach for now (a pod restarting, a refused exec): not known to read the
+                # new password, so waited for like one that does not, until the deadline.
+                lagging.append(f"{node.pod} ({error})")
+                continue
+            if mounted not in (None, wanted):
+                lagging.append(node.pod)
         if not lagging:
             return
         if time.monotonic() > deadline_at:
