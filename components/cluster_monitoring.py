@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+from urllib.parse import urljoin
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -30,11 +31,22 @@ class ClusterMonitoringArgs:
     # Install the ServiceMonitor and PrometheusRule CRDs (prometheusOperatorCrds: install), or
     # rely on the cluster's own (existing).
     install_crds: bool = True
+    # The repository tree the alerts' runbook links lead into (runbookBaseUrl).
+    runbook_base_url: Optional[str] = None
 
 
-def alert_rule_groups() -> list[dict]:
-    """The alerting rules, as the file `promtool test rules` checks holds them."""
-    return yaml.safe_load(exporter.ALERT_RULES_FILE.read_text())["groups"]
+def alert_rule_groups(runbook_base_url: Optional[str] = None) -> list[dict]:
+    """The alerting rules, as the file `promtool test rules` checks holds them; with a base URL,
+    each rule's runbook_url (a path in this repository) made an absolute link under it, which
+    Alertmanager and Grafana can follow (a relative one leads nowhere from their pages)."""
+    groups = yaml.safe_load(exporter.ALERT_RULES_FILE.read_text())["groups"]
+    if runbook_base_url:
+        for group in groups:
+            for rule in group.get("rules", []):
+                annotations = rule.get("annotations") or {}
+                if "runbook_url" in annotations:
+                    annotations["runbook_url"] = urljoin(runbook_base_url, annotations["runbook_url"])
+    return groups
 
 
 class ClusterMonitoring(pulumi.ComponentResource):
@@ -75,7 +87,7 @@ class ClusterMonitoring(pulumi.ComponentResource):
             api_version=MONITORING_API_VERSION,
             kind="PrometheusRule",
             metadata=metadata,
-            spec={"groups": alert_rule_groups()},
+            spec={"groups": alert_rule_groups(args.runbook_base_url)},
             opts=on_cluster,
         )
         self.service_monitor_name = service_monitor.metadata["name"]

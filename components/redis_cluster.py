@@ -271,6 +271,7 @@ class RedisCluster(pulumi.ComponentResource):
                     service_selector={**selector, **METRICS_COMPONENT},
                     provider=args.provider,
                     install_crds=settings.prometheus_operator_crds == INSTALL,
+                    runbook_base_url=settings.runbook_base_url,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[metrics_service]),
             )

@@ -72,6 +72,9 @@ PROMETHEUS_OPERATOR_CRD_MODES = ("install", "existing")
 # nodeGroupForm: where the node group's instance type is (components/eks_platform/nodes.py):
 # in its launch template, on the group (stacks created before), or both groups while moving.
 NODE_GROUP_FORMS = ("launchTemplate", "instanceTypes", "moving")
+# Where the alerts' runbook_url values lead: the repository's tree, to which each rule's
+# relative docs/operations.md#alert-... link is joined. Replace it by your copy's URL.
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/redis-eks/redis-eks/blob/main/"
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -202,6 +205,7 @@ class StackSettings:
     kube_proxy_version: Optional[str] = None
     vpc_cni_version: Optional[str] = None
     node_group_form: str = NODE_GROUP_FORMS[0]
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -288,6 +292,13 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
     "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
     "nodeGroupForm": ("node_group_form", one_of(NODE_GROUP_FORMS)),
+    "runbookBaseUrl": (
+        "runbook_base_url",
+        matching(
+            re.compile(r"^https://[^\s/]+(/[^\s]*)?/$"),
+            "an https URL ending in /, the repository's tree such as https://github.com/<org>/redis-eks/blob/main/",
+        ),
+    ),
 }
 # Keys that only mean something when this program builds the cluster.
 _EKS_ONLY_KEYS = (

@@ -5,6 +5,7 @@ the Prometheus Operator's ServiceMonitor and PrometheusRule."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from cluster_logic.credentials import (
 from components import metrics_exporter as exporter
 from components import redis_node_files as files
 from components.monitoring_crds import PROMETHEUS_OPERATOR_COMMIT, PROMETHEUS_OPERATOR_RELEASE, crd_documents
-from components.stack_settings import DEFAULT_EXPORTER_IMAGE, SettingsError
+from components.stack_settings import DEFAULT_EXPORTER_IMAGE, DEFAULT_RUNBOOK_BASE_URL, SettingsError
 from testkit.custom_resources import crd_schema, custom_resource_errors, validate_manifest
 from tests.unit.conftest import build_stack, is_secret, reveal
 from tests.unit.test_manifests import custom_resource
@@ -258,8 +259,37 @@ def test_the_service_monitor_scrapes_the_metrics_service_and_no_other(monitoring
 def test_the_prometheus_rule_holds_the_rules_file(monitoring_stack):
     groups = custom_resource(monitoring_stack, "PrometheusRule")["spec"]["groups"]
     expected = yaml.safe_load(exporter.ALERT_RULES_FILE.read_text())["groups"]
+    # The same rules, but for the runbook links (next test).
+    for group in groups:
+        for rule in group["rules"]:
+            rule["annotations"].pop("runbook_url", None)
+    for group in expected:
+        for rule in group["rules"]:
+            rule["annotations"].pop("runbook_url", None)
     assert expected and groups == expected
     assert monitoring_stack.one(PROMETHEUS_RULE).inputs["metadata"]["namespace"] == MONITORED_NAMESPACE
+
+
+def rule_links(run) -> dict[str, str]:
+    groups = custom_resource(run, "PrometheusRule")["spec"]["groups"]
+    return {rule["alert"]: rule["annotations"]["runbook_url"] for group in groups for rule in group["rules"]}
+
+
+def test_every_runbook_link_is_absolute_under_the_repositorys_tree(monitoring_stack):
+    """Alertmanager and Grafana show the link as it is: a path of this repository leads nowhere
+    from there. Each rule's docs/operations.md#alert-... is joined to runbookBaseUrl."""
+    links = rule_links(monitoring_stack)
+    assert links and all(link.startswith(DEFAULT_RUNBOOK_BASE_URL) for link in links.values()), links
+    assert links["RedisDown"] == f"{DEFAULT_RUNBOOK_BASE_URL}docs/operations.md#alert-redisdown"
+    base = "https://git.example.com/platform/redis-eks/-/blob/v2/"
+    mirrored = build_stack("dev", monitoring="true", runbookBaseUrl=base)
+    assert rule_links(mirrored)["RedisDown"] == f"{base}docs/operations.md#alert-redisdown"
+
+
+@pytest.mark.parametrize("url", ["http://insecure.example.com/", "https://github.com/o/r/blob/main", "docs/"])
+def test_a_runbook_base_that_is_no_https_tree_is_refused(url):
+    with pytest.raises(SettingsError, match=f"runbookBaseUrl = '{re.escape(url)}'"):
+        build_stack("dev", monitoring="true", runbookBaseUrl=url)
 
 
 def test_monitoring_labels_land_on_both_objects(monitoring_stack):
