@@ -205,6 +205,8 @@ class StackSettings:
     kube_proxy_version: Optional[str] = None
     vpc_cni_version: Optional[str] = None
     node_group_form: str = NODE_GROUP_FORMS[0]
+    # The EKS cluster refuses deletion until this is turned off again (on in the prod example).
+    deletion_protection: bool = False
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
@@ -292,6 +294,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
     "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
     "nodeGroupForm": ("node_group_form", one_of(NODE_GROUP_FORMS)),
+    "deletionProtection": ("deletion_protection", as_bool),
     "runbookBaseUrl": (
         "runbook_base_url",
         matching(
@@ -318,6 +321,7 @@ _EKS_ONLY_KEYS = (
     "kubeProxyVersion",
     "vpcCniVersion",
     "nodeGroupForm",
+    "deletionProtection",
 )
 _SECRET_KEYS = {"password": "password", "kubeconfig": "kubeconfig", "userPasswords": "user_passwords"}
 KNOWN_KEYS = tuple(_FIELDS) + tuple(_SECRET_KEYS)

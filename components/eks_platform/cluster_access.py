@@ -117,6 +117,9 @@ def eks_cluster(
                 if settings.kube_proxy_version
                 else None
             ),
+            # EKS refuses to delete a protected cluster (InvalidRequestException) until a
+            # `pulumi up` turns this off again: a destroy run by mistake stops there.
+            deletion_protection=settings.deletion_protection,
             # Leave standard support only on purpose: extended support costs extra.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             public_access_cidrs=list(settings.public_access_cidrs) if settings.endpoint_public_access else None,

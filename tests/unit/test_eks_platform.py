@@ -564,6 +564,13 @@ def test_network_policies_are_enforced_by_the_vpc_cni(dev_stack):
     assert dev_stack.one(EKS_CLUSTER).inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
 
 
+def test_the_prod_cluster_cannot_be_deleted_until_its_protection_is_turned_off(dev_stack, prod_stack):
+    """EKS answers InvalidRequestException to a delete of a protected cluster: a destroy run by
+    mistake against prod stops there (docs/operations.md, Destroying a stack)."""
+    assert prod_stack.one(EKS_CLUSTER).inputs["deletionProtection"] is True
+    assert dev_stack.one(EKS_CLUSTER).inputs["deletionProtection"] is False
+
+
 def test_the_cluster_stays_in_standard_support(dev_stack):
     assert dev_stack.one(EKS_CLUSTER).inputs["upgradePolicy"] == {"supportType": "STANDARD"}
 
