@@ -64,6 +64,23 @@ def guarded_settings(settings: StackSettings) -> dict:
     return {key: "" if value is None else value for key, value in guarded.items()}
 
 
+def cluster_identifier(settings: StackSettings, name: str) -> pulumi.Input[str]:
+    """Which cluster the Kubernetes provider talks to, as its `clusterIdentifier`: the EKS
+    cluster's name, or the API server of a cluster made elsewhere.
+
+    With it, pulumi-kubernetes replaces the provider (and with it every Kubernetes object of the
+    stack) only when the identifier changes, not whenever the kubeconfig's active cluster does
+    or is unknown at preview, as it is while the EKS cluster itself updates (a clusterVersion
+    upgrade: pulumi/pulumi-eks#352). A change of server is then a replacement of every object,
+    which PlatformChangeGuard refuses; a new CA of the same server, or a refreshed token, is an
+    update of the provider (docs/change-impact.md)."""
+    if settings.platform == "eks":
+        return name
+    return pulumi.Output.secret(
+        pulumi.Output.from_input(settings.kubeconfig).apply(lambda text: kubeconfig_server(text) or "existing")
+    )
+
+
 def kubeconfig_server(kubeconfig: str) -> Optional[str]:
     """The API server the kubeconfig's current context names: which cluster the stack is on."""
     document = yaml.safe_load(kubeconfig) or {}
@@ -126,6 +143,7 @@ class EksPlatform(pulumi.ComponentResource):
             f"{resource_name}-k8s",
             k8s.ProviderArgs(
                 kubeconfig=self.kubeconfig,
+                cluster_identifier=cluster_identifier(settings, args.name),
                 # Update the ConfigMap and Secret in place: replacing them (delete, then
                 # create, as their names are fixed) leaves a window where a restarting pod
                 # cannot mount them.
