@@ -672,7 +672,16 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls", "namespace", "storage_size")
+GUARD_FIELDS = (
+    "shards",
+    "replicas_per_shard",
+    "engine",
+    "image",
+    "tls",
+    "namespace",
+    "storage_size",
+    "certificate_issuer",
+)
 NAMESPACE_CHANGE_MESSAGE = (
     "redis-eks:namespace = {value!r} is refused on this running stack: the namespace would be replaced, and "
     "with it every object in it, the pods and their claims (the volumes stay, Retain) all at once. Deploy a "
@@ -688,6 +697,14 @@ STORAGE_SIZE_MESSAGE = (
     "`pulumi up`: the StatefulSet object is made again and takes over the running pods without restarting "
     "them (it orphans them when deleted); remove acceptManualChange afterwards (docs/operations.md, "
     '"Volume size")'
+)
+CERTIFICATE_ISSUER_MESSAGE = (
+    "redis-eks:certManagerIssuer = {value!r} is refused on this running stack: the nodes' certificate and "
+    "CA would change under every pod at once (each pod's kubelet swaps the Secret's files on its own "
+    "schedule, and a node verifies its peers against its own ca.crt, so the cluster bus splits until all "
+    "have the new files), and the old Secret, of the same name, would be deleted after cert-manager wrote "
+    "it. Keep it; to move to another CA, deploy a new stack with the setting you want and move the data "
+    'to it (docs/operations.md, "Certificates")'
 )
 TLS_CHANGE_MESSAGE = (
     "redis-eks:tls cannot change on a running stack: pods roll one at a time, and a TLS pod "
@@ -728,9 +745,16 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
         failures.append(("tls", TLS_CHANGE_MESSAGE))
     # Guards from before these fields stored none: the next update stores them.
-    for key, message in (("namespace", NAMESPACE_CHANGE_MESSAGE), ("storage_size", STORAGE_SIZE_MESSAGE)):
+    for key, message in (
+        ("namespace", NAMESPACE_CHANGE_MESSAGE),
+        ("storage_size", STORAGE_SIZE_MESSAGE),
+        ("certificate_issuer", CERTIFICATE_ISSUER_MESSAGE),
+    ):
         old, new = unwrap(olds.get(key)), unwrap(news.get(key))
         if old is None or new is None or is_unknown(new) or old == new:
+            continue
+        if key == "certificate_issuer" and not (old_tls and unwrap(new_tls)):
+            # Without TLS there is no certificate; turning it on or off is refused above.
             continue
         if key == "storage_size" and f"storageSize={new}" in accepted_changes(news):
             continue
@@ -769,7 +793,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
     """Refuses scale-in before anything is changed, unless the operator accepts one they
     made by hand (`accept_manual_change`), and refuses another engine or an older line of
     it (but for an image that never started, named in `accept_manual_change`), another
-    namespace, and a new storage size (but once the claims were grown, when named)."""
+    namespace, a new storage size (but once the claims were grown, when named), and another
+    signer of the nodes' certificate on a TLS stack."""
 
     def __init__(
         self,
@@ -782,6 +807,7 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         tls: bool = False,
         namespace: Optional[str] = None,
         storage_size: Optional[str] = None,
+        certificate_issuer: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
@@ -793,5 +819,6 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "tls": tls,
             "namespace": namespace,
             "storage_size": storage_size,
+            "certificate_issuer": certificate_issuer,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

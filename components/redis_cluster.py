@@ -94,6 +94,9 @@ class RedisCluster(pulumi.ComponentResource):
             tls=settings.tls,
             namespace=settings.namespace,
             storage_size=settings.storage_size,
+            # Who signs the nodes' certificate: "Issuer/<name>", "ClusterIssuer/<name>", or "" for
+            # the stack's own CA (Pulumi drops a None, and "" must compare as a value).
+            certificate_issuer="/".join(settings.cert_manager_issuer or ()),
             opts=pulumi.ResourceOptions(parent=self),
         )
 

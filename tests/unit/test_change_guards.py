@@ -240,6 +240,29 @@ def test_a_new_storage_size_is_refused_until_the_claims_were_grown_and_it_is_nam
     )
 
 
+def test_another_signer_of_the_nodes_certificate_is_refused_on_a_tls_stack():
+    """From the stack's own CA to cert-manager, or between issuers: the CA changes under every pod
+    at once (each kubelet swaps the Secret's files on its own schedule) and the cluster bus
+    splits; the old Secret, of the same name, would be deleted after cert-manager wrote it."""
+    own_ca = workload_props(tls=True, certificate_issuer="")
+    for issuer in ("ClusterIssuer/internal-ca", "Issuer/redis-ca"):
+        reasons = workload_refused(own_ca, workload_props(tls=True, certificate_issuer=issuer))
+        assert list(reasons) == ["certificate_issuer"], issuer
+        assert f"redis-eks:certManagerIssuer = {issuer!r}" in reasons["certificate_issuer"]
+        assert "new stack" in reasons["certificate_issuer"]
+    back = workload_refused(workload_props(tls=True, certificate_issuer="Issuer/redis-ca"), own_ca)
+    assert list(back) == ["certificate_issuer"]
+    # Without TLS there is no certificate to change; with the same signer nothing is refused.
+    assert workload_refused(workload_props(), workload_props(certificate_issuer="Issuer/redis-ca")) == {}
+    assert workload_refused(own_ca, own_ca) == {}
+
+
+def test_the_workload_guard_holds_who_signs_the_certificate(prod_stack):
+    assert prod_stack.one(WORKLOAD_GUARD).inputs["certificate_issuer"] == ""
+    run = build_stack("prod", certManagerIssuer="ClusterIssuer/internal-ca")
+    assert run.one(WORKLOAD_GUARD).inputs["certificate_issuer"] == "ClusterIssuer/internal-ca"
+
+
 def test_a_workload_guard_from_before_these_fields_judges_neither():
     legacy = {"shards": 3, "replicas_per_shard": 1, "engine": "redis", "image": "redis:8.10.2-trixie"}
     assert (
