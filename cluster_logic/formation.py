@@ -14,7 +14,7 @@ import redis
 
 from cluster_logic.cluster import Cluster
 from cluster_logic.commands import send_once
-from cluster_logic.deadline import POLL_SECONDS, Deadline
+from cluster_logic.deadline import POLL_SECONDS, Deadline, pause
 from cluster_logic.errors import BootstrapError, ScaleInRefused
 from cluster_logic.health import wait_all_known, wait_converged
 from cluster_logic.migration import SlotMover
@@ -39,6 +39,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MIN_CREATE_SECONDS = 60.0
 # How often placement is corrected before the cluster's own failovers are taken as given.
 PLACEMENT_ATTEMPTS = 3
+# After a diskless full sync, Valkey holds a replica's command stream until the replica's
+# first REPLCONF ACK ("Waiting for REPLCONF ACK from replica to enable streaming"), which the
+# replica's once-a-second replication cron sends. Slots moved into a master in that window
+# sit on the master alone for up to a second, so a replica that has just synced is given
+# this long before any slot moves in (Redis streams at once; the wait costs it a second).
+REPLICA_FIRST_ACK_SECONDS = 1.5
 
 
 def create(cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline) -> None:
@@ -181,11 +187,13 @@ def join(
     log.info("new nodes met the cluster in %.2fs", time.monotonic() - started)
     ids = cluster.ids_by_pod()
     current = {pods.get(e.id): pods.get(e.master_id or "") for e in cluster.reference_entries() if not e.is_master}
-    for replica, master in target.master_of().items():
-        if current.get(replica) != master:
-            send_once(cluster.transport, by_pod[replica], [("CLUSTER", "REPLICATE", ids[master])])
+    attached = [r for r, m in target.master_of().items() if current.get(r) != m]
+    for replica in attached:
+        send_once(cluster.transport, by_pod[replica], [("CLUSTER", "REPLICATE", ids[target.master_of()[replica]])])
     wait_converged(cluster, deadline, None, None, what="new nodes to join")
     log.info("new replicas in sync after %.2fs", time.monotonic() - started)
+    if attached:
+        pause(min(REPLICA_FIRST_ACK_SECONDS, deadline.remaining()))
     return target
 
 
@@ -222,14 +230,27 @@ def close_open_slots(cluster: Cluster, deadline: Deadline) -> None:
     cluster.refresh()
     nodes = {v.myid: v.node for v in cluster.views if v.myid}
     plan = plan_open_slots(cluster.reference_entries(), [v.me for v in cluster.views if v.me is not None])
-    for node_id, slot in plan.stale_marks:
-        send_once(cluster.transport, nodes[node_id], [("CLUSTER", "SETSLOT", slot, "STABLE")])
-    if not plan.moves:
-        return
+    pods = cluster.pod_of_id()
+    if plan.conflicts:
+        detail = "; ".join(plan.conflicts[:5])
+        for node_id, pod in pods.items():
+            detail = detail.replace(node_id, pod)
+        raise BootstrapError(
+            f"open slots that no move can finish safely: {detail}; nothing was changed. Inspect them and "
+            "fix them with redis-cli --cluster fix, then run the update again"
+        )
     if any(source not in nodes or target not in nodes for source, target in plan.moves):
         raise BootstrapError(
             "open slots point at nodes outside this cluster; fix them with redis-cli --cluster fix first"
         )
+    for node_id, slot in plan.stale_marks:
+        send_once(cluster.transport, nodes[node_id], [("CLUSTER", "SETSLOT", slot, "STABLE")])
+    if not plan.moves:
+        return
+    log.info(
+        "finishing slot moves left open: %s",
+        [(pods.get(s, s), pods.get(t, t), len(slots)) for (s, t), slots in plan.moves.items()],
+    )
     masters = [nodes[e.id] for e in cluster.reference_entries() if e.is_master and e.id in nodes]
     # Slots left open are finished the way they were started: MIGRATE, key by key.
     mover = SlotMover(

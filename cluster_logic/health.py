@@ -3,11 +3,12 @@ converged), the waits for convergence, and the topology report the outputs carry
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from cluster_logic.cluster import Cluster
 from cluster_logic.deadline import Deadline, poll_until
 from cluster_logic.model import SLOTS, format_ranges, pod_ordinal, slot_ranges
+from cluster_logic.observation import NodeView
 from cluster_logic.planning import placement_report
 
 _FAILING_FLAGS = {"fail", "fail?", "handshake", "noaddr"}
@@ -72,6 +73,63 @@ def wait_converged(
         return f"{what}: " + "; ".join(found[:_SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
     poll_until(observe, lambda found: not found, deadline, waiting_for=still, interval=cluster.poll_interval)
+
+
+def master_offsets(views: Sequence[NodeView]) -> dict[str, int]:
+    """Each reachable master's replication offset now: how far its replicas must get to hold
+    everything it held at this moment."""
+    return {
+        v.myid: int(v.replication.get("master_repl_offset", 0) or 0)
+        for v in views
+        if v.reachable and v.me is not None and v.me.is_master
+    }
+
+
+def replication_lag(targets: Mapping[str, int], views: Sequence[NodeView]) -> list[str]:
+    """The replicas that do not yet hold what their master held when `targets` (master ID ->
+    offset, from `master_offsets`) was taken: link down, a sync still running, or an offset
+    short of the target. Empty when every replica of those masters has caught up.
+
+    A replica's own offset is what it has applied; comparing it with its master's offset
+    of an earlier moment bounds the wait even under writes, which move the master on."""
+    pods = {v.myid: v.node.pod for v in views if v.myid}
+    found = []
+    for view in views:
+        me = view.me
+        if not view.reachable or me is None or me.is_master or me.master_id not in targets:
+            continue
+        pod, master = view.node.pod, pods.get(me.master_id, me.master_id)
+        link = view.replication.get("master_link_status", "down")
+        offset = int(view.replication.get("slave_repl_offset", 0) or 0)
+        if link != "up":
+            found.append(f"{pod}: replica link to {master} is {link}")
+        elif str(view.replication.get("master_sync_in_progress", 0)) != "0":
+            found.append(f"{pod}: still loading its full sync from {master}")
+        elif offset < targets[me.master_id]:
+            found.append(f"{pod}: replica at offset {offset} of the {targets[me.master_id]} {master} had")
+    return found
+
+
+def wait_replicas_caught_up(
+    cluster: Cluster, deadline: Deadline, what: str = "replicas to catch up with their masters"
+) -> None:
+    """Until every replica holds what its master held when the wait began: a master that
+    dies after this loses no key that was on it then (writes taken later are as safe as
+    replication makes any write)."""
+    cluster.refresh()
+    targets = master_offsets(cluster.views)
+
+    def observe() -> list[str]:
+        cluster.refresh()
+        return replication_lag(targets, cluster.views)
+
+    poll_until(
+        observe,
+        lambda found: not found,
+        deadline,
+        waiting_for=lambda found: f"{what}: " + "; ".join(found[:_SHOWN_PROBLEMS]),
+        interval=cluster.poll_interval,
+    )
 
 
 def wait_all_known(cluster: Cluster, deadline: Deadline) -> None:

@@ -17,10 +17,16 @@ from cluster_logic.commands import pipeline, short_error
 from cluster_logic.deadline import Deadline
 from cluster_logic.errors import BootstrapError
 from cluster_logic.model import NodeAddress, format_ranges, slot_ranges
-from cluster_logic.transports.base import NodeTransport
+from cluster_logic.transports.base import NodeTransport, close_client
 
 MIGRATE_BATCH = 500
-MIGRATE_TIMEOUT_MS = 20000
+# MIGRATE's timeout is the longest idle time of a transfer, and the source is blocked while
+# it waits: a target that froze stalls the source's clients this long per MIGRATE sent. So a
+# call carries a few MIGRATEs only (each slot needs one of its own), and a timeout on a
+# target that still answers PING (busy restoring a large key) is retried with a longer one.
+MIGRATE_TIMEOUT_MS = 2000
+MIGRATES_PER_CALL = 3
+MIGRATE_RETRY_TIMEOUTS_MS = (4000, 8000, 16000)
 MAX_MOVE_THREADS = 8
 # Slots handled per pipelined round of a (source, target) pair.
 SLOTS_PER_ROUND = 64
@@ -30,6 +36,9 @@ SETTLE_RESERVE_SECONDS = 30.0
 # An atomic migration without a deadline of the run's own is given this long.
 ATOMIC_TIMEOUT_SECONDS = 600.0
 ATOMIC_POLL_SECONDS = 0.05
+# While an atomic job runs, whether its target still answers is asked this often: the engine
+# itself waits far longer for a target that froze.
+ATOMIC_PEER_CHECK_SECONDS = 2.0
 # CLUSTER GETSLOTMIGRATIONS states that end a job.
 ATOMIC_DONE, ATOMIC_ENDED = "success", ("failed", "cancelled", "canceled")
 
@@ -49,6 +58,10 @@ def _as_text_map(entry: Any) -> dict[str, str]:
         (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
         for k, v in dict(entry).items()
     }
+
+
+class _Stopped(Exception):
+    """A pair stopped because another one failed."""
 
 
 class SlotMover:
@@ -87,19 +100,31 @@ class SlotMover:
         self._count_lock = threading.Lock()
         self._atomic = atomic
         self._atomic_sources: dict[NodeAddress, bool] = {}
+        # Masters that did not answer a broadcast: not told again in this run.
+        self._silent: set[NodeAddress] = set()
+        self._migrate_clients: dict[NodeAddress, Any] = {}
+        # Set by the first pair that fails: the others stop before their next round.
+        self._failed = threading.Event()
 
     def move_all(self, moves: Sequence[tuple[NodeAddress, NodeAddress, Sequence[int]]]) -> None:
         moves = [m for m in moves if m[2]]
         if not moves:
             return
         errors: list[BaseException] = []
-        with ThreadPoolExecutor(max_workers=min(MAX_MOVE_THREADS, len(moves))) as pool:
-            futures = [pool.submit(self.move_slots, s, t, slots) for s, t, slots in moves]
-            for future in futures:
-                try:
-                    future.result()
-                except BaseException as error:  # noqa: BLE001 - collect all, report first
-                    errors.append(error)
+        try:
+            with ThreadPoolExecutor(max_workers=min(MAX_MOVE_THREADS, len(moves))) as pool:
+                futures = [pool.submit(self.move_slots, s, t, slots) for s, t, slots in moves]
+                for future in futures:
+                    try:
+                        future.result()
+                    except _Stopped:
+                        pass
+                    except BaseException as error:  # noqa: BLE001 - collect all, report first
+                        errors.append(error)
+        finally:
+            for client in self._migrate_clients.values():
+                close_client(client)
+            self._migrate_clients.clear()
         if errors:
             first = errors[0]
             if isinstance(first, BootstrapError):
@@ -107,7 +132,21 @@ class SlotMover:
             raise BootstrapError(f"moving slots failed: {short_error(first)}") from None
 
     def move_slots(self, source: NodeAddress, target: NodeAddress, slots: Sequence[int]) -> None:
-        slots = list(slots)
+        try:
+            self._move_slots(source, target, list(slots))
+        except _Stopped:
+            raise
+        except redis.RedisError as error:
+            self._failed.set()
+            raise BootstrapError(
+                f"moving slots from {source.pod} to {target.pod} failed: {short_error(error)}; the slots moved so "
+                "far stay moved, and the next update finishes the rest"
+            ) from None
+        except BaseException:
+            self._failed.set()
+            raise
+
+    def _move_slots(self, source: NodeAddress, target: NodeAddress, slots: list[int]) -> None:
         if self._can_move_atomically(source, target, slots):
             self._check_budget()
             self.move_atomically(slots, source, target)
@@ -149,8 +188,17 @@ class SlotMover:
         except redis.RedisError as error:
             raise BootstrapError(f"moving {where} failed: {short_error(error)}; nothing was moved") from None
         ends = time.monotonic() + (self.deadline.remaining() if self.deadline else ATOMIC_TIMEOUT_SECONDS)
+        checked = time.monotonic()
         while True:
-            job = atomic_job(self._slot_migrations(src), known)
+            try:
+                job = atomic_job(self._slot_migrations(src), known)
+            except redis.RedisError as error:
+                # The engine moves the slots whole or not at all: if the source died, the slots
+                # went to its replica with it, and the target drops what it had received.
+                raise BootstrapError(
+                    f"lost {source.pod} while moving {where} ({short_error(error)}); the engine keeps the slots "
+                    "with the source's shard, and the next update moves them again"
+                ) from None
             state = None if job is None else job.get("state")
             if state == ATOMIC_DONE:
                 self._count(keys)
@@ -161,23 +209,40 @@ class SlotMover:
                     "the slots stay with the source and the next update tries again"
                 )
             if time.monotonic() > ends:
-                try:
-                    src.execute_command("CLUSTER", "CANCELSLOTMIGRATIONS", "ALL")
-                except redis.RedisError:
-                    pass
+                self._cancel_atomic(src)
                 raise BootstrapError(
                     f"the time budget ran out while moving {where}; the migration was cancelled, the slots "
                     "stay with the source, and the next update continues"
                 )
+            if time.monotonic() > checked + ATOMIC_PEER_CHECK_SECONDS:
+                checked = time.monotonic()
+                if not self.transport.answers(target):
+                    self._cancel_atomic(src)
+                    raise BootstrapError(
+                        f"{target.pod} stopped answering while moving {where}; the migration was cancelled, the "
+                        "slots stay with the source, and the next update moves them once the target is back or "
+                        "its replica has taken over"
+                    )
             time.sleep(ATOMIC_POLL_SECONDS)
+
+    @staticmethod
+    def _cancel_atomic(client: Any) -> None:
+        try:
+            client.execute_command("CLUSTER", "CANCELSLOTMIGRATIONS", "ALL")
+        except redis.RedisError:
+            pass  # a source that is gone cancels nothing, and finishes nothing either
 
     @staticmethod
     def _slot_migrations(client: Any) -> list[dict[str, str]]:
         return [_as_text_map(entry) for entry in client.execute_command("CLUSTER", "GETSLOTMIGRATIONS") or []]
 
     def _check_budget(self) -> None:
-        """A round is only started with time left for it and for the cluster to settle after;
-        every round finished has its slots wholly moved, so stopping between rounds is safe."""
+        """A round is only started with time left for it and for the cluster to settle after,
+        and while no other pair has failed (the run fails anyway; its error should not wait
+        for the other moves); every round finished has its slots wholly moved, so stopping
+        between rounds is safe."""
+        if self._failed.is_set():
+            raise _Stopped()
         if self.deadline is None:
             return
         reserve = min(SETTLE_RESERVE_SECONDS, self.deadline.seconds / 10)
@@ -208,44 +273,82 @@ class SlotMover:
                 f"moving {where} failed: {short_error(error)}; the slots are left open and the next update resumes them"
             ) from None
         for other in self.masters:
-            if other not in (source, target):
+            if other not in (source, target) and other not in self._silent:
                 try:
                     pipeline(self.transport.client(other), [("CLUSTER", "SETSLOT", s, "NODE", dst_id) for s in slots])
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # Gossip carries the new owner to a node we could not tell; telling a node
+                    # that is down again each round would only hold the moves up.
+                    self._silent.add(other)
                 except redis.RedisError:
-                    pass  # gossip carries the new owner to a node we could not tell
+                    pass
 
     def _drain(self, slots: Sequence[int], source: NodeAddress, target: NodeAddress) -> None:
         """MIGRATEs keys until the source holds none in `slots`."""
         src = self.transport.client(source)
         pending = list(slots)
-        io_errors = 0
+        timeouts: dict[int, int] = {}  # slot -> MIGRATE timeouts it has had
         while pending:
             listed = pipeline(src, [("CLUSTER", "GETKEYSINSLOT", s, self.batch) for s in pending])
             work = [(s, keys) for s, keys in zip(pending, listed) if keys]
             if not work:
                 return
-            replies = pipeline(src, [self._migrate_command(target, keys) for _, keys in work], raise_on_error=False)
-            for (slot, keys), reply in zip(work, replies):
-                if not isinstance(reply, Exception):
-                    self._count(len(keys))
-                    continue
-                text = str(reply)
-                if "BUSYKEY" in text:
-                    self._resolve_busy(slot, source, target, keys)
-                elif "IOERR" in text and io_errors < 5:
-                    io_errors += 1
-                    time.sleep(0.2 * io_errors)
-                elif "NOKEY" in text:
-                    continue
-                else:
-                    raise BootstrapError(
-                        f"MIGRATE of slot {slot} from {source.pod} to {target.pod} failed: {short_error(reply)}; "
-                        "the slot is left open and the next update resumes it"
-                    )
+            # A slot that timed out goes alone, with a longer timeout; the others a few a call.
+            calls = [[w] for w in work if w[0] in timeouts]
+            plain = [w for w in work if w[0] not in timeouts]
+            calls += [plain[i : i + MIGRATES_PER_CALL] for i in range(0, len(plain), MIGRATES_PER_CALL)]
+            for call in calls:
+                commands = [self._migrate_command(target, keys, timeouts.get(slot, 0)) for slot, keys in call]
+                replies = pipeline(self._migrate_client(source), commands, raise_on_error=False)
+                for (slot, keys), reply in zip(call, replies):
+                    self._judge_migrate(slot, keys, reply, source, target, timeouts)
             pending = [s for s, _ in work]
 
-    def _migrate_command(self, target: NodeAddress, keys: Sequence[bytes], replace: bool = False) -> tuple:
-        args: list[Any] = ["MIGRATE", target.host, target.port, "", 0, self.migrate_timeout_ms]
+    def _judge_migrate(
+        self,
+        slot: int,
+        keys: Sequence[bytes],
+        reply: Any,
+        source: NodeAddress,
+        target: NodeAddress,
+        timeouts: dict[int, int],
+    ) -> None:
+        if not isinstance(reply, Exception):
+            self._count(len(keys))
+            return
+        text = str(reply)
+        if "BUSYKEY" in text:
+            self._resolve_busy(slot, source, target, keys)
+        elif "IOERR" in text:
+            if timeouts.get(slot, 0) >= len(MIGRATE_RETRY_TIMEOUTS_MS) or not self.transport.answers(target):
+                gone = "does not answer" if timeouts.get(slot, 0) < len(MIGRATE_RETRY_TIMEOUTS_MS) else "timed out"
+                raise BootstrapError(
+                    f"MIGRATE of slot {slot} from {source.pod} to {target.pod} failed: {target.pod} {gone}; the "
+                    "slot is left open and the next update resumes it once the target is back or its replica "
+                    "has taken over"
+                )
+            timeouts[slot] = timeouts.get(slot, 0) + 1
+        elif "NOKEY" not in text:
+            raise BootstrapError(
+                f"MIGRATE of slot {slot} from {source.pod} to {target.pod} failed: {short_error(reply)}; "
+                "the slot is left open and the next update resumes it"
+            )
+
+    def _migrate_client(self, source: NodeAddress) -> Any:
+        """The source's client for MIGRATE calls: it waits as long as the longest call may
+        block the source (a few MIGRATEs at their first timeout, or one at its longest)."""
+        with self._count_lock:
+            client = self._migrate_clients.get(source)
+            if client is None:
+                longest = max(MIGRATES_PER_CALL * MIGRATE_TIMEOUT_MS, *MIGRATE_RETRY_TIMEOUTS_MS) / 1000
+                client = self._migrate_clients[source] = self.transport.migrate_client(source, longest + 4)
+            return client
+
+    def _migrate_command(
+        self, target: NodeAddress, keys: Sequence[bytes], timeouts: int = 0, replace: bool = False
+    ) -> tuple:
+        timeout_ms = MIGRATE_RETRY_TIMEOUTS_MS[timeouts - 1] if timeouts else self.migrate_timeout_ms
+        args: list[Any] = ["MIGRATE", target.host, target.port, "", 0, timeout_ms]
         if replace:
             args.append("REPLACE")
         args += ["AUTH", self.transport.password, "KEYS", *keys]
@@ -274,7 +377,7 @@ class SlotMover:
                 "(`redis-cli --cluster fix` with care), then run the update again"
             )
         if same:
-            pipeline(src, [self._migrate_command(target, same, replace=True)])
+            pipeline(self._migrate_client(source), [self._migrate_command(target, same, replace=True)])
             self._count(len(same))
 
     def _count(self, n: int) -> None:

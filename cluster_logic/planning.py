@@ -197,10 +197,24 @@ def plan_slot_moves(owned: Mapping[str, Sequence[int]]) -> list[SlotMove]:
 class OpenSlotPlan:
     """How to finish the slot moves an interrupted run left open."""
 
-    #: (source node ID, target node ID) -> slots still to move, in the direction they had.
+    #: (source node ID, target node ID) -> slots still to move. The direction they had, towards
+    #: the master that holds what the marked peer held (its heir after a failover).
     moves: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    #: (node ID, slot): importing marks on a slot the node already owns; only the mark is left.
+    #: (node ID, slot): marks on a slot whose move is over; only the mark is left to clear.
     stale_marks: list[tuple[str, int]] = field(default_factory=list)
+    #: Marks no move can finish safely, each with why: left to an operator.
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _heir(node_id: str, entries: Mapping[str, NodeEntry]) -> str:
+    """The master that holds what `node_id` held: the node itself while it is a master, its
+    master once it is a replica (a failover promoted its replica, which took its slots and
+    the keys it had replicated). A node the map does not list is left as it is."""
+    entry = entries.get(node_id)
+    if entry is None or entry.is_master:
+        return node_id
+    master = entries.get(entry.master_id or "")
+    return master.id if master is not None and master.is_master else node_id
 
 
 def plan_open_slots(reference: Sequence[NodeEntry], own: Sequence[NodeEntry]) -> OpenSlotPlan:
@@ -209,19 +223,40 @@ def plan_open_slots(reference: Sequence[NodeEntry], own: Sequence[NodeEntry]) ->
 
     Only masters' marks count: Valkey 8 and later copy a primary's marks to its replicas
     (so that a failover keeps the migration going), and a replica refuses SETSLOT; moving
-    the slot on the primary clears the copies too."""
+    the slot on the primary clears the copies too.
+
+    A mark names the peer as it was when the move started. When that peer has failed over
+    since, it is a replica now and refuses SETSLOT: the move goes on towards its heir, which
+    holds the keys that had reached it. A slot that already belongs to the mark's peer (or
+    its heir) only has its mark cleared."""
+    entries = {e.id: e for e in reference}
     owners = {slot: e.id for e in reference for a, b in e.slots for slot in range(a, b + 1)}
     pending: dict[tuple[str, str], set[int]] = defaultdict(set)
     stale: list[tuple[str, int]] = []
+    conflicts: list[str] = []
     for me in own:
         if not me.is_master:
             continue
         for slot, target in me.migrating:
-            pending[(me.id, target)].add(slot)
+            heir, owner = _heir(target, entries), owners.get(slot, me.id)
+            if owner == me.id and heir != me.id:
+                pending[(me.id, heir)].add(slot)
+            elif owner == heir:
+                stale.append((me.id, slot))
+            else:
+                conflicts.append(f"slot {slot}: {me.id} migrates it to {target}, but {owner} owns it")
         for slot, source in me.importing:
-            owner = owners.get(slot, source)
+            owner = _heir(owners.get(slot, source), entries)
             if owner != me.id:
                 pending[(owner, me.id)].add(slot)
             else:
                 stale.append((me.id, slot))
-    return OpenSlotPlan({pair: sorted(slots) for pair, slots in pending.items()}, stale)
+    pairs: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for pair, slots in pending.items():
+        for slot in slots:
+            pairs[slot].add(pair)
+    torn = {slot: sorted(found) for slot, found in pairs.items() if len(found) > 1}
+    for slot, found in sorted(torn.items()):
+        conflicts.append(f"slot {slot} is open between " + " and ".join(f"{s} -> {t}" for s, t in found))
+    moves = {pair: sorted(s for s in slots if s not in torn) for pair, slots in pending.items()}
+    return OpenSlotPlan({pair: slots for pair, slots in moves.items() if slots}, stale, conflicts)

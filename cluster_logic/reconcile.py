@@ -11,7 +11,7 @@ from cluster_logic import formation, recovery
 from cluster_logic.cluster import Cluster
 from cluster_logic.deadline import Deadline
 from cluster_logic.errors import BootstrapError, UnexpectedCluster
-from cluster_logic.health import topology, wait_converged
+from cluster_logic.health import topology, wait_converged, wait_replicas_caught_up
 from cluster_logic.model import SLOTS
 from cluster_logic.observation import wait_ready
 from cluster_logic.transports.base import NodeTransport, PodStatus
@@ -86,6 +86,9 @@ def ensure_cluster(
             f"over {count} pods); refusing to change nodes that may hold data"
         )
     wait_converged(cluster, deadline, shards, None)
+    # "ok" promises that a master may die now without taking keys with it: every replica
+    # holds what its master held (slots just moved in included), not only a link that is up.
+    wait_replicas_caught_up(cluster, deadline)
     return topology(cluster, shards, replicas_per_shard)
 
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi.dynamic
@@ -682,12 +682,9 @@ GUARD_FIELDS = (
     "storage_size",
     "certificate_issuer",
 )
-NAMESPACE_CHANGE_MESSAGE = (
-    "redis-eks:namespace = {value!r} is refused on this running stack: the namespace would be replaced, and "
-    "with it every object in it, the pods and their claims (the volumes stay, Retain) all at once. Deploy a "
-    'new stack with the namespace you want and move the data to it (docs/operations.md, "Changing the '
-    'engine", step 2, copies it between clusters)'
-)
+# The opt-ins (acceptManualChange items) that have let a change through and are still
+# listed: each lets one change through, so a stale one cannot pass a second.
+USED_FIELD = "used_manual_changes"
 STORAGE_SIZE_MESSAGE = (
     "redis-eks:storageSize = {value!r} is refused on this running stack: a StatefulSet's claim templates "
     "cannot change, so the StatefulSet would be replaced, and the running pods' claims keep their size "
@@ -711,6 +708,28 @@ TLS_CHANGE_MESSAGE = (
     "and a plaintext one cannot talk, so the cluster would split half way. Deploy a new "
     "stack with the setting you want and move the data to it (docs/known-limits.md)"
 )
+
+
+def namespace_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Another namespace replaces the Namespace object: a new, empty cluster in the new one,
+    and the old one deleted with its pods and claims (the volumes stay, Retain). Only with
+    `namespace=<new>` in acceptManualChange. A guard from before it held the namespace has
+    nothing to compare."""
+    old, new = unwrap(olds.get("namespace")), news.get("namespace")
+    if not olds.get("shards") or not old or is_unknown(new) or unwrap(new) == old:
+        return []
+    new = unwrap(new)
+    if f"namespace={new}" in accepted_changes(news):
+        return []
+    return [
+        (
+            "namespace",
+            f"redis-eks:namespace cannot go from {old!r} to {new!r} on a running stack: the program would "
+            f"create a new, empty cluster in {new!r} and delete {old!r} with its pods and claims (the volumes "
+            "stay, unattached). Keep the namespace, or deploy a new stack and move the data; to replace the "
+            f"cluster all the same, set redis-eks:acceptManualChange namespace={new} for one `pulumi up`",
+        )
+    ]
 
 
 def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -738,15 +757,16 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
 
 def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
-    older line of it. (A new password is rotated, see `CredentialRotation`.)"""
+    older line of it, another namespace, TLS switched, a new storage size or another signer of
+    the nodes' certificate. (A new password is rotated, see `CredentialRotation`.)"""
     failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
+    failures += namespace_change_failures(olds, news)
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
         failures.append(("tls", TLS_CHANGE_MESSAGE))
     # Guards from before these fields stored none: the next update stores them.
     for key, message in (
-        ("namespace", NAMESPACE_CHANGE_MESSAGE),
         ("storage_size", STORAGE_SIZE_MESSAGE),
         ("certificate_issuer", CERTIFICATE_ISSUER_MESSAGE),
     ):
@@ -762,39 +782,83 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     return failures
 
 
+def _listed(value: Any) -> set[str]:
+    value = unwrap(value)
+    return {str(item) for item in value} if isinstance(value, (list, tuple)) else set()
+
+
+def guarded_change(
+    olds: Mapping[str, Any],
+    news: Mapping[str, Any],
+    failures_of: Callable[[Mapping[str, Any], Mapping[str, Any]], list[tuple[str, str]]] = unsafe_change_failures,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The unsafe changes from `olds` to `news` (as `failures_of` judges them: this guard's or
+    PlatformChangeGuard's), counting only opt-ins not used before, and the record of used
+    opt-ins to keep: those used before and still listed, and those this change uses. An opt-in
+    removed from the stack is forgotten, so it can be given again."""
+    listed = accepted_changes(news)
+    used_before = _listed(olds.get(USED_FIELD)) & listed
+    fresh = {**news, "accept_manual_change": sorted(listed - used_before)}
+    failures = base = failures_of(olds, fresh)
+    if failures and used_before:
+        with_stale = failures_of(olds, {**news, "accept_manual_change": sorted(listed)})
+        if len(with_stale) < len(failures):
+            spent = ", ".join(sorted(used_before))
+            failures = [
+                (
+                    "accept_manual_change",
+                    f"redis-eks:acceptManualChange {spent} was used by an earlier `pulumi up`; an opt-in lets one "
+                    "change through: remove it, run `pulumi up`, then set it again for this change",
+                ),
+                *with_stale,
+            ]
+    used_now = {
+        item
+        for item in listed - used_before
+        if len(failures_of(olds, {**fresh, "accept_manual_change": sorted(listed - used_before - {item})})) > len(base)
+    }
+    return failures, sorted(used_before | used_now)
+
+
 class ClusterChangeGuardProvider(pulumi.dynamic.ResourceProvider):
-    """Holds the cluster's shape and engine, and fails `check` on a change that would lose
-    keys or split the cluster. The StatefulSet depends on it, so the refusal comes before
-    it changes, with or without a preview."""
+    """Holds the cluster's shape, engine and namespace, and fails `check` on a change that
+    would lose keys or split the cluster. The StatefulSet depends on it, so the refusal comes
+    before it changes, with or without a preview. The opt-ins it let through are recorded in
+    its inputs (what `check` returns is what the engine stores and hands back as `olds`)."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = unsafe_change_failures(olds or {}, news)
-        return CheckResult(news, [CheckFailure(p, r) for p, r in failures])
+        failures, used = guarded_change(olds or {}, news)
+        return CheckResult({**news, USED_FIELD: used}, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in GUARD_FIELDS if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))]
+        changed = [
+            k
+            for k in (*GUARD_FIELDS, USED_FIELD)
+            if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))
+        ]
         return DiffResult(changes=bool(changed))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult("cluster-change-guard", _guard_outputs(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        failures = unsafe_change_failures(olds, news)
+        failures, used = guarded_change(olds, news)
         if failures:
             raise ValueError(failures[0][1])
-        return UpdateResult(_guard_outputs(news))
+        return UpdateResult({**_guard_outputs(news), USED_FIELD: used})
 
 
 def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: props.get(key) for key in GUARD_FIELDS}
+    return {key: props.get(key) for key in (*GUARD_FIELDS, USED_FIELD)}
 
 
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
     """Refuses scale-in before anything is changed, unless the operator accepts one they
-    made by hand (`accept_manual_change`), and refuses another engine or an older line of
-    it (but for an image that never started, named in `accept_manual_change`), another
-    namespace, a new storage size (but once the claims were grown, when named), and another
-    signer of the nodes' certificate on a TLS stack."""
+    made by hand (`accept_manual_change`), refuses another engine or an older line of it
+    (but for an image that never started, named in `accept_manual_change`), another
+    namespace (but with `namespace=<new>` named), a new storage size (but once the claims
+    were grown, when named), and another signer of the nodes' certificate on a TLS stack.
+    Each opt-in lets one change through."""
 
     def __init__(
         self,
@@ -820,5 +884,6 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "namespace": namespace,
             "storage_size": storage_size,
             "certificate_issuer": certificate_issuer,
+            USED_FIELD: None,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

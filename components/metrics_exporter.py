@@ -18,6 +18,11 @@ METRICS_PATH = "/metrics"
 # which its liveness probe calls.
 PASSWORD_FILE_KEY = "exporter-passwords.json"
 RELOAD_PATH = "/-/reload"
+# What the sidecar asks for and may use: a scrape of one node is a handful of commands,
+# little CPU, a small Go heap. The settings add the requests to each pod's when they check
+# that the pods fit the nodes.
+REQUESTS = {"cpu": "10m", "memory": "32Mi"}
+LIMITS = {"cpu": "100m", "memory": "64Mi"}
 # The alerting rules, one file for the PrometheusRule and for `promtool test rules`.
 ALERT_RULES_FILE = Path(__file__).resolve().parent / "alerts" / "redis-cluster.rules.yaml"
 

@@ -5,8 +5,9 @@ and names the documented way instead.
 
 It holds the settings those depend on; its `check` compares them with the new ones, and the
 resources they shape depend on it, so the refusal comes before any of them changes, with or
-without a preview. Like ClusterChangeGuard it is pickled by reference: it imports cleanly and
-creates nothing at import time.
+without a preview. Like ClusterChangeGuard, it records the acceptManualChange items that let a
+change through, so that each lets one change through; and it is pickled by reference: it
+imports cleanly and creates nothing at import time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pulumi
 import pulumi.dynamic
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, UpdateResult
 
-from components.cluster_bootstrap import accepted_changes, is_unknown, unwrap
+from components.cluster_bootstrap import USED_FIELD, accepted_changes, guarded_change, is_unknown, unwrap
 
 GUARD_FIELDS = (
     "platform",
@@ -151,27 +152,33 @@ def platform_change_failures(olds: Optional[Mapping[str, Any]], news: Mapping[st
 
 class PlatformChangeGuardProvider(pulumi.dynamic.ResourceProvider):
     """Holds the settings the platform's irreplaceable resources depend on and fails `check` on
-    a change that would replace one of them."""
+    a change that would replace one of them. The opt-ins it let through are recorded in its
+    inputs (what `check` returns is what the engine stores and hands back as `olds`)."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        return CheckResult(news, [CheckFailure(p, r) for p, r in platform_change_failures(olds or {}, news)])
+        failures, used = guarded_change(olds or {}, news, platform_change_failures)
+        return CheckResult({**news, USED_FIELD: used}, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in GUARD_FIELDS if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))]
+        changed = [
+            k
+            for k in (*GUARD_FIELDS, USED_FIELD)
+            if is_unknown(news.get(k)) or unwrap(olds.get(k)) != unwrap(news.get(k))
+        ]
         return DiffResult(changes=bool(changed))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult("platform-change-guard", _outputs(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        failures = platform_change_failures(olds, news)
+        failures, used = guarded_change(olds, news, platform_change_failures)
         if failures:
             raise ValueError(failures[0][1])
-        return UpdateResult(_outputs(news))
+        return UpdateResult({**_outputs(news), USED_FIELD: used})
 
 
 def _outputs(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: props.get(key) for key in GUARD_FIELDS}
+    return {key: props.get(key) for key in (*GUARD_FIELDS, USED_FIELD)}
 
 
 class PlatformChangeGuard(pulumi.dynamic.Resource, module="redis", name="PlatformChangeGuard"):
@@ -184,4 +191,4 @@ class PlatformChangeGuard(pulumi.dynamic.Resource, module="redis", name="Platfor
         unknown = set(props) - set(GUARD_FIELDS) - {"accept_manual_change"}
         if unknown:
             raise ValueError(f"not fields of the guard: {sorted(unknown)}")
-        super().__init__(PlatformChangeGuardProvider(), resource_name, dict(props), opts)
+        super().__init__(PlatformChangeGuardProvider(), resource_name, {**props, USED_FIELD: None}, opts)

@@ -638,11 +638,7 @@ def _exporter_container(settings: StackSettings, tls_mounts: list) -> k8s.core.v
             f"{paths.secret_dir}/{exporter.PASSWORD_FILE_KEY}",
         ),
         ports=[k8s.core.v1.ContainerPortArgs(name=metrics_port, container_port=exporter.EXPORTER_PORT)],
-        # A scrape of one node is a handful of commands: little CPU, a small Go heap.
-        resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": "10m", "memory": "32Mi"},
-            limits={"cpu": "100m", "memory": "64Mi"},
-        ),
+        resources=k8s.core.v1.ResourceRequirementsArgs(requests=dict(exporter.REQUESTS), limits=dict(exporter.LIMITS)),
         # The reload reads the password file again: a rotated password reaches the exporter
         # within a period of the Secret's update, without a restart. A file it cannot read
         # fails the probe, and the kubelet restarts the exporter (never the node).

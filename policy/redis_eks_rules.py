@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -542,41 +544,223 @@ def check_egress_restricted(args: StackValidationArgs, report_violation: ReportV
                 )
 
 
-# --- Rule: no public endpoint open to the internet in production -----------------------------
+# --- Rule: no public endpoint open to the internet --------------------------------------------
+
+# Ranges no internet client comes from: what a list of CIDRs may leave out and still admit
+# "the internet". Ranges that together cover every other IPv4 address, or IPv6's global
+# unicast 2000::/3, admit the internet as surely as 0.0.0.0/0 does.
+_NOT_INTERNET_V4 = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/3",
+)
+
+
+def _minus(networks: list, taken: Any) -> list:
+    kept = []
+    for network in networks:
+        if network.version != taken.version or not network.overlaps(taken):
+            kept.append(network)
+        elif not taken.supernet_of(network):
+            kept.extend(network.address_exclude(taken))
+    return kept
+
+
+def admits_internet(cidrs: list[str]) -> bool:
+    """Whether these CIDRs together admit every public IPv4 address, or every global IPv6 one."""
+    given = []
+    for cidr in cidrs:
+        try:
+            given.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            continue
+    internet_v4 = [ipaddress.ip_network("0.0.0.0/0")]
+    for reserved in _NOT_INTERNET_V4:
+        internet_v4 = _minus(internet_v4, ipaddress.ip_network(reserved))
+    for internet in (internet_v4, [ipaddress.ip_network("2000::/3")]):
+        left = internet
+        for network in given:
+            left = _minus(left, network)
+        if not left:
+            return True
+    return False
 
 
 def check_public_endpoint(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """In production, an EKS API endpoint that is public admits listed CIDRs only, never 0.0.0.0/0.
+    """An EKS API endpoint that is public admits listed CIDRs only, never the internet, on
+    every stack.
 
     pulumi-eks's Cluster takes endpointPublicAccess and publicAccessCidrs itself; the AWS
-    provider's under vpcConfig. Public access defaults to on, and an omitted CIDR list to
-    0.0.0.0/0, in both (as in the EKS API)."""
+    provider's under vpcConfig. Public access defaults to on, and an omitted or empty CIDR
+    list to 0.0.0.0/0, in both (as in the EKS API)."""
     if args.resource_type == "eks:index:Cluster":
         settings: Any = args.props
     elif args.resource_type == "aws:eks/cluster:Cluster":
         settings = _get(args.props, "vpcConfig", default={})
     else:
         return
-    if not is_production(args.get_config()):
-        return
     public = _get(settings, "endpointPublicAccess", default=True)
     if not _truthy(public):
         return
-    cidrs = _get(settings, "publicAccessCidrs")
-    if not _items(cidrs):
+    cidrs = [str(cidr) for cidr in _items(_get(settings, "publicAccessCidrs"))]
+    if not cidrs:
         report_violation(
             f"EKS cluster {args.name}: the public endpoint is on with no publicAccessCidrs, which EKS reads as "
             "0.0.0.0/0; list the ranges that may reach it, or set endpointPublicAccess false.",
             None,
         )
         return
-    open_to = [str(cidr) for cidr in _items(cidrs) if cidr in OPEN_CIDRS]
-    if open_to:
+    if admits_internet(cidrs):
         report_violation(
-            f"EKS cluster {args.name}: the public endpoint admits {', '.join(open_to)} in production stack "
+            f"EKS cluster {args.name}: the public endpoint admits the whole internet ({', '.join(cidrs)}) on stack "
             f"{stack_name() or '<unknown>'}; list the ranges that may reach it, or set endpointPublicAccess false.",
             None,
         )
+
+
+# --- Rule: IAM least privilege ---------------------------------------------------------------
+
+IAM_POLICY_TYPES = {
+    "aws:iam/policy:Policy",
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:iam/userPolicy:UserPolicy",
+    "aws:iam/groupPolicy:GroupPolicy",
+}
+IAM_ATTACHMENT_TYPES = {
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+    "aws:iam/userPolicyAttachment:UserPolicyAttachment",
+    "aws:iam/groupPolicyAttachment:GroupPolicyAttachment",
+    "aws:iam/policyAttachment:PolicyAttachment",
+}
+# AWS managed policies that give everything, or the power to give oneself everything.
+ADMIN_POLICIES = ("AdministratorAccess", "IAMFullAccess")
+_ADMIN_POLICY_ARN = re.compile(r"arn:aws[a-z-]*:iam::aws:policy/(?:[\w+=,.@-]+/)*(" + "|".join(ADMIN_POLICIES) + r")")
+_SERVICE_WILDCARD = re.compile(r"[A-Za-z0-9-]+:\*")
+
+
+def _document(policy: Any) -> Any:
+    if isinstance(policy, str):
+        try:
+            return json.loads(policy)
+        except ValueError:
+            return None
+    return policy
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) or not _is_list(value) else list(value)
+
+
+def wildcard_problems(policy: Any) -> list[str]:
+    """What an IAM policy document allows too broadly: `*` actions, a whole service on `*`
+    resources, or NotAction (every action but some) on `*`."""
+    document = _document(policy)
+    if not isinstance(document, Mapping):
+        return []
+    problems = []
+    for index, statement in enumerate(_as_list(_get(document, "Statement"))):
+        if not isinstance(statement, Mapping) or _get(statement, "Effect") != "Allow":
+            continue
+        actions = [str(a) for a in _as_list(_get(statement, "Action"))]
+        resources = [str(r) for r in _as_list(_get(statement, "Resource"))]
+        sid = _get(statement, "Sid", default=f"#{index}")
+        if "*" in actions:
+            problems.append(f"statement {sid} allows every action (*)")
+        on_everything = "*" in resources
+        services = [a for a in actions if _SERVICE_WILDCARD.fullmatch(a)]
+        if services and on_everything:
+            problems.append(f"statement {sid} allows all of {', '.join(services)} on every resource (*)")
+        if _get(statement, "NotAction") is not None and on_everything:
+            problems.append(f"statement {sid} allows every action but its NotAction list on every resource (*)")
+    return problems
+
+
+def check_iam_least_privilege(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """No IAM policy allows `*` actions, a whole service on `*`, or NotAction on `*`; no
+    principal gets AdministratorAccess (or IAMFullAccess, which grants it) attached."""
+    props = args.props
+    documents: list[tuple[str, Any]] = []
+    if args.resource_type in IAM_POLICY_TYPES:
+        documents.append(("policy", _get(props, "policy")))
+    elif args.resource_type == "aws:iam/role:Role":
+        for inline in _items(_get(props, "inlinePolicies")):
+            documents.append((f"inline policy {_get(inline, 'name', default='')}", _get(inline, "policy")))
+        for arn in _items(_get(props, "managedPolicyArns")):
+            if _ADMIN_POLICY_ARN.fullmatch(str(arn)):
+                report_violation(f"IAM role {args.name} has {arn} attached: grant what it needs instead.", None)
+    elif args.resource_type in IAM_ATTACHMENT_TYPES:
+        arn = _get(props, "policyArn")
+        if isinstance(arn, str) and _ADMIN_POLICY_ARN.fullmatch(arn):
+            report_violation(f"{args.name} attaches {arn}: grant what the principal needs instead.", None)
+        return
+    else:
+        return
+    for where, document in documents:
+        for problem in wildcard_problems(document):
+            report_violation(f"IAM {args.resource_type.rsplit(':', 1)[-1]} {args.name}, {where}: {problem}.", None)
+
+
+# --- Rule: encryption at rest ----------------------------------------------------------------
+
+
+def check_encryption_at_rest(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """Kubernetes secrets in EKS are envelope-encrypted with a KMS key; every EBS volume of a
+    launch template (the nodes' root volumes) is encrypted; every cross-region copy of a DLM
+    policy is encrypted."""
+    props, kind = args.props, args.resource_type
+    if kind == "eks:index:Cluster":
+        if not _get(props, "encryptionConfigKeyArn"):
+            report_violation(
+                f"EKS cluster {args.name}: Kubernetes secrets are not encrypted with a KMS key; set "
+                "encryptionConfigKeyArn.",
+                None,
+            )
+    elif kind == "aws:eks/cluster:Cluster":
+        configs = _items(_get(props, "encryptionConfig")) or (
+            [_get(props, "encryptionConfig")] if isinstance(_get(props, "encryptionConfig"), Mapping) else []
+        )
+        if not any(
+            "secrets" in [str(r) for r in _items(_get(c, "resources"))] and _get(c, "provider", "keyArn")
+            for c in configs
+        ):
+            report_violation(
+                f"EKS cluster {args.name}: Kubernetes secrets are not encrypted with a KMS key; set "
+                "encryptionConfig (resources [secrets], provider.keyArn).",
+                None,
+            )
+    elif kind == "aws:ec2/launchTemplate:LaunchTemplate":
+        mappings = [m for m in _items(_get(props, "blockDeviceMappings")) if isinstance(m, Mapping)]
+        if not mappings:
+            report_violation(
+                f"Launch template {args.name} maps no block device: the root volume is the AMI's, unencrypted "
+                "unless the account encrypts new volumes by default; map it with ebs.encrypted true.",
+                None,
+            )
+        for mapping in mappings:
+            ebs = _get(mapping, "ebs")
+            if isinstance(ebs, Mapping) and not _truthy(_get(ebs, "encrypted")):
+                report_violation(
+                    f"Launch template {args.name}: the volume {_get(mapping, 'deviceName', default='?')} is not "
+                    "encrypted; set ebs.encrypted true.",
+                    None,
+                )
+    elif kind == "aws:dlm/lifecyclePolicy:LifecyclePolicy":
+        for schedule in _items(_get(props, "policyDetails", "schedules")):
+            for rule in _items(_get(schedule, "crossRegionCopyRules")):
+                if not _truthy(_get(rule, "encrypted")):
+                    report_violation(
+                        f"DLM policy {args.name}, schedule {_get(schedule, 'name', default='?')}: the copy to "
+                        f"{_get(rule, 'target', default=_get(rule, 'targetRegion', default='?'))} is not "
+                        "encrypted; set encrypted true.",
+                        None,
+                    )
 
 
 # --- The policies ------------------------------------------------------------------------------
@@ -629,8 +813,25 @@ POLICIES = [
     ),
     ResourceValidationPolicy(
         name="eks-public-endpoint-restricted",
-        description=("In production stacks a public EKS API endpoint lists publicAccessCidrs, and none is 0.0.0.0/0."),
+        description=(
+            "A public EKS API endpoint lists publicAccessCidrs, and together they do not admit the whole internet."
+        ),
         validate=check_public_endpoint,
-        config_schema=PRODUCTION_CONFIG,
+    ),
+    ResourceValidationPolicy(
+        name="iam-least-privilege",
+        description=(
+            "No IAM policy allows * actions, a whole service on * resources or NotAction on *; no "
+            "AdministratorAccess or IAMFullAccess attachment."
+        ),
+        validate=check_iam_least_privilege,
+    ),
+    ResourceValidationPolicy(
+        name="encryption-at-rest",
+        description=(
+            "EKS secrets are KMS-encrypted, launch-template volumes are encrypted, DLM cross-region copies are "
+            "encrypted."
+        ),
+        validate=check_encryption_at_rest,
     ),
 ]

@@ -42,7 +42,7 @@ from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
 from components.redis_node_files import REDIS_PORT, TLS_CA_FILE, announced_hostname
-from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings
+from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings, read_stack_config
 from sandbox import backups
 from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
@@ -187,11 +187,18 @@ class Sandbox:
             handle.write(json.dumps(state.to_json(self.root), indent=2) + "\n")
         os.replace(temporary, self.state_path)
 
+    def stack_config(self, stack: Optional[str] = None) -> dict[str, str]:
+        """The stack file's config, once it passed the validation the program applies to it
+        (a misspelt key, a near-miss namespace or a plain-text secret is refused here too)."""
+        config = load_stack_config(stack or self.stack)
+        read_stack_config(config, secret_keys=())
+        return config
+
     def settings(self, state: SandboxState) -> StackSettings:
         """The stack's settings (Pulumi.<stack>.yaml), with the sandbox's cluster shape."""
         prefix = NAMESPACE + ":"
         values = {
-            key[len(prefix) :]: value for key, value in load_stack_config(state.stack).items() if key.startswith(prefix)
+            key[len(prefix) :]: value for key, value in self.stack_config(state.stack).items() if key.startswith(prefix)
         }
         # Only what shapes the pods applies here; the platform keys describe AWS. TLS is the
         # sandbox's own choice, made when it was created.
@@ -203,8 +210,7 @@ class Sandbox:
 
     def stack_tls(self) -> bool:
         """Whether the stack file turns TLS on (`redis-eks:tls`)."""
-        value = load_stack_config(self.stack).get(f"{NAMESPACE}:tls", False)
-        return str(value).lower() == "true"
+        return self.stack_config().get(f"{NAMESPACE}:tls") == "true"
 
     @property
     def tls_dir(self) -> Path:
@@ -217,7 +223,7 @@ class Sandbox:
 
     def stack_engine(self) -> str:
         """The engine the stack file names (`redis-eks:engine`), or the default."""
-        return str(load_stack_config(self.stack).get(f"{NAMESPACE}:engine", DEFAULT_ENGINE))
+        return self.stack_config().get(f"{NAMESPACE}:engine", DEFAULT_ENGINE)
 
     def local_node(self, state: SandboxState, record: NodeRecord) -> LocalNode:
         return LocalNode(

@@ -5,6 +5,7 @@ without a server or a wait."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Optional, Sequence
 
 from cluster_logic import deadline
@@ -109,6 +110,8 @@ class _Pipeline:
 class _Client:
     def __init__(self, node: FakeNode) -> None:
         self._node = node
+        # What the transports set their retry policy on.
+        self.connection_pool = SimpleNamespace(connection_kwargs={})
 
     def pipeline(self, transaction: bool = False) -> _Pipeline:
         return _Pipeline(self._node)

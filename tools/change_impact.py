@@ -36,7 +36,7 @@ from components.eks_platform import kubeconfig_server
 from components.eks_platform.cluster_access import CREATOR_TAG_KEY
 from components.stack_settings import NAMESPACE, PROJECT_DIR, SettingsError, load_stack_config
 from tools import render_manifests
-from tools.render_manifests import MOCK_ACCOUNT, ProgramRun, RegisteredResource, run_program
+from tools.render_manifests import MOCK_ACCOUNT, ProgramRun, RegisteredResource, run_program, secret_config_keys
 
 DOC = PROJECT_DIR / "docs" / "change-impact.md"
 
@@ -374,7 +374,7 @@ EXISTING = {
     "kubeconfig": EXISTING_KUBECONFIG,
     "storageProvisioner": "rancher.io/local-path",
 }
-USERS = '{"app": {"commands": ["+@read", "+@write"], "keys": ["app:*"]}}'
+USERS = '{"app": {"commands": ["+@read", "+@write", "-@dangerous"], "keys": ["app:*"]}}'
 SUBNETS_A = '["subnet-0a000000000000001", "subnet-0a000000000000002", "subnet-0a000000000000003"]'
 SUBNETS_B = '["subnet-0b000000000000001", "subnet-0b000000000000002", "subnet-0b000000000000003"]'
 CI_ROLE = "arn:aws:iam::111122223333:role/redis-eks-ci-deploy"
@@ -401,7 +401,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample(
         "platform",
         "existing",
-        {"platform": "eks", "kubeconfig": None, "storageProvisioner": None},
+        {"platform": "eks", "kubeconfig": None, "storageProvisioner": None, "publicAccessCidrs": '["203.0.113.0/24"]'},
         running=None,
         way="a new stack",
     ),
@@ -419,17 +419,19 @@ SAMPLES: tuple[Sample, ...] = (
         "vpcId",
         "dev",
         {"vpcId": "vpc-0b00000000000000b", "privateSubnetIds": SUBNETS_B},
-        {"vpcId": "vpc-0a00000000000000a", "privateSubnetIds": SUBNETS_A},
+        # natGateways shapes a VPC of the stack's own only, and is refused with vpcId.
+        {"vpcId": "vpc-0a00000000000000a", "privateSubnetIds": SUBNETS_A, "natGateways": None},
         way="a new stack",
     ),
     Sample(
         "privateSubnetIds",
         "dev",
         {"privateSubnetIds": SUBNETS_B},
-        {"vpcId": "vpc-0a00000000000000a", "privateSubnetIds": SUBNETS_A},
+        {"vpcId": "vpc-0a00000000000000a", "privateSubnetIds": SUBNETS_A, "natGateways": None},
         way="a new stack",
     ),
-    Sample("availabilityZoneCount", "dev", {"availabilityZoneCount": "2"}, way="a new stack"),
+    # 4, not 2: two zones would leave one a majority of the masters (refused with the settings).
+    Sample("availabilityZoneCount", "dev", {"availabilityZoneCount": "4"}, way="a new stack"),
     Sample("natGateways", "dev", {"natGateways": "onePerAz"}),
     Sample("endpointPublicAccess", "prod", {"endpointPublicAccess": "false", "publicAccessCidrs": None}),
     Sample("publicAccessCidrs", "prod", {"publicAccessCidrs": '["203.0.113.0/24", "198.51.100.0/24"]'}),
@@ -517,23 +519,42 @@ SAMPLES: tuple[Sample, ...] = (
         {"backupCopyRegion": "eu-central-1"},
     ),
     # The Redis Cluster.
-    Sample("namespace", "dev", {"namespace": "cache"}, way="a new stack"),
+    Sample("namespace", "dev", {"namespace": "cache"}, way=f'{OPS}, "Changing the namespace" (a new stack)'),
+    Sample(
+        "namespace",
+        "dev",
+        {"namespace": "cache", "acceptManualChange": '["namespace=cache"]'},
+        way=f'{OPS}, "Changing the namespace" (a new, empty cluster; the old one deleted, its volumes kept)',
+    ),
     Sample("shards", "dev", {"shards": "4"}),
     Sample("shards", "dev", {"shards": "3"}, {"shards": "4"}, way=f'{OPS}, "Scaling in"'),
     Sample("replicasPerShard", "dev", {"replicasPerShard": "2"}),
-    Sample("replicasPerShard", "dev", {"replicasPerShard": "0"}, way=f'{OPS}, "Scaling in"'),
+    Sample(
+        "replicasPerShard",
+        "dev",
+        {"replicasPerShard": "0", "acceptRisks": '["noReplicas"]'},
+        way=f'{OPS}, "Scaling in"',
+    ),
     Sample("engine", "dev", {"engine": "valkey"}, way=f'{OPS}, "Changing the engine"'),
     Sample("image", "dev", {"image": "redis:8.10.3-trixie"}),
     Sample("nodeTimeoutMs", "dev", {"nodeTimeoutMs": "10000"}),
     Sample("maxmemoryPolicy", "dev", {"maxmemoryPolicy": "allkeys-lru"}),
-    Sample("cpuRequest", "dev", {"cpuRequest": "1"}),
-    Sample("cpuLimit", "dev", {"cpuLimit": "2"}),
+    Sample("cpuRequest", "dev", {"cpuRequest": "500m"}),
+    Sample("cpuLimit", "dev", {"cpuLimit": "1500m"}),
     Sample("memoryRequest", "dev", {"memoryRequest": "2Gi", "memoryLimit": "2Gi"}),
     Sample("memoryLimit", "dev", {"memoryLimit": "2Gi"}),
     Sample("clientPodLabels", "dev", {"clientPodLabels": '{"redis-client": "yes"}'}),
     Sample("clientNamespaceLabels", "dev", {"clientNamespaceLabels": '{"team": "cache"}'}),
     Sample("bootstrapTimeoutSeconds", "dev", {"bootstrapTimeoutSeconds": "900"}),
     Sample("acceptManualChange", "dev", {"acceptManualChange": '["shards=3"]'}),
+    # A risk is named only while the stack takes it, and must be while it does.
+    Sample(
+        "acceptRisks",
+        "dev",
+        {"acceptRisks": None},
+        {"clientPodLabels": "{}", "acceptRisks": '["allPodsAsClients"]'},
+        way="README, Configuration, `acceptRisks` (name the risk, or stop taking it)",
+    ),
     # Security.
     Sample("tls", "dev", {"tls": "true"}, way=f'{OPS}, "Turning TLS on"'),
     Sample(
@@ -578,7 +599,8 @@ def stack_config(stack: str, settings: Mapping[str, Optional[str]]) -> tuple[str
 def render(stack: str, settings: Mapping[str, Optional[str]], running: Optional[Running]) -> ProgramRun:
     name, config = stack_config(stack, settings)
     with aws_runs(f"redis-eks-{name}", running):
-        return run_program(config, stack=name)
+        # The secret settings as a stack holds them, set with --secret.
+        return run_program(config, stack=name, secret_keys=secret_config_keys(config))
 
 
 @dataclass
@@ -742,7 +764,7 @@ def _change_text(sample: Sample) -> str:
 
     text = ", ".join(f"`{key}` {value(key, text)}" for key, text in sample.change.items())
     if sample.before:
-        was = ", ".join(f"`{key}` `{value}`" for key, value in sample.before.items() if key not in ("users",))
+        was = ", ".join(f"`{key}` {value(key, text)}" for key, text in sample.before.items() if key not in ("users",))
         text += f" (from {was})" if was else ""
     return text
 

@@ -32,14 +32,21 @@ import runpy
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
 from components.redis_node_files import render_redis_conf
-from components.stack_settings import NAMESPACE, PROJECT_DIR, SettingsError, load_stack_config, parse_settings
+from components.stack_settings import (
+    NAMESPACE,
+    PROJECT_DIR,
+    SECRET_KEYS,
+    SettingsError,
+    load_stack_config,
+    parse_settings,
+)
 
 PROJECT = "redis-eks"
 GOLDEN_DIR = PROJECT_DIR / "tests" / "golden"
@@ -275,16 +282,18 @@ def run_program(
     stack: str = "dev",
     program: Optional[Callable[[], None]] = None,
     run: Optional[ProgramRun] = None,
+    secret_keys: Iterable[str] = (),
 ) -> ProgramRun:
     """Run `__main__.py` (or `program`) under mocks with this config (full keys, e.g. `redis-eks:shards`).
 
-    Registrations are recorded into `run` (a new one by default), which a caller can
-    inspect even when the program raises.
+    `secret_keys` are the keys set as secrets (`pulumi config set --secret`), as the
+    language host hands them to the program. Registrations are recorded into `run` (a new
+    one by default), which a caller can inspect even when the program raises.
     """
     run = ProgramRun() if run is None else run
     monitor = _RecordingMonitor(run)
     pulumi.runtime.set_mocks(monitor.cloud, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(dict(config), [])
+    pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     root = pulumi.runtime.settings.get_root_resource()
     root.outputs.clear()
 
@@ -304,6 +313,11 @@ def run_program(
 
     pulumi.runtime.test(program_and_outputs)()
     return run
+
+
+def secret_config_keys(config: dict[str, str]) -> list[str]:
+    """The keys of this config that a stack holds as secrets (password, kubeconfig, userPasswords)."""
+    return [key for key in config if key in {f"{NAMESPACE}:{name}" for name in SECRET_KEYS}]
 
 
 def kubernetes_manifests(run: ProgramRun) -> list[dict[str, Any]]:
@@ -440,7 +454,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         key, _, value = assignment.partition("=")
         config[key if ":" in key else f"{PROJECT}:{key}"] = value
     try:
-        run = run_program(config, stack=options.stack)
+        # A secret given on the command line stands for one the stack sets with --secret.
+        run = run_program(config, stack=options.stack, secret_keys=secret_config_keys(config))
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

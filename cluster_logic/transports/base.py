@@ -12,12 +12,23 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cluster_logic.model import NodeAddress
 
-# redis-py waits this long for a reply; it must outlast the MIGRATE timeout used by the
-# slot mover, or a slow batch would be abandoned while the server still works on it.
-COMMAND_TIMEOUT_SECONDS = 60.0
+# redis-py waits this long for a reply. A live node answers every command the logic sends
+# within it but MIGRATE, which gets a client of its own (`migrate_client`); it is how long a
+# node that froze (a stopped process, a partition that drops packets) holds up the step
+# that talks to it.
+COMMAND_TIMEOUT_SECONDS = 8.0
+# How long a node may take to answer PING when the logic asks whether it is there at all.
+ANSWER_SECONDS = 2.0
+# redis-py 8 retries a command on a connection error or a timeout 10 times with a backoff of
+# up to 10 s: a dead node would hold a step for about a minute. The logic polls and judges
+# nodes itself, so a client tries once more at once after a connection error (a pooled
+# connection the server had closed) and never after a timeout (a node that froze stays so).
+CLIENT_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,35 @@ class NodeTransport(ABC):
 
     def client_as(self, node: NodeAddress, password: str) -> redis.Redis:
         """A client of its own (the caller closes it) logged in with another admin password."""
-        return self._make_client(node, password)
+        return self._new_client(node, password)
+
+    def answers(self, node: NodeAddress, seconds: float = ANSWER_SECONDS) -> bool:
+        """Whether `node` answers PING within `seconds`, on a connection of its own: what a
+        step asks before it waits out the command timeout on a node that may be gone."""
+        client = self._new_client(node, timeout=seconds)
+        client.connection_pool.connection_kwargs["socket_connect_timeout"] = seconds
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            close_client(client)
+
+    def migrate_client(self, node: NodeAddress, seconds: float) -> redis.Redis:
+        """A client of its own (the caller closes it) that waits `seconds` for a reply: for
+        MIGRATE, which blocks the node while it waits on another one."""
+        return self._new_client(node, timeout=seconds)
+
+    def _new_client(
+        self, node: NodeAddress, password: Optional[str] = None, timeout: Optional[float] = None
+    ) -> redis.Redis:
+        client = self._make_client(node, password)
+        # Before the pool has made a connection: each one it makes takes these.
+        options = client.connection_pool.connection_kwargs
+        options["retry"] = CLIENT_RETRY
+        if timeout is not None:
+            options["socket_timeout"] = timeout
+        return client
 
     @abstractmethod
     def run_cli(self, args: Sequence[str], timeout: float, via: NodeAddress) -> CliResult:
@@ -120,7 +159,7 @@ class NodeTransport(ABC):
         with self._lock:
             found = self._clients.get(node)
             if found is None:
-                found = self._clients[node] = self._make_client(node)
+                found = self._clients[node] = self._new_client(node)
             return found
 
     def forget(self, node: NodeAddress) -> None:

@@ -9,13 +9,14 @@ pid (its whole session) when the test ends, failed or not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from components.stack_settings import StackSettings
 from sandbox.engine_binaries import EngineBinaries
 from testkit.redis_nodes import TEST_OCTETS, LocalNodes, LoopbackAddresses, dash, fast_settings
+from testkit.sandbox_support import ManagedSandbox
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,21 @@ def engine_settings(engine: EngineBinaries):
         return fast_settings(engine.engine.name, **values)
 
     return settings
+
+
+@pytest.fixture
+def make_sandbox(tmp_path: Path, engine: EngineBinaries) -> Iterator[Callable[[int], ManagedSandbox]]:
+    """Sandboxes of the engine under test on 127.0.<octet>.0/24, each stopped by pid when
+    the test ends (`ManagedSandbox`); the suites that use it own their octets."""
+    created: list[ManagedSandbox] = []
+
+    def make(octet: int) -> ManagedSandbox:
+        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet, engine=engine.engine.name)
+        created.append(managed)
+        return managed
+
+    yield make
+    problems = []
+    for managed in created:
+        problems += managed.close()
+    assert not problems, f"processes outlived Sandbox.down: {problems}"

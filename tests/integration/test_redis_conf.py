@@ -134,7 +134,14 @@ def test_every_directive_is_in_effect(server: Server) -> None:
     "config",
     [
         {"memoryLimit": "512Mi", "memoryRequest": "512Mi", "maxmemoryPolicy": "allkeys-lru", "nodeTimeoutMs": "3000"},
-        {"memoryLimit": "4Gi", "memoryRequest": "2Gi", "maxmemoryPolicy": "volatile-ttl", "replicasPerShard": "2"},
+        # A volume of at least twice maxmemory (2.8Gi), as the settings require.
+        {
+            "memoryLimit": "4Gi",
+            "memoryRequest": "2Gi",
+            "maxmemoryPolicy": "volatile-ttl",
+            "replicasPerShard": "2",
+            "storageSize": "6Gi",
+        },
     ],
 )
 def test_settings_reach_the_running_server(nodes: LocalNodes, engine_settings, config: dict[str, str]) -> None:

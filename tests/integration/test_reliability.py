@@ -38,8 +38,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import redis
@@ -47,10 +45,8 @@ from redis.crc import key_slot
 
 from cluster_logic.errors import BootstrapError
 from cluster_logic.model import parse_cluster_nodes
-from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import SandboxError
 from testkit.sandbox_support import (
-    ManagedSandbox,
     cluster_client,
     cluster_problems,
     fresh_addresses,
@@ -75,22 +71,6 @@ KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, SCALE, UP_TWICE, PART
 # Acknowledged writes a writer must have made before the failure it is there to see, and
 # again after it.
 WARM_UP_WRITES = 50
-
-
-@pytest.fixture
-def make_sandbox(tmp_path: Path, engine: EngineBinaries) -> Iterator[Callable[[int], ManagedSandbox]]:
-    created: list[ManagedSandbox] = []
-
-    def make(octet: int) -> ManagedSandbox:
-        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet, engine=engine.engine.name)
-        created.append(managed)
-        return managed
-
-    yield make
-    problems = []
-    for managed in created:
-        problems += managed.close()
-    assert not problems, f"processes outlived Sandbox.down: {problems}"
 
 
 def _kill_under_writers(sb, pods: list[str], slots: set[int], durable_resumes: bool = True):

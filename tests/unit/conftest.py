@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.stack_settings import load_stack_config
-from tools.render_manifests import SECRET_SIG, SECRET_SIG_VALUE, ProgramRun, run_program
+from tools.render_manifests import SECRET_SIG, SECRET_SIG_VALUE, ProgramRun, run_program, secret_config_keys
 
 KUBECONFIG = """
 apiVersion: v1
@@ -27,10 +27,11 @@ def reveal(value):
 
 
 def build_stack(stack: str = "dev", **overrides: str) -> ProgramRun:
-    """Run the program for a stack file, with `redis-eks:` keys overridden."""
+    """Run the program for a stack file, with `redis-eks:` keys overridden; the secret
+    settings among them as if set with `pulumi config set --secret`."""
     config = load_stack_config(stack)
     config.update({f"redis-eks:{key}": value for key, value in overrides.items()})
-    return run_program(config, stack=stack)
+    return run_program(config, stack=stack, secret_keys=secret_config_keys(config))
 
 
 @pytest.fixture(scope="session")
@@ -53,4 +54,5 @@ def existing_stack() -> ProgramRun:
             "redis-eks:storageProvisioner": "rancher.io/local-path",
         },
         stack="local",
+        secret_keys=["redis-eks:kubeconfig"],
     )

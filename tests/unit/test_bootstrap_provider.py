@@ -82,6 +82,63 @@ def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> Non
     assert list(guard.check(olds, accepted).failures) == []
 
 
+def checked_guard(olds: dict, news: dict) -> tuple[list[str], dict]:
+    """What the guard's check refuses, and the inputs it returns (which the engine stores
+    and hands back as the olds of the next run)."""
+    result = cb.ClusterChangeGuardProvider().check(olds, news)
+    return [f.property for f in result.failures], dict(result.inputs)
+
+
+def test_a_new_namespace_is_refused_unless_named_once() -> None:
+    """Another namespace would be a new, empty cluster, the old one deleted: refused at check
+    (and at update, without a preview); `namespace=<new>` lets exactly that one through."""
+    olds = {"shards": 3, "replicas_per_shard": 1, "namespace": "redis"}
+    moved = {"shards": 3, "replicas_per_shard": 1, "namespace": "cache"}
+    refused, _ = checked_guard(olds, moved)
+    assert refused == ["namespace"]
+    reason = cb.ClusterChangeGuardProvider().check(olds, moved).failures[0].reason
+    assert "new, empty cluster in 'cache'" in reason and "acceptManualChange namespace=cache" in reason
+    with pytest.raises(ValueError, match="redis-eks:namespace cannot go from 'redis' to 'cache'"):
+        cb.ClusterChangeGuardProvider().update("guard", olds, moved)
+    assert checked_guard(olds, {**moved, "accept_manual_change": ["namespace=other"]})[0] == ["namespace"]
+    assert checked_guard(olds, {**moved, "accept_manual_change": ["namespace=cache"]})[0] == []
+    # A new stack, an unchanged namespace and a guard from before it held one pass.
+    assert checked_guard({}, moved)[0] == []
+    assert checked_guard(olds, dict(olds))[0] == []
+    assert checked_guard({"shards": 3, "replicas_per_shard": 1}, moved)[0] == []
+    assert cb.ClusterChangeGuardProvider().diff("guard", olds, moved).changes is True
+
+
+def test_an_opt_in_lets_one_change_through_and_is_then_spent() -> None:
+    """The guard records an acceptManualChange item that let a change through; left in the
+    stack, it lets no second change through. Removed, it is forgotten and can be given again."""
+    four = {"shards": 4, "replicas_per_shard": 1}
+    accepted = {"shards": 3, "replicas_per_shard": 1, "accept_manual_change": ["shards=3"]}
+    refused, stored = checked_guard(four, accepted)
+    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
+    # The next runs, the item still set: nothing to change, and the record stays.
+    refused, stored = checked_guard(stored, accepted)
+    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
+    # Back to 4 shards, then by hand to 3 again: the stale opt-in does not pass it.
+    refused, stored = checked_guard(stored, {**accepted, "shards": 4})
+    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
+    reason = cb.ClusterChangeGuardProvider().check(stored, accepted).failures[0].reason
+    assert "used by an earlier `pulumi up`" in reason
+    with pytest.raises(ValueError, match="used by an earlier"):
+        cb.ClusterChangeGuardProvider().update("guard", stored, accepted)
+    # Removed for one run, it is forgotten; given again, it passes this change.
+    refused, stored = checked_guard(stored, {**four, "accept_manual_change": []})
+    assert refused == [] and stored[cb.USED_FIELD] == []
+    assert checked_guard(stored, accepted) == ([], {**accepted, cb.USED_FIELD: ["shards=3"]})
+
+
+def test_an_opt_in_that_let_nothing_through_is_not_spent() -> None:
+    """Set ahead of the change it is for, an item is not recorded until it is used."""
+    olds = {"shards": 3, "replicas_per_shard": 1, "namespace": "redis"}
+    early = {**olds, "accept_manual_change": ["shards=3"]}
+    assert checked_guard(olds, early) == ([], {**early, cb.USED_FIELD: []})
+
+
 @pytest.mark.parametrize("old, new", [(False, True), (True, False), (None, True)])
 def test_tls_cannot_be_switched_on_a_running_stack(old, new) -> None:
     guard = cb.ClusterChangeGuardProvider()

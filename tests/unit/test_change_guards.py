@@ -113,6 +113,34 @@ def test_volume_performance_passes_once_named_and_only_the_value_named():
     ]
 
 
+def test_a_volume_performance_opt_in_lets_one_change_through_and_is_then_spent():
+    """Like the workload guard's, each acceptManualChange item the platform guard lets a change
+    through with is recorded in the inputs its check returns (what the engine stores and hands
+    back as the next run's olds): left set, it lets no second change through."""
+    provider = pg.PlatformChangeGuardProvider()
+    up = platform_props(storage_iops=6000, accept_manual_change=["storageIops=6000"])
+    first = provider.check(platform_props(), up)
+    assert list(first.failures) == [] and first.inputs[cb.USED_FIELD] == ["storageIops=6000"]
+    # Back to 3000 (the volumes modified by hand again), the first opt-in still listed.
+    down = platform_props(accept_manual_change=["storageIops=6000", "storageIops=3000"])
+    second = provider.check(dict(first.inputs), down)
+    assert list(second.failures) == []
+    assert second.inputs[cb.USED_FIELD] == ["storageIops=3000", "storageIops=6000"]
+    # Up to 6000 once more: the stale opt-in does not pass it.
+    up_again = platform_props(storage_iops=6000, accept_manual_change=["storageIops=6000", "storageIops=3000"])
+    third = provider.check(dict(second.inputs), up_again)
+    assert [f.property for f in third.failures] == ["accept_manual_change"]
+    assert "storageIops=6000 was used by an earlier `pulumi up`" in third.failures[0].reason
+    with pytest.raises(ValueError, match="used by an earlier"):
+        provider.update("platform-change-guard", dict(second.inputs), up_again)
+    # Removed for one run, it is forgotten; given again, it passes this change.
+    forgotten = provider.check(dict(second.inputs), platform_props())
+    assert list(forgotten.failures) == [] and forgotten.inputs[cb.USED_FIELD] == []
+    assert list(provider.check(dict(forgotten.inputs), up).failures) == []
+    # The record is part of what the guard diffs on: a run that only records an opt-in updates it.
+    assert provider.diff("platform-change-guard", provider.create(platform_props()).outs, dict(first.inputs)).changes
+
+
 def test_a_group_from_before_cannot_change_its_type_in_place():
     olds = platform_props(node_group_form="instanceTypes")
     news = platform_props(node_group_form="instanceTypes", node_instance_type="m6i.large")
@@ -133,7 +161,7 @@ def test_the_platform_guard_does_not_judge_unknown_values_during_preview():
 def test_the_guard_stores_what_it_judges_and_diffs_on_it():
     provider = pg.PlatformChangeGuardProvider()
     outs = provider.create(platform_props()).outs
-    assert set(outs) == set(pg.GUARD_FIELDS)
+    assert set(outs) == {*pg.GUARD_FIELDS, cb.USED_FIELD}
     assert provider.diff("platform-change-guard", outs, platform_props()).changes is False
     assert provider.diff("platform-change-guard", outs, platform_props(cluster_version="1.36")).changes is True
 
@@ -224,7 +252,10 @@ def workload_refused(olds: dict, news: dict) -> dict[str, str]:
 def test_another_namespace_is_refused():
     reasons = workload_refused(workload_props(), workload_props(namespace="cache"))
     assert list(reasons) == ["namespace"]
-    assert "redis-eks:namespace = 'cache'" in reasons["namespace"] and "new stack" in reasons["namespace"]
+    # The message and its opt-in are issue 20's (test_bootstrap_provider.py): the way is a new stack,
+    # or acceptManualChange namespace=<new> for a new, empty cluster.
+    assert "redis-eks:namespace cannot go from 'redis' to 'cache'" in reasons["namespace"]
+    assert "new stack" in reasons["namespace"] and "acceptManualChange namespace=cache" in reasons["namespace"]
 
 
 def test_a_new_storage_size_is_refused_until_the_claims_were_grown_and_it_is_named():

@@ -50,6 +50,7 @@ def test_every_change_that_would_replace_what_holds_the_data_is_refused_at_previ
     # The named ones are the documented ways, and say where.
     named = [item for item in impacts if item.protected_losses() and not item.refused]
     assert {item.sample.setting for item in named} == {
+        "namespace",
         "storageSize",
         "storageIops",
         "storageThroughput",

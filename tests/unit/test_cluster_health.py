@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from cluster_logic import health
 from cluster_logic.model import format_ranges, parse_cluster_nodes
 from testkit.fake_views import fake_cluster
@@ -85,3 +87,56 @@ def _lines(view) -> list[str]:
             f"{e.id} {e.host}:{e.port}@16379 {role} {e.master_id or '-'} 0 0 {e.config_epoch} {e.link} {slots}".strip()
         )
     return out
+
+
+# -- replicas caught up (the last step of every create and update) ----------------------
+
+
+def _replicas_at(offsets: dict[str, dict]) -> list:
+    """fake_cluster's views with the masters at offset 1000 and each replica's replication
+    fields replaced by `offsets[pod]` (pods not named: caught up)."""
+    cluster = fake_cluster()
+    for view in cluster.views:
+        if view.me.is_master:
+            view.replication = {"role": "master", "master_repl_offset": 1000}
+        else:
+            caught_up = {"role": "slave", "master_link_status": "up", "master_sync_in_progress": 0}
+            view.replication = {**caught_up, "slave_repl_offset": 1000, **offsets.get(view.node.pod, {})}
+    return cluster.views
+
+
+@pytest.mark.parametrize(
+    ("replica", "fields", "problem"),
+    [
+        ("redis-cluster-3", {}, None),
+        ("redis-cluster-3", {"slave_repl_offset": 1500}, None),
+        (
+            "redis-cluster-3",
+            {"slave_repl_offset": 0},
+            "redis-cluster-3: replica at offset 0 of the 1000 redis-cluster-1 had",
+        ),
+        (
+            "redis-cluster-4",
+            {"slave_repl_offset": 999},
+            "redis-cluster-4: replica at offset 999 of the 1000 redis-cluster-2 had",
+        ),
+        ("redis-cluster-5", {"master_link_status": "down"}, "redis-cluster-5: replica link to redis-cluster-0 is down"),
+        (
+            "redis-cluster-5",
+            {"master_sync_in_progress": 1},
+            "redis-cluster-5: still loading its full sync from redis-cluster-0",
+        ),
+    ],
+)
+def test_a_replica_has_caught_up_only_with_everything_its_master_held(replica, fields, problem) -> None:
+    views = _replicas_at({replica: fields})
+    targets = health.master_offsets(views)
+    assert targets == {"id0": 1000, "id1": 1000, "id2": 1000}
+    assert health.replication_lag(targets, views) == ([problem] if problem else [])
+
+
+def test_replicas_of_masters_taken_later_are_not_judged() -> None:
+    # A master that was not in the picture when the offsets were taken (it failed over
+    # since) sets no target for its replicas.
+    views = _replicas_at({"redis-cluster-3": {"slave_repl_offset": 0}})
+    assert health.replication_lag({"id0": 1000, "id2": 1000}, views) == []

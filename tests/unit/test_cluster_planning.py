@@ -233,6 +233,93 @@ def test_plan_open_slots(case: str, own: list[str], moves: dict, stale: list) ->
     plan = plan_open_slots(reference, entries)
     assert plan.moves == moves, case
     assert plan.stale_marks == stale, case
+    assert plan.conflicts == [], case
+
+
+# B (the target of a move from A) died mid-move; its replica C took over B's slots and the
+# keys B had replicated; B came back as C's replica.
+B_NOW_REPLICA = "B 10.0.0.2:6379@16379 myself,slave C 0 0 2 connected"
+C_HEIR_OF_B = "C 10.0.0.3:6379@16379 myself,master - 0 0 3 connected 5461-16383"
+# A (the source) died mid-move; its replica D took over A's slots; A came back as D's replica.
+A_NOW_REPLICA = "A 10.0.0.1:6379@16379 myself,slave D 0 0 1 connected"
+D_HEIR_OF_A = "D 10.0.0.4:6379@16379 myself,master - 0 0 4 connected 0-5460"
+
+
+@pytest.mark.parametrize(
+    "case, own, moves, stale",
+    [
+        (
+            # Redis: the source still marks the slot migrating to B, which refuses SETSLOT as a
+            # replica ("Please use SETSLOT only with masters"); C holds what B held.
+            "the target failed over: the move goes on to its heir",
+            [A_OWNS_100 + " [100->-B] [101->-B]", B_NOW_REPLICA, C_HEIR_OF_B],
+            {("A", "C"): [100, 101]},
+            [],
+        ),
+        (
+            # Valkey 8+: the heir inherited the importing marks from its primary.
+            "the target failed over and its heir kept the marks: one move",
+            [A_OWNS_100 + " [100->-B]", B_NOW_REPLICA, C_HEIR_OF_B + " [100-<-A]"],
+            {("A", "C"): [100]},
+            [],
+        ),
+        (
+            "the source failed over: its heir owns the slot and gives it",
+            [A_NOW_REPLICA, D_HEIR_OF_A, B_OWNS_REST + " [100-<-A]"],
+            {("D", "B"): [100]},
+            [],
+        ),
+        (
+            "the move finished but the source kept its mark: only the mark is cleared",
+            ["A 10.0.0.1:6379@16379 myself,master - 0 0 1 connected 0-99 101-5460 [100->-B]", B_OWNS_REST + " 100"],
+            {},
+            [("A", 100)],
+        ),
+        (
+            "the move finished on the target's heir, the source kept its mark",
+            [
+                "A 10.0.0.1:6379@16379 myself,master - 0 0 1 connected 0-99 101-5460 [100->-B]",
+                B_NOW_REPLICA,
+                C_HEIR_OF_B + " 100",
+            ],
+            {},
+            [("A", 100)],
+        ),
+    ],
+)
+def test_open_slots_follow_a_failover_to_the_node_that_holds_the_keys(case, own, moves, stale) -> None:
+    test_plan_open_slots(case, own, moves, stale)
+
+
+@pytest.mark.parametrize(
+    "case, own, conflict",
+    [
+        (
+            "the source migrates a slot a third node owns",
+            [
+                "A 10.0.0.1:6379@16379 myself,master - 0 0 1 connected 0-99 101-5460 [100->-B]",
+                B_OWNS_REST,
+                "E 10.0.0.5:6379@16379 myself,master - 0 0 5 connected 100",
+            ],
+            "slot 100: A migrates it to B, but E owns it",
+        ),
+        (
+            "two masters import the same slot from its owner",
+            [
+                A_OWNS_100,
+                B_OWNS_REST + " [100-<-A]",
+                "E 10.0.0.5:6379@16379 myself,master - 0 0 5 connected [100-<-A]",
+            ],
+            "slot 100 is open between A -> B and A -> E",
+        ),
+    ],
+)
+def test_open_slots_no_move_can_finish_are_left_to_an_operator(case: str, own: list[str], conflict: str) -> None:
+    entries = [_entry(line) for line in own]
+    reference = [_entry(line.split(" [")[0]) for line in own]
+    plan = plan_open_slots(reference, entries)
+    assert conflict in plan.conflicts, case
+    assert 100 not in [s for slots in plan.moves.values() for s in slots], case
 
 
 def test_an_unassigned_slot_being_imported_is_moved_from_where_it_came() -> None:

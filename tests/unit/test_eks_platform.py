@@ -193,21 +193,24 @@ def test_dev_vpc_spans_three_zones_with_one_nat_gateway_and_prod_one_per_zone(de
 
 
 def test_an_existing_vpc_is_used_as_given():
-    run = build_stack(
-        "dev",
-        vpcId="vpc-0abcdef0123456789",
-        privateSubnetIds='["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]',
-    )
+    # natGateways shapes a new VPC only; three subnets keep a zone from holding a majority.
+    config = load_stack_config("dev")
+    del config["redis-eks:natGateways"]
+    subnets = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2", "subnet-0aaaaaaaaaaaaaaa3"]
+    config.update({"redis-eks:vpcId": "vpc-0abcdef0123456789", "redis-eks:privateSubnetIds": json.dumps(subnets)})
+    run = render_manifests.run_program(config)
     assert run.of_type("awsx:ec2:Vpc") == []
     cluster = run.one(EKS_CLUSTER).inputs
     assert cluster["vpcId"] == "vpc-0abcdef0123456789"
-    assert cluster["privateSubnetIds"] == ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]
+    assert cluster["privateSubnetIds"] == subnets
     assert run.one("aws:eks/nodeGroup:NodeGroup").inputs["subnetIds"] == cluster["privateSubnetIds"]
 
 
 def test_the_public_endpoint_is_limited_to_the_configured_ranges(prod_stack):
     assert prod_stack.one(EKS_CLUSTER).inputs["publicAccessCidrs"] == ["203.0.113.0/24"]
-    private_only = build_stack("dev", endpointPublicAccess="false").one(EKS_CLUSTER).inputs
+    config = load_stack_config("dev") | {"redis-eks:endpointPublicAccess": "false"}
+    del config["redis-eks:publicAccessCidrs"]  # which would do nothing, and is refused
+    private_only = render_manifests.run_program(config).one(EKS_CLUSTER).inputs
     assert private_only["endpointPublicAccess"] is False
     assert "publicAccessCidrs" not in private_only
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 import runpy
 import sys
@@ -45,10 +46,10 @@ from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from components.stack_settings import PROJECT_DIR
+from components.stack_settings import PROJECT_DIR, load_stack_config
 from policy import redis_eks_rules as rules
 from tests.unit.conftest import build_stack, reveal
-from tools.render_manifests import ProgramRun, RegisteredResource
+from tools.render_manifests import ProgramRun, RegisteredResource, run_program
 
 POLICY_DIR = PROJECT_DIR / "policy"
 POLICIES = {policy.name: policy for policy in rules.POLICIES}
@@ -62,6 +63,8 @@ EXPECTED_RULES = {
     "pod-disruption-budget-present",
     "egress-restricted",
     "eks-public-endpoint-restricted",
+    "iam-least-privilege",
+    "encryption-at-rest",
 }
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -595,50 +598,201 @@ def test_egress_workload_without_network_policy_fails(dev_stack):
 
 # --- eks-public-endpoint-restricted ----------------------------------------------------------
 
+OPEN = '["0.0.0.0/0"]'
 
-def test_public_endpoint_prod_office_range_passes_internet_fails(prod_stack, on_stack):
-    """The prod stack file admits 203.0.113.0/24 only and passes; with publicAccessCidrs
-    ["0.0.0.0/0"] (the setting's default) it fails."""
+
+def open_stack(cidrs: str = OPEN) -> ProgramRun:
+    """The dev stack with its public endpoint open to these ranges, the risk accepted by name
+    in its settings (the settings refuse it otherwise): what the pack must still stop."""
+    return stack("dev", publicAccessCidrs=cidrs, acceptRisks='["publicEndpointOpenToInternet"]')
+
+
+def test_public_endpoint_listed_ranges_pass_internet_fails(prod_stack, dev_stack, on_stack):
+    """The prod and dev stack files admit 203.0.113.0/24 only and pass; the same stack with
+    publicAccessCidrs ["0.0.0.0/0"] fails."""
     on_stack("prod")
     assert check("eks-public-endpoint-restricted", prod_stack.one(EKS_CLUSTER)) == []
-    open_run = stack("prod", publicAccessCidrs='["0.0.0.0/0"]')
-    [violation] = check("eks-public-endpoint-restricted", open_run.one(EKS_CLUSTER))
-    assert "admits 0.0.0.0/0 in production stack prod" in violation
+    assert check("eks-public-endpoint-restricted", dev_stack.one(EKS_CLUSTER)) == []
+    [violation] = check("eks-public-endpoint-restricted", open_stack().one(EKS_CLUSTER))
+    assert "admits the whole internet (0.0.0.0/0) on stack prod" in violation
+
+
+@pytest.mark.parametrize("stack_name", ["dev", "staging", "acme/redis-eks/sandbox", None])
+def test_public_endpoint_applies_to_every_stack(on_stack, stack_name):
+    """Whatever the stack is called (or with no name at all), an endpoint open to the
+    internet fails; the policy's config no longer scopes it to production."""
+    if stack_name:
+        on_stack(stack_name)
+    cluster = open_stack().one(EKS_CLUSTER)
+    assert len(check("eks-public-endpoint-restricted", cluster)) == 1
+    assert len(check("eks-public-endpoint-restricted", cluster, {"production": False})) == 1
+
+
+@pytest.mark.parametrize(
+    "cidrs",
+    [
+        '["0.0.0.0/1", "128.0.0.0/1"]',
+        '["::/0"]',
+        '["2000::/4", "3000::/4"]',
+        '["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/3", "203.0.113.0/24"]',
+    ],
+)
+def test_public_endpoint_split_ranges_that_cover_the_internet_fail(on_stack, cidrs):
+    """Ranges that together admit every public address are the internet too (the last list
+    leaves out only 224.0.0.0/3, multicast and reserved)."""
+    on_stack("dev")
+    [violation] = check("eks-public-endpoint-restricted", open_stack(cidrs).one(EKS_CLUSTER))
+    assert "admits the whole internet" in violation
+
+
+def test_public_endpoint_large_but_partial_ranges_pass(on_stack):
+    """Half the IPv4 space is not all of it: listed ranges, however wide, pass."""
+    on_stack("dev")
+    cluster = stack("dev", publicAccessCidrs='["0.0.0.0/1", "203.0.113.0/24"]').one(EKS_CLUSTER)
+    assert check("eks-public-endpoint-restricted", cluster) == []
 
 
 def test_public_endpoint_private_passes_public_without_cidrs_fails(on_stack):
     """endpointPublicAccess false passes (the program then leaves publicAccessCidrs out). The
-    program never makes the endpoint public without a list, so the failing case is that
-    cluster with endpointPublicAccess turned back on: an omitted list means 0.0.0.0/0."""
-    on_stack("prod")
-    cluster = stack("prod", endpointPublicAccess="false").one(EKS_CLUSTER)
+    program never makes the endpoint public without a list, so the failing cases are that
+    cluster with endpointPublicAccess turned back on: an omitted or empty list means
+    0.0.0.0/0."""
+    on_stack("dev")
+    config = load_stack_config("dev") | {"redis-eks:endpointPublicAccess": "false"}
+    del config["redis-eks:publicAccessCidrs"]
+    cluster = run_program(config).one(EKS_CLUSTER)
     assert cluster.inputs.get("publicAccessCidrs") is None
     assert check("eks-public-endpoint-restricted", cluster) == []
-    public = changed(cluster, lambda i: i.update(endpointPublicAccess=True))
-    [violation] = check("eks-public-endpoint-restricted", public)
-    assert "no publicAccessCidrs" in violation
-
-
-def test_public_endpoint_applies_to_production_stacks_only(dev_stack, on_stack):
-    """The dev stack file keeps the default 0.0.0.0/0: it passes on a stack named dev and
-    fails on one named prod."""
-    cluster = dev_stack.one(EKS_CLUSTER)
-    assert cluster.inputs["publicAccessCidrs"] == ["0.0.0.0/0"]
-    on_stack("dev")
-    assert check("eks-public-endpoint-restricted", cluster) == []
-    on_stack("prod")
-    assert len(check("eks-public-endpoint-restricted", cluster)) == 1
+    for public in (
+        changed(cluster, lambda i: i.update(endpointPublicAccess=True)),
+        changed(cluster, lambda i: i.update(endpointPublicAccess=True, publicAccessCidrs=[])),
+    ):
+        [violation] = check("eks-public-endpoint-restricted", public)
+        assert "no publicAccessCidrs" in violation
 
 
 def test_public_endpoint_aws_cluster(on_stack):
     """The aws.eks.Cluster that pulumi-eks creates inside its component is not registered
     under the mocks, so both cases are written here in its shape (vpcConfig): a listed range
     passes; vpcConfig without endpoint settings (public, open to all by default) fails."""
-    on_stack("prod")
+    on_stack("dev")
     listed = {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}}
     assert check("eks-public-endpoint-restricted", synthetic("aws:eks/cluster:Cluster", "eks", listed)) == []
     default = {"vpcConfig": {"subnetIds": ["subnet-1", "subnet-2"]}}
     assert len(check("eks-public-endpoint-restricted", synthetic("aws:eks/cluster:Cluster", "eks", default))) == 1
+
+
+# --- iam-least-privilege ----------------------------------------------------------------------
+
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+
+
+def with_statement(statement: dict) -> Callable[[dict], None]:
+    """A change adding one statement to a RolePolicy's JSON document."""
+
+    def change(inputs):
+        document = json.loads(inputs["policy"])
+        document["Statement"].append(statement)
+        inputs["policy"] = json.dumps(document)
+
+    return change
+
+
+def test_iam_the_programs_policies_pass(dev_stack):
+    """Every IAM policy and attachment the dev stack makes passes: the EBS CSI driver's and
+    the node role's, each scoped to what it needs."""
+    iam = [r for r in dev_stack.resources if r.type.startswith("aws:iam/")]
+    assert {r.type for r in iam} >= {ROLE_POLICY, ATTACHMENT, "aws:iam/role:Role"}
+    assert [v for r in iam for v in check("iam-least-privilege", r)] == []
+
+
+@pytest.mark.parametrize(
+    "statement, problem",
+    [
+        ({"Effect": "Allow", "Action": "*", "Resource": "*"}, "allows every action (*)"),
+        ({"Effect": "Allow", "Action": ["ec2:DescribeVolumes", "*"], "Resource": "arn:aws:ec2:::x"}, "every action"),
+        ({"Effect": "Allow", "Action": "iam:*", "Resource": "*"}, "all of iam:* on every resource"),
+        ({"Effect": "Allow", "Action": ["s3:GetObject", "kms:*"], "Resource": ["*"]}, "all of kms:*"),
+        ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "NotAction"),
+    ],
+)
+def test_iam_wildcards_fail(dev_stack, statement, problem):
+    """The EBS CSI driver's RolePolicy, with one too-broad statement added, fails."""
+    [policy] = [r for r in dev_stack.of_type(ROLE_POLICY) if r.name.endswith("-ebs-csi-ec2")]
+    [violation] = check("iam-least-privilege", changed(policy, with_statement(statement)))
+    assert problem in violation
+
+
+def test_iam_scoped_service_wildcards_and_denies_pass(dev_stack):
+    """A whole service on named resources, and a Deny of everything, are not grants of everything."""
+    [policy] = [r for r in dev_stack.of_type(ROLE_POLICY) if r.name.endswith("-ebs-csi-ec2")]
+    for statement in (
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "arn:aws:kms:eu-west-1:123456789012:key/k"},
+        {"Effect": "Deny", "Action": "*", "Resource": "*"},
+    ):
+        assert check("iam-least-privilege", changed(policy, with_statement(statement))) == []
+
+
+@pytest.mark.parametrize("name", ["AdministratorAccess", "IAMFullAccess"])
+def test_iam_administrator_attachments_fail(dev_stack, name):
+    """The node role's attachments pass; one of them switched to AdministratorAccess (or
+    IAMFullAccess) fails, and so does a role with it among its managed policies."""
+    attachment = dev_stack.of_type(ATTACHMENT)[0]
+    admin = f"arn:aws:iam::aws:policy/{name}"
+    [violation] = check("iam-least-privilege", changed(attachment, lambda i: i.update(policyArn=admin)))
+    assert name in violation
+    role = dev_stack.of_type("aws:iam/role:Role")[0]
+    assert check("iam-least-privilege", role) == []
+    assert len(check("iam-least-privilege", changed(role, lambda i: i.update(managedPolicyArns=[admin])))) == 1
+    inline = [
+        {"name": "all", "policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})}
+    ]
+    assert len(check("iam-least-privilege", changed(role, lambda i: i.update(inlinePolicies=inline)))) == 1
+
+
+# --- encryption-at-rest -----------------------------------------------------------------------
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+DLM_POLICY = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
+
+
+def test_encryption_eks_secrets(dev_stack):
+    """The program's cluster encrypts secrets with its own key; without the key ARN it
+    fails. The aws.eks.Cluster shape (encryptionConfig) too, written here."""
+    cluster = dev_stack.one(EKS_CLUSTER)
+    assert check("encryption-at-rest", cluster) == []
+    [violation] = check("encryption-at-rest", changed(cluster, lambda i: i.pop("encryptionConfigKeyArn", None)))
+    assert "Kubernetes secrets are not encrypted" in violation
+    encrypted = {"encryptionConfig": {"resources": ["secrets"], "provider": {"keyArn": "arn:aws:kms:x"}}}
+    assert check("encryption-at-rest", synthetic("aws:eks/cluster:Cluster", "eks", encrypted)) == []
+    assert len(check("encryption-at-rest", synthetic("aws:eks/cluster:Cluster", "eks", {"name": "eks"}))) == 1
+
+
+def test_encryption_launch_template_volumes(dev_stack):
+    """The nodes' launch template encrypts its root volume; "false", or no mapping at all
+    (the AMI's own, unencrypted root volume), fails."""
+    template = dev_stack.one(LAUNCH_TEMPLATE)
+    assert check("encryption-at-rest", template) == []
+    unencrypted = changed(template, lambda i: i["blockDeviceMappings"][0]["ebs"].update(encrypted="false"))
+    [violation] = check("encryption-at-rest", unencrypted)
+    assert "/dev/xvda is not encrypted" in violation
+    [violation] = check("encryption-at-rest", changed(template, lambda i: i.pop("blockDeviceMappings")))
+    assert "maps no block device" in violation
+
+
+def test_encryption_dlm_cross_region_copies():
+    """A stack copying its snapshots to another region encrypts the copies; a copy rule with
+    encrypted false fails."""
+    policy = stack("dev", backupCopyRegion="eu-central-1").one(DLM_POLICY)
+    [schedule] = policy.inputs["policyDetails"]["schedules"]
+    assert schedule["crossRegionCopyRules"][0]["encrypted"] is True
+    assert check("encryption-at-rest", policy) == []
+    clear = changed(
+        policy, lambda i: i["policyDetails"]["schedules"][0]["crossRegionCopyRules"][0].update(encrypted=False)
+    )
+    [violation] = check("encryption-at-rest", clear)
+    assert "the copy to eu-central-1 is not encrypted" in violation
 
 
 # --- The pack --------------------------------------------------------------------------------
@@ -697,7 +851,7 @@ def stack_request(resources: list[RegisteredResource]) -> proto.AnalyzeStackRequ
 
 def test_analyzer_info_lists_every_rule_mandatory_with_its_config():
     """What the CLI reads from the pack (GetAnalyzerInfo): every rule, mandatory, and the
-    production config (productionStacks, default ["prod"]) on the two production rules."""
+    production config (productionStacks, default ["prod"]) on the production rule."""
     info = analyzer().GetAnalyzerInfo(None, None)
     assert info.name == rules.PACK_NAME and info.supportsConfig
     assert {policy.name for policy in info.policies} == EXPECTED_RULES
@@ -707,7 +861,7 @@ def test_analyzer_info_lists_every_rule_mandatory_with_its_config():
         for policy in info.policies
         if policy.configSchema.properties
     }
-    assert set(configurable) == {"redis-tls-in-production", "eks-public-endpoint-restricted"}
+    assert set(configurable) == {"redis-tls-in-production"}
     for schema in configurable.values():
         assert schema["productionStacks"]["default"] == ["prod"]
         assert schema["production"]["type"] == "boolean"

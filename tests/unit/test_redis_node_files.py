@@ -198,7 +198,9 @@ def test_maxmemory_leaves_headroom_for_forks_and_buffers(limit: int) -> None:
     assert value % MIB == 0
     assert 0.69 * limit <= value <= 0.70 * limit
     # The replica output buffer the file allows must fit in the headroom as well.
-    conf = _directives(render_redis_conf(parse_settings({"memoryLimit": f"{limit}", "memoryRequest": "256Mi"})))
+    # The limit in bytes, as a decimal quantity with a unit (k); a volume twice the data set.
+    memory = {"memoryLimit": f"{limit // 1000}.{limit % 1000:03d}k", "memoryRequest": "256Mi", "storageSize": "100Gi"}
+    conf = _directives(render_redis_conf(parse_settings(memory)))
     _, hard, soft, _ = conf["client-output-buffer-limit"][0].split()
     assert value + int(hard) < limit
     assert int(soft) <= int(hard)

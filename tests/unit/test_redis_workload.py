@@ -52,7 +52,9 @@ def test_stateful_set_runs_one_pod_per_node_in_parallel(dev_stack):
 
 @pytest.mark.parametrize("shards, replicas, pods", [(4, 1, 8), (3, 0, 3), (5, 2, 15)])
 def test_pod_count_is_shards_times_one_plus_replicas(shards, replicas, pods):
-    run = build_stack("dev", shards=str(shards), replicasPerShard=str(replicas))
+    # No replicas is a risk the stack must accept by name.
+    accepted = {"acceptRisks": '["noReplicas"]'} if replicas == 0 else {}
+    run = build_stack("dev", shards=str(shards), replicasPerShard=str(replicas), **accepted)
     assert run.one(STATEFUL_SET).inputs["spec"]["replicas"] == pods
     peers = config_maps(run)["redis-cluster-peers"]["data"]["peers"].split()
     assert peers == [f"redis-cluster-{i}.redis-cluster-headless.redis.svc.cluster.local" for i in range(pods)]
@@ -99,7 +101,10 @@ def test_config_map_is_mounted_executable_and_the_secret_read_only(dev_stack):
 
 
 def test_resources_come_from_config():
-    run = build_stack("dev", cpuRequest="500m", cpuLimit="2", memoryRequest="2Gi", memoryLimit="3Gi")
+    # A node type with room for a 2-CPU limit (a t3.large has about 1.6 CPUs for pods).
+    run = build_stack(
+        "dev", nodeInstanceType="m6i.xlarge", cpuRequest="500m", cpuLimit="2", memoryRequest="2Gi", memoryLimit="3Gi"
+    )
     resources = redis_container(run)["resources"]
     assert resources == {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
     redis_conf = pod_config(run)["data"]["redis.conf"]
@@ -317,7 +322,10 @@ def test_the_manual_change_opt_in_reaches_the_guard_and_the_bootstrap():
 # -- users, rotation and TLS --------------------------------------------------------------
 
 ROTATION = "pulumi-python:dynamic/redis:CredentialRotation"
-USERS = '{"app": {"commands": ["+@read", "+@write"], "keys": ["app:*"]}, "reader": {"commands": ["+@read"], "readKeys": ["*"]}}'
+USERS = (
+    '{"app": {"commands": ["+@read", "+@write", "-@dangerous"], "keys": ["app:*"]}, '
+    '"reader": {"commands": ["+@read", "-@dangerous"], "readKeys": ["*"]}}'
+)
 
 
 def test_named_users_get_the_secret_acl_file_and_a_secret_password_each():
@@ -334,7 +342,7 @@ def test_named_users_get_the_secret_acl_file_and_a_secret_password_each():
     acl = reveal(run.one(SECRET).inputs["stringData"])["users.acl"]
     lines = {line.split()[1]: line for line in acl.splitlines()}
     assert set(lines) == {"default", "replication", "monitoring", "app", "reader"}
-    assert lines["reader"] == f"user reader on #{password_hash(given)} %R~* -@all +@read"
+    assert lines["reader"] == f"user reader on #{password_hash(given)} %R~* -@all +@read -@dangerous"
     assert "~app:*" in lines["app"] and given not in acl
     # Nothing of the users' in a ConfigMap: no ACL file there, no password, no hash.
     config_maps = [r.inputs for r in run.of_type(CONFIG_MAP)]

@@ -9,7 +9,7 @@ import pytest
 from components import redis_node_files as files
 from components import roll_budget as roll
 from components.stack_settings import MAX_REPLICAS_PER_SHARD, MAX_SHARDS, parse_settings
-from tests.unit.conftest import build_stack
+from tests.unit.conftest import KUBECONFIG, build_stack
 
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 
@@ -35,8 +35,9 @@ def seconds(duration: str) -> int:
             },
             279,
         ),
-        # the same data at the gp3 baseline: 138 s
-        ({"memoryLimit": "8Gi", "memoryRequest": "8Gi"}, 348),
+        # the same data at the gp3 baseline: 138 s (a volume of twice maxmemory, as the settings
+        # require)
+        ({"memoryLimit": "8Gi", "memoryRequest": "8Gi", "storageSize": "12Gi"}, 348),
     ],
 )
 def test_one_pods_turn_is_its_stop_its_start_and_its_data_at_the_volumes_throughput(settings, turn):
@@ -58,7 +59,7 @@ def test_the_statefulset_waits_as_long_as_its_roll_may_take(dev_stack, prod_stac
         assert seconds(update) == roll.ROLL_START_SECONDS + 6 * (279 if run is prod_stack else 228)
 
 
-def test_the_largest_cluster_the_settings_allow_is_waited_for_to_the_end():
+def test_the_most_pods_the_settings_allow_are_waited_for_to_the_end():
     """600 pods of 8Gi: about 58 hours at the gp3 baseline, where a fixed 30 minutes gave up
     on the 6th pod and failed the update while the roll went on."""
     run = build_stack(
@@ -67,6 +68,9 @@ def test_the_largest_cluster_the_settings_allow_is_waited_for_to_the_end():
         replicasPerShard=str(MAX_REPLICAS_PER_SHARD),
         memoryLimit="8Gi",
         memoryRequest="8Gi",
+        storageSize="12Gi",
+        # Nodes that hold the pods (the settings check it): 200 in each zone of 33 nodes.
+        nodeInstanceType="r6i.4xlarge",
         nodeMaxSize="100",
         nodeDesiredSize="100",
     )
@@ -78,7 +82,10 @@ def test_the_largest_cluster_the_settings_allow_is_waited_for_to_the_end():
 def test_a_node_holding_too_many_pods_to_drain_in_15_minutes_is_warned_about(monkeypatch):
     warnings = []
     monkeypatch.setattr("pulumi.log.warn", lambda message, resource=None, **_: warnings.append(message))
-    build_stack("dev", shards="30", replicasPerShard="1", nodeDesiredSize="4", nodeMaxSize="6")
+    # Nodes large enough to hold 20 pods each (the settings check it), too many to drain in time.
+    build_stack(
+        "dev", shards="30", replicasPerShard="1", nodeDesiredSize="4", nodeMaxSize="6", nodeInstanceType="m6i.2xlarge"
+    )
     (warning,) = warnings
     assert "60 Redis pods on 4 nodes put up to 15 on one node" in warning
     assert "PodEvictionFailure" in warning and "nodeDesiredSize to at least 20" in warning
@@ -91,7 +98,7 @@ def test_a_cluster_made_elsewhere_has_no_eks_drain_limit():
     settings = parse_settings(
         {
             "platform": "existing",
-            "kubeconfig": "{clusters: [a], contexts: [b]}",
+            "kubeconfig": KUBECONFIG,
             "storageProvisioner": "x.io/y",
             "shards": "50",
         }

@@ -2,12 +2,14 @@
 
 import json
 
+import pulumi
 import pytest
 
 from components.engines import REDIS
 from components.stack_settings import (
     DEFAULT_CLUSTER_VERSION,
     SettingsError,
+    load_settings,
     load_stack_config,
     parse_settings,
 )
@@ -33,15 +35,15 @@ def test_config_strings_are_converted_to_typed_values():
         {
             "shards": "4",
             "replicasPerShard": "2",
-            "endpointPublicAccess": "false",
+            "endpointPublicAccess": "true",
             "publicAccessCidrs": '["10.1.0.0/16", "192.0.2.0/24"]',
             "clientPodLabels": '{"app": "api"}',
             "vpcId": "vpc-0123456789abcdef0",
-            "privateSubnetIds": "subnet-00000000000000001,subnet-00000000000000002",
+            "privateSubnetIds": '["subnet-00000000000000001", "subnet-00000000000000002"]',
         }
     )
     assert settings.pod_count == 12
-    assert settings.endpoint_public_access is False
+    assert settings.endpoint_public_access is True
     assert settings.public_access_cidrs == ("10.1.0.0/16", "192.0.2.0/24")
     assert settings.client_pod_labels == (("app", "api"),)
     assert settings.private_subnet_ids == ("subnet-00000000000000001", "subnet-00000000000000002")
@@ -56,7 +58,7 @@ def test_an_add_on_build_is_eks_s_answer_unless_pinned():
 
 BAD_VALUES = [
     # (settings, fragments the message must contain)
-    ({"acceptManualChange": "shards"}, ["redis-eks:acceptManualChange", "shards=<n>", "image=<image>"]),
+    ({"acceptManualChange": '["shards"]'}, ["redis-eks:acceptManualChange", "shards=<n>", "image=<image>"]),
     (
         {"acceptManualChange": '["password"]'},
         ["redis-eks:acceptManualChange", "no longer needed", "Rotating credentials"],
@@ -64,8 +66,8 @@ BAD_VALUES = [
     ({"shards": "2"}, ["redis-eks:shards", "'2'", "from 3 to 100", "3 masters"]),
     ({"shards": "three"}, ["redis-eks:shards", "'three'", "whole number"]),
     ({"replicasPerShard": "-1"}, ["redis-eks:replicasPerShard", "'-1'", "from 0 to 5"]),
-    ({"storageSize": "5GB"}, ["redis-eks:storageSize", "'5GB'", "Kubernetes quantity"]),
-    ({"storageSize": "0"}, ["redis-eks:storageSize", "positive"]),
+    ({"storageSize": "5GB"}, ["redis-eks:storageSize", "'5GB'", "a size with a unit"]),
+    ({"storageSize": "0"}, ["redis-eks:storageSize", "a number without a unit is bytes"]),
     ({"nodeMinSize": "4", "nodeDesiredSize": "3"}, ["nodeMinSize (4)", "nodeDesiredSize (3)", "nodeMaxSize"]),
     ({"nodeDesiredSize": "7", "nodeMaxSize": "6"}, ["nodeDesiredSize (7)", "nodeMaxSize (6)"]),
     ({"platform": "gke"}, ["redis-eks:platform", "'gke'", "eks, existing"]),
@@ -87,7 +89,7 @@ BAD_VALUES = [
     ({"namespace": "Redis_NS"}, ["redis-eks:namespace", "'Redis_NS'", "DNS-1123"]),
     ({"maxmemoryPolicy": "lru"}, ["redis-eks:maxmemoryPolicy", "'lru'", "noeviction", "allkeys-lru"]),
     ({"nodeTimeoutMs": "100"}, ["redis-eks:nodeTimeoutMs", "from 1000 to 60000"]),
-    ({"memoryLimit": "128Mi", "memoryRequest": "128Mi"}, ["redis-eks:memoryLimit", "at least 256Mi"]),
+    ({"memoryLimit": "128Mi", "memoryRequest": "128Mi"}, ["redis-eks:memoryLimit", "from 256Mi to 1Ti"]),
     ({"memoryRequest": "2Gi", "memoryLimit": "1Gi"}, ["redis-eks:memoryRequest", "at most memoryLimit"]),
     ({"cpuRequest": "2", "cpuLimit": "1"}, ["redis-eks:cpuRequest", "at most cpuLimit"]),
     ({"image": "redis latest"}, ["redis-eks:image", "pinned"]),
@@ -102,7 +104,7 @@ BAD_VALUES = [
     ({"image": "redis@sha256:" + "0123456789abcdef" * 4}, ["redis-eks:image", "a digest alone"]),
     (
         {"publicAccessCidrs": '["0.0.0.0"]'},
-        ["redis-eks:publicAccessCidrs", "'0.0.0.0'", "prefix notation", "0.0.0.0/0"],
+        ["redis-eks:publicAccessCidrs", "'0.0.0.0'", "prefix notation"],
     ),
     ({"publicAccessCidrs": '["203.0.113.7"]'}, ["redis-eks:publicAccessCidrs", "'203.0.113.7'", "prefix notation"]),
     ({"publicAccessCidrs": '["10.0.0.1/24"]'}, ["redis-eks:publicAccessCidrs", "'10.0.0.1/24'"]),
@@ -222,7 +224,7 @@ def test_images_pinned_by_exact_version_or_digest_are_accepted(image):
 @pytest.mark.parametrize(
     "iops, size",
     [
-        ("3000", "1Gi"),  # the baseline comes with any size
+        ("3000", "2Gi"),  # the baseline comes with any size (2Gi: twice the 1Gi pods' maxmemory)
         ("6000", "12Gi"),
         ("16000", "32Gi"),
         ("16000", "32768Mi"),
@@ -336,4 +338,42 @@ def test_backups_and_metrics_have_production_defaults_and_take_their_settings():
     assert settings.backup_schedule == "cron(30 */6 * * ? *)" and settings.backup_retention_count == 28
     assert (settings.backup_copy_region, settings.backup_copy_retention_days) == ("eu-central-1", 30)
     assert settings.monitoring_labels == (("release", "kube-prometheus-stack"),)
-    assert parse_settings({"backupSchedule": "OFF"}).backup_schedule is None
+    assert parse_settings({"backupSchedule": "off"}).backup_schedule is None
+
+
+def test_a_refusal_is_a_run_error_the_language_host_prints_without_a_traceback():
+    """pulumi-language-python-exec catches pulumi.RunError and logs its message alone; any
+    other exception is logged with its traceback. Callers that catch ValueError still do."""
+    with pytest.raises(SettingsError) as raised:
+        parse_settings({"shards": "2", "replicasPerShard": "9"})
+    assert isinstance(raised.value, pulumi.RunError) and isinstance(raised.value, ValueError)
+    assert str(raised.value).startswith("2 stack settings are not valid:\n- redis-eks:shards = '2'")
+
+
+def test_the_whole_config_is_read_as_the_language_host_hands_it_over(monkeypatch):
+    """The language host passes the stack's config in PULUMI_CONFIG (and the secret keys in
+    PULUMI_CONFIG_SECRET_KEYS), which its exec script gives to `set_all_config`: load_settings
+    sees every namespace there, so a near-miss one is refused, and a secret set in plain text."""
+    config = {f"redis-eks:{k}" if ":" not in k else k: v for k, v in load_stack_config("dev").items()}
+    config |= {"redis:tls": "true", "redis-eks:password": "Plain-Text-Password-0123"}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", "[]")
+    pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
+    try:
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+        message = str(raised.value)
+        assert "redis:tls is not read by this program" in message and "did you mean redis-eks:tls?" in message
+        assert "pulumi config set --secret redis-eks:password" in message
+        assert "Plain-Text-Password-0123" not in message
+        # Set as a secret, the password passes; the namespace still does not.
+        monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", '["redis-eks:password"]')
+        pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+        assert raised.value.problems == (
+            "redis:tls is not read by this program, whose settings are in the redis-eks: namespace; "
+            "did you mean redis-eks:tls?",
+        )
+    finally:
+        pulumi.runtime.set_all_config({}, [])
