@@ -90,6 +90,26 @@ def kubeconfig_server(kubeconfig: str) -> Optional[str]:
     return servers.get(cluster)
 
 
+@dataclass(frozen=True)
+class RunningPlatform:
+    """What AWS says runs already for the stack's EKS cluster, read before anything registers."""
+
+    cluster_exists: bool
+    node_groups: nodes.NodeGroups
+
+
+def running_platform(name: str, settings: StackSettings, parent: Optional[pulumi.Resource]) -> RunningPlatform:
+    """The stack's cluster and node groups as AWS lists them, and every problem the settings
+    have with them or with EKS's add-on builds, raised together (plain invokes: known at
+    preview, on the first run too)."""
+    exists = cluster_access.cluster_exists(name, parent=parent)
+    groups = nodes.existing_node_groups(name, exists, parent=parent)
+    problems = addons.pinned_build_problems(settings, parent=parent) + nodes.node_group_problems(name, settings, groups)
+    if problems:
+        raise SettingsError(problems)
+    return RunningPlatform(exists, groups)
+
+
 class EksPlatform(pulumi.ComponentResource):
     """EKS (or an existing cluster), the Kubernetes provider and the StorageClass `data`; on EKS,
     the scheduled snapshots of the data volumes (SnapshotBackups) unless `backupSchedule` is off."""
@@ -109,8 +129,15 @@ class EksPlatform(pulumi.ComponentResource):
     cluster_admin_arns_left_out: list[str]
 
     def __init__(self, resource_name: str, args: EksPlatformArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
         settings = args.settings
+        # What runs already, and what the settings may not do to it: asked of AWS and refused
+        # before anything of the stack is registered (this component and its guard included),
+        # so the preview stops here, all problems together, and a refused `pulumi up` changes
+        # no state, not even the guard's record of the opt-ins it let through.
+        running = (
+            running_platform(args.name, settings, opts.parent if opts else None) if settings.platform == "eks" else None
+        )
+        super().__init__("redis-eks:index:EksPlatform", resource_name, None, opts)
         # First: what the settings may not change on a running stack is refused at preview,
         # before the resources below (which depend on it) are touched.
         self.guard = PlatformChangeGuard(
@@ -123,9 +150,9 @@ class EksPlatform(pulumi.ComponentResource):
         self.cluster_creator_arn = None
         self.cluster_admin_arns_left_out = []
 
-        if settings.platform == "eks":
+        if running is not None:
             cluster_name, kubeconfig, storage_class_depends_on, volume_key_arn, cluster_admins = self._build_eks(
-                args.name, settings
+                args.name, settings, running
             )
         else:
             cluster_name = pulumi.Output.from_input("existing")
@@ -176,18 +203,10 @@ class EksPlatform(pulumi.ComponentResource):
             }
         )
 
-    def _build_eks(self, name: str, settings: StackSettings):
+    def _build_eks(self, name: str, settings: StackSettings, running: RunningPlatform):
         # What the guard keeps from being replaced waits for its check.
         child = pulumi.ResourceOptions(parent=self, depends_on=[self.guard])
-        # What runs already, and what the settings may not do to it: asked of AWS and refused
-        # before anything is registered, so the preview stops here, all problems together.
-        exists = cluster_access.cluster_exists(name, parent=self)
-        groups = nodes.existing_node_groups(name, exists, parent=self)
-        problems = addons.pinned_build_problems(settings, parent=self) + nodes.node_group_problems(
-            name, settings, groups
-        )
-        if problems:
-            raise SettingsError(problems)
+        exists, groups = running.cluster_exists, running.node_groups
         partition, account = current_account(pulumi.InvokeOutputOptions(parent=self))
         subnets = network(name, settings, child)
         creator = cluster_access.cluster_creator(name, exists, parent=self)

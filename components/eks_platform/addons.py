@@ -54,7 +54,7 @@ def build_order(build: str) -> tuple[int, ...]:
     return tuple(int(number) for number in re.findall(r"\d+", build))
 
 
-def pinned_build_problems(settings: StackSettings, parent: pulumi.Resource) -> list[str]:
+def pinned_build_problems(settings: StackSettings, parent: Optional[pulumi.Resource]) -> list[str]:
     """Every pinned add-on build that EKS does not offer for `clusterVersion`.
 
     Asked of EKS for the version the settings name (not the one the control plane reports,

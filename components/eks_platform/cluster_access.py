@@ -37,7 +37,7 @@ class ClusterCreator:
     creates_cluster: bool
 
 
-def cluster_exists(name: str, parent: pulumi.Resource) -> bool:
+def cluster_exists(name: str, parent: Optional[pulumi.Resource]) -> bool:
     """Whether the stack's EKS cluster exists already (a plain invoke: known at preview)."""
     return name in (aws.eks.get_clusters(opts=pulumi.InvokeOptions(parent=parent)).names or [])
 

@@ -61,7 +61,7 @@ class NodeGroups:
     launch_template_group: bool = False
 
 
-def existing_node_groups(name: str, cluster_exists: bool, parent: pulumi.Resource) -> NodeGroups:
+def existing_node_groups(name: str, cluster_exists: bool, parent: Optional[pulumi.Resource]) -> NodeGroups:
     """What node groups the cluster has (plain invokes: known at preview)."""
     if not cluster_exists:
         return NodeGroups()

@@ -539,6 +539,12 @@ ROWS: list[Bad] = [
     Bad("nodeGroupForm", "blueGreen"),
     Bad("nodeGroupForm", ""),
     _newline("nodeGroupForm", "launchTemplate"),
+    # What EKS answers (the fake cloud's builds; a fresh account): refused before anything registers.
+    *[
+        Bad(key, "v1.99.0-eksbuild.1", ("EKS offers", "builds up to"))
+        for key in ("ebsCsiDriverVersion", "corednsVersion", "kubeProxyVersion", "vpcCniVersion")
+    ],
+    Bad("nodeGroupForm", "moving", ("no node group with its instance type on the group",)),
     *_bools("deletionProtection"),
     *[
         Bad(key, value, ("only applies to platform=eks",), stack="existing")

@@ -779,11 +779,9 @@ def test_a_pinned_build_eks_does_not_offer_for_the_version_is_refused_at_preview
         ("kube-proxy", "1.36"),
         ("coredns", "1.36"),
     }
-    # Nothing but the platform component and its guard (which changes nothing in the cloud).
-    assert [r.type for r in run.resources] == [
-        "redis-eks:index:EksPlatform",
-        "pulumi-python:dynamic/redis:PlatformChangeGuard",
-    ]
+    # Refused before anything registers: not even the guard, whose record a refused run must
+    # not change.
+    assert run.resources == []
 
 
 def test_a_pin_eks_offers_is_installed_as_pinned():
@@ -985,8 +983,10 @@ def test_a_group_from_before_is_not_moved_into_a_launch_template_silently():
     """A running group with its instance type on the group: EKS refuses a launch template that
     names one (terraform-aws-modules/terraform-aws-eks#1514), and dropping the group would
     scale it to zero. The default form is refused at preview, with the way."""
+    run = render_manifests.ProgramRun()
     with eks_runs({OLD_GROUP: ["t3.large"]}), pytest.raises(SettingsError) as refused:
-        build_stack("dev")
+        render_manifests.run_program(load_stack_config("dev"), stack="dev", run=run)
+    assert run.resources == []
     message = str(refused.value)
     assert "redis-eks:nodeGroupForm = 'launchTemplate' is refused" in message
     assert OLD_GROUP in message and "instanceTypes" in message and "moving" in message
