@@ -840,6 +840,21 @@ def _stack_problems(
             for risk in s.accept_risks
             if risk not in needed
         ]
+    if s.storage_kms_key_arn and region and parsed("storageKmsKeyArn"):
+        # KMS keys are Regional (a multi-Region key's replica has an ARN of its Region): EBS
+        # encrypts a volume with a key of the volume's Region only, so another Region's key
+        # fails every claim, and DLM every snapshot (AWS KMS Developer Guide, "AWS KMS keys",
+        # Regions; "Multi-Region keys in AWS KMS").
+        key_region = s.storage_kms_key_arn.split(":")[3]
+        if key_region != region:
+            problems.append(
+                _fail(
+                    "storageKmsKeyArn",
+                    s.storage_kms_key_arn,
+                    f"a key of the stack's own region ({region}, aws:region), where the volumes are; for a "
+                    "multi-Region key, its replica's ARN in that region",
+                )
+            )
     if s.backup_copy_region and region and parsed("backupCopyRegion"):
         if s.backup_copy_region == region:
             problems.append(

@@ -562,6 +562,17 @@ ROWS: list[Bad] = [
     Bad("storageKmsKeyArn", "1234abcd-12ab-34cd-56ef-1234567890ab", ("key/<key id>",)),
     Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/1234ABCD-12AB-34CD-56EF-1234567890AB"),
     Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234"),
+    Bad(
+        "storageKmsKeyArn",
+        "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ("a key of the stack's own region (eu-west-1",),
+    ),
+    Bad(
+        "storageKmsKeyArn",
+        "arn:aws-cn:kms:cn-north-1:111122223333:key/mrk-1234567890abcdef1234567890abcdef",
+        ("multi-Region key, its replica's ARN",),
+        stack="prod",
+    ),
     Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
     Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab/x"),
     # --- monitoring: the CRDs and the runbook links -------------------------------------------
