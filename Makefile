@@ -75,10 +75,12 @@ lint: setup
 	echo "shellcheck .ci/run"; shellcheck .ci/run || status=1; \
 	exit $$status
 
-# Rewrites the golden files of the rendered manifests from the current code. Commit them with
-# the change that caused them: reviewers then see every change to rendered output in the diff.
+# Rewrites the golden files of the rendered manifests, and the change-impact table
+# (docs/change-impact.md), from the current code. Commit them with the change that caused them:
+# reviewers then see every change to rendered output in the diff.
 golden: setup
 	$(PY) -m tools.render_manifests --update-golden
+	$(PY) -m tools.change_impact --update
 
 # Review every Kubernetes object of a stack as YAML: make render STACK=prod
 STACK ?= dev

@@ -28,6 +28,10 @@ pulumi.export("kubeconfig", platform.kubeconfig)
 pulumi.export("storageClassName", platform.storage_class_name)
 # The DLM policy that snapshots the data volumes (platform=eks with a backupSchedule).
 pulumi.export("backupPolicyId", platform.backup_policy_id)
+# Who EKS made the cluster's admin when it created it (platform=eks), and the clusterAdminArns
+# left out for being that identity: EKS holds their access entry, a second one would fail.
+pulumi.export("clusterCreatorArn", platform.cluster_creator_arn)
+pulumi.export("clusterAdminArnsLeftOut", platform.cluster_admin_arns_left_out)
 pulumi.export("namespace", redis_cluster.namespace)
 pulumi.export("redisPassword", redis_cluster.password)
 # name -> password of every user of the `users` setting (secret).

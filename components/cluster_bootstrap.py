@@ -26,7 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi.dynamic
@@ -42,7 +42,7 @@ from cluster_logic.credentials import (
 )
 from cluster_logic.errors import BootstrapError, ForeignNodes, ScaleInRefused, UnexpectedCluster
 from cluster_logic.reconcile import ensure_cluster, read_topology
-from cluster_logic.transports.base import TlsOptions
+from cluster_logic.transports.base import TlsOptions, TransportError
 from cluster_logic.transports.direct import DirectTransport
 from cluster_logic.transports.kubernetes_api import KubernetesTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, image_version
@@ -440,11 +440,17 @@ def _wait_for_mounted_secret(transport: Any, spec: BootstrapSpec, deadline_at: f
     before would fail their probes (an empty Service) until the kubelet caught up."""
     wanted = password_hash(spec.password)
     while True:
-        lagging = [
-            node.pod
-            for node in transport.running_nodes(spec.pod_count)
-            if transport.mounted_password_hash(node) not in (None, wanted)
-        ]
+        lagging = []
+        for node in transport.running_nodes(spec.pod_count):
+            try:
+                mounted = transport.mounted_password_hash(node)
+            except TransportError as error:
+                # Out of reach for now (a pod restarting, a refused exec): not known to read the
+                # new password, so waited for like one that does not, until the deadline.
+                lagging.append(f"{node.pod} ({error})")
+                continue
+            if mounted not in (None, wanted):
+                lagging.append(node.pod)
         if not lagging:
             return
         if time.monotonic() > deadline_at:
@@ -666,10 +672,37 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
 # The guard: refuses unsafe changes before the Secret and the StatefulSet see them.
 # ---------------------------------------------------------------------------------------
 
-GUARD_FIELDS = ("shards", "replicas_per_shard", "engine", "image", "tls", "namespace")
+GUARD_FIELDS = (
+    "shards",
+    "replicas_per_shard",
+    "engine",
+    "image",
+    "tls",
+    "namespace",
+    "storage_size",
+    "certificate_issuer",
+)
 # The opt-ins (acceptManualChange items) that have let a change through and are still
 # listed: each lets one change through, so a stale one cannot pass a second.
 USED_FIELD = "used_manual_changes"
+STORAGE_SIZE_MESSAGE = (
+    "redis-eks:storageSize = {value!r} is refused on this running stack: a StatefulSet's claim templates "
+    "cannot change, so the StatefulSet would be replaced, and the running pods' claims keep their size "
+    "anyway. Grow each claim first (`kubectl patch pvc data-redis-cluster-<n> -n <namespace> -p "
+    '\'{{"spec":{{"resources":{{"requests":{{"storage":"{value}"}}}}}}}}\'`: the StorageClass allows '
+    "expansion), then set it together with redis-eks:acceptManualChange storageSize={value} for one "
+    "`pulumi up`: the StatefulSet object is made again and takes over the running pods without restarting "
+    "them (it orphans them when deleted); remove acceptManualChange afterwards (docs/operations.md, "
+    '"Volume size")'
+)
+CERTIFICATE_ISSUER_MESSAGE = (
+    "redis-eks:certManagerIssuer = {value!r} is refused on this running stack: the nodes' certificate and "
+    "CA would change under every pod at once (each pod's kubelet swaps the Secret's files on its own "
+    "schedule, and a node verifies its peers against its own ca.crt, so the cluster bus splits until all "
+    "have the new files), and the old Secret, of the same name, would be deleted after cert-manager wrote "
+    "it. Keep it; to move to another CA, deploy a new stack with the setting you want and move the data "
+    'to it (docs/operations.md, "Certificates")'
+)
 TLS_CHANGE_MESSAGE = (
     "redis-eks:tls cannot change on a running stack: pods roll one at a time, and a TLS pod "
     "and a plaintext one cannot talk, so the cluster would split half way. Deploy a new "
@@ -724,13 +757,28 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
 
 def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
-    older line of it. (A new password is rotated, see `CredentialRotation`.)"""
+    older line of it, another namespace, TLS switched, a new storage size or another signer of
+    the nodes' certificate. (A new password is rotated, see `CredentialRotation`.)"""
     failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
     failures += namespace_change_failures(olds, news)
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
         failures.append(("tls", TLS_CHANGE_MESSAGE))
+    # Guards from before these fields stored none: the next update stores them.
+    for key, message in (
+        ("storage_size", STORAGE_SIZE_MESSAGE),
+        ("certificate_issuer", CERTIFICATE_ISSUER_MESSAGE),
+    ):
+        old, new = unwrap(olds.get(key)), unwrap(news.get(key))
+        if old is None or new is None or is_unknown(new) or old == new:
+            continue
+        if key == "certificate_issuer" and not (old_tls and unwrap(new_tls)):
+            # Without TLS there is no certificate; turning it on or off is refused above.
+            continue
+        if key == "storage_size" and f"storageSize={new}" in accepted_changes(news):
+            continue
+        failures.append((key, message.format(value=new)))
     return failures
 
 
@@ -739,16 +787,21 @@ def _listed(value: Any) -> set[str]:
     return {str(item) for item in value} if isinstance(value, (list, tuple)) else set()
 
 
-def guarded_change(olds: Mapping[str, Any], news: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
-    """The unsafe changes from `olds` to `news`, counting only opt-ins not used before, and
-    the record of used opt-ins to keep: those used before and still listed, and those this
-    change uses. An opt-in removed from the stack is forgotten, so it can be given again."""
+def guarded_change(
+    olds: Mapping[str, Any],
+    news: Mapping[str, Any],
+    failures_of: Callable[[Mapping[str, Any], Mapping[str, Any]], list[tuple[str, str]]] = unsafe_change_failures,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The unsafe changes from `olds` to `news` (as `failures_of` judges them: this guard's or
+    PlatformChangeGuard's), counting only opt-ins not used before, and the record of used
+    opt-ins to keep: those used before and still listed, and those this change uses. An opt-in
+    removed from the stack is forgotten, so it can be given again."""
     listed = accepted_changes(news)
     used_before = _listed(olds.get(USED_FIELD)) & listed
     fresh = {**news, "accept_manual_change": sorted(listed - used_before)}
-    failures = base = unsafe_change_failures(olds, fresh)
+    failures = base = failures_of(olds, fresh)
     if failures and used_before:
-        with_stale = unsafe_change_failures(olds, {**news, "accept_manual_change": sorted(listed)})
+        with_stale = failures_of(olds, {**news, "accept_manual_change": sorted(listed)})
         if len(with_stale) < len(failures):
             spent = ", ".join(sorted(used_before))
             failures = [
@@ -762,8 +815,7 @@ def guarded_change(olds: Mapping[str, Any], news: Mapping[str, Any]) -> tuple[li
     used_now = {
         item
         for item in listed - used_before
-        if len(unsafe_change_failures(olds, {**fresh, "accept_manual_change": sorted(listed - used_before - {item})}))
-        > len(base)
+        if len(failures_of(olds, {**fresh, "accept_manual_change": sorted(listed - used_before - {item})})) > len(base)
     }
     return failures, sorted(used_before | used_now)
 
@@ -803,8 +855,10 @@ def _guard_outputs(props: Mapping[str, Any]) -> dict[str, Any]:
 class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterChangeGuard"):
     """Refuses scale-in before anything is changed, unless the operator accepts one they
     made by hand (`accept_manual_change`), refuses another engine or an older line of it
-    (but for an image that never started, named in `accept_manual_change`), and another
-    namespace (but with `namespace=<new>` named). Each opt-in lets one change through."""
+    (but for an image that never started, named in `accept_manual_change`), another
+    namespace (but with `namespace=<new>` named), a new storage size (but once the claims
+    were grown, when named), and another signer of the nodes' certificate on a TLS stack.
+    Each opt-in lets one change through."""
 
     def __init__(
         self,
@@ -816,6 +870,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
         image: Optional[str] = None,
         tls: bool = False,
         namespace: Optional[str] = None,
+        storage_size: Optional[str] = None,
+        certificate_issuer: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props = {
@@ -826,6 +882,8 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "image": image,
             "tls": tls,
             "namespace": namespace,
+            "storage_size": storage_size,
+            "certificate_issuer": certificate_issuer,
             USED_FIELD: None,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

@@ -18,9 +18,11 @@ import pulumi_random as random
 
 from components import metrics_exporter as exporter
 from components import redis_node_files as files
+from components import roll_budget as roll
 from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard, credentials_props
 from components.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
 from components.credential_rotation import CredentialRotation
+from components.monitoring_crds import INSTALL
 from components.node_certificates import NodeCertificates, NodeCertificatesArgs
 from components.stack_settings import StackSettings
 
@@ -42,8 +44,8 @@ DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 DNS_PORT = 53
 # Where the scripts read the pod's own name (the announced host name is built from it).
 POD_NAME_ENV = "POD_NAME"
-# Room after the preStop handover for redis-server to flush its AOF and exit on SIGTERM.
-SHUTDOWN_SECONDS = 30
+# pulumi-kubernetes's annotation for how it deletes an object (provider/pkg/metadata/overrides.go).
+DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,25 @@ class RedisCluster(pulumi.ComponentResource):
         selector = {key: labels[key] for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
         names = _ObjectNames(APP_NAME)
 
+        # Registered first, and the namespace, the Secret and the StatefulSet depend on it: its
+        # check refuses scale-in, another engine, namespace or storage size before any of them
+        # is touched, even on `pulumi up --skip-preview`.
+        guard = ClusterChangeGuard(
+            f"{resource_name}-change-guard",
+            shards=settings.shards,
+            replicas_per_shard=settings.replicas_per_shard,
+            accept_manual_change=settings.accept_manual_change,
+            engine=settings.engine,
+            image=settings.image,
+            tls=settings.tls,
+            namespace=settings.namespace,
+            storage_size=settings.storage_size,
+            # Who signs the nodes' certificate: "Issuer/<name>", "ClusterIssuer/<name>", or "" for
+            # the stack's own CA (Pulumi drops a None, and "" must compare as a value).
+            certificate_issuer="/".join(settings.cert_manager_issuer or ()),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
         namespace = k8s.core.v1.Namespace(
             f"{resource_name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -89,7 +110,7 @@ class RedisCluster(pulumi.ComponentResource):
                     "pod-security.kubernetes.io/enforce-version": "latest",
                 },
             ),
-            opts=on_cluster,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[guard]),
         )
         ns = namespace.metadata.name
 
@@ -115,21 +136,6 @@ class RedisCluster(pulumi.ComponentResource):
             )
         )
         credentials = pulumi.Output.secret(credentials)
-
-        # Registered before the Secret and the StatefulSet, which depend on it: its check
-        # refuses scale-in and another engine before either of them is touched, even on
-        # `pulumi up --skip-preview`.
-        guard = ClusterChangeGuard(
-            f"{resource_name}-change-guard",
-            shards=settings.shards,
-            replicas_per_shard=settings.replicas_per_shard,
-            accept_manual_change=settings.accept_manual_change,
-            engine=settings.engine,
-            image=settings.image,
-            tls=settings.tls,
-            namespace=settings.namespace,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
 
         tls_ca: Optional[pulumi.Output[str]] = None
         certificates = None
@@ -268,6 +274,8 @@ class RedisCluster(pulumi.ComponentResource):
                     labels={**labels, **dict(settings.monitoring_labels)},
                     service_selector={**selector, **METRICS_COMPONENT},
                     provider=args.provider,
+                    install_crds=settings.prometheus_operator_crds == INSTALL,
+                    runbook_base_url=settings.runbook_base_url,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[metrics_service]),
             )
@@ -275,7 +283,13 @@ class RedisCluster(pulumi.ComponentResource):
         stateful_set = k8s.apps.v1.StatefulSet(
             f"{resource_name}-statefulset",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=names.stateful_set, namespace=ns, labels=labels, annotations=_scanner_exceptions(settings)
+                name=names.stateful_set,
+                namespace=ns,
+                labels=labels,
+                # Deleting the StatefulSet leaves its pods running, for the next one to take
+                # over: a replacement (an accepted storageSize, Volume size in the runbook) then
+                # restarts no pod, and no delete takes every Redis pod down at once.
+                annotations={DELETION_PROPAGATION: "orphan", **(_scanner_exceptions(settings) or {})},
             ),
             spec=_stateful_set_spec(settings, labels, selector, names, headless, config_name, args.storage_class_name),
             opts=pulumi.ResourceOptions(
@@ -283,11 +297,17 @@ class RedisCluster(pulumi.ComponentResource):
                 provider=args.provider,
                 depends_on=[guard, config_map, peers_map, secret, headless, *([certificates] if certificates else [])],
                 # The bootstrap decides when the cluster is formed; Pulumi need not wait for
-                # every pod to be Ready itself (a fresh pod is Ready anyway).
-                custom_timeouts=pulumi.CustomTimeouts(create="20m", update="30m"),
+                # every pod to be Ready itself (a fresh pod is Ready anyway). A roll goes pod
+                # by pod: its await grows with the pods (components/roll_budget.py).
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create="20m", update=f"{roll.roll_budget(settings).update_seconds}s"
+                ),
             ),
         )
 
+        warning = roll.drain_warning(settings)
+        if warning:
+            pulumi.log.warn(warning, resource=self)
         k8s.policy.v1.PodDisruptionBudget(
             f"{resource_name}-pdb",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=names.stateful_set, namespace=ns, labels=labels),
@@ -471,7 +491,7 @@ def _stateful_set_spec(settings, labels, selector, names: _ObjectNames, headless
             spec=k8s.core.v1.PodSpecArgs(
                 automount_service_account_token=False,
                 enable_service_links=False,
-                termination_grace_period_seconds=files.PRESTOP_TIMEOUT_SECONDS + SHUTDOWN_SECONDS,
+                termination_grace_period_seconds=roll.termination_grace_seconds(),
                 security_context=k8s.core.v1.PodSecurityContextArgs(
                     run_as_non_root=True,
                     run_as_user=REDIS_UID,

@@ -26,6 +26,13 @@ from cluster_logic.credentials import (
 )
 from components import metrics_exporter as exporter
 from components.engines import Engine
+from components.memory_budget import (
+    MAXMEMORY_PERCENT_OF_LIMIT,
+    REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT,
+    REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT,
+    maxmemory_bytes,
+    whole_mib,
+)
 from components.stack_settings import StackSettings
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
@@ -80,38 +87,13 @@ PROBE_BUDGET_SECONDS = PROBE_TIMEOUT_SECONDS - 1
 PEER_RECOVERY_TIMEOUT_SECONDS = 1800
 PEER_RECOVERY_INTERVAL_SECONDS = 3
 
-_MIB = 2**20
-
-# maxmemory caps only the data set. Redis needs memory beyond it inside the container limit:
-#   ~10% allocator fragmentation and per-client buffers,
-#   ~10% the output buffer of a replica during a full sync (capped to that below; Redis
-#        does not count replica output buffers against maxmemory),
-#   ~10% pages copied-on-write while the AOF-rewrite fork runs under writes.
-# So the data set gets 70% of the limit. Going higher gets the pod OOM-killed exactly when
-# it is busiest (a resync or an AOF rewrite), which is also when losing it hurts most.
-MAXMEMORY_PERCENT_OF_LIMIT = 70
-REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT = 10
-REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT = 5
-
-
-def maxmemory_bytes(memory_limit_bytes: int) -> int:
-    """The `maxmemory` for a container limit: 70% of it, rounded down to a whole MiB."""
-    if memory_limit_bytes <= 0:
-        raise ValueError(f"memory limit must be positive, got {memory_limit_bytes}")
-    return _whole_mib(memory_limit_bytes * MAXMEMORY_PERCENT_OF_LIMIT // 100)
-
-
-def _whole_mib(value: int) -> int:
-    # A readable figure in redis.conf; at least 1 MiB so a tiny limit never means "no limit" (0).
-    return max(_MIB, value // _MIB * _MIB)
-
 
 def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bind_address: Optional[str] = None) -> str:
     """redis.conf for one node. No password in it: the users come from the ACL file, the
     replicas' login from the included auth.conf, both in the Secret."""
     limit = settings.memory_limit_bytes
-    replica_hard = _whole_mib(limit * REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT // 100)
-    replica_soft = _whole_mib(limit * REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT // 100)
+    replica_hard = whole_mib(limit * REPLICA_BUFFER_HARD_PERCENT_OF_LIMIT // 100)
+    replica_soft = whole_mib(limit * REPLICA_BUFFER_SOFT_PERCENT_OF_LIMIT // 100)
     lines: list[str] = [
         "# Rendered by components/redis_node_files.py; edit that, not this file.",
         "# Redis rejects comments after a value, so every comment sits on a line of its own.",

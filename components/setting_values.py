@@ -225,8 +225,15 @@ def as_string_list(item_check, example: str = '["a", "b"]'):
     return parse
 
 
-_MANUAL_CHANGE = re.compile(r"shards=(?:0|[1-9][0-9]{0,2})|replicasPerShard=[0-9]|image=\S{1,300}|namespace=\S{1,63}")
-MANUAL_CHANGES = "shards=<n>, replicasPerShard=<n>, image=<image> or namespace=<namespace>"
+_MANUAL_CHANGE = re.compile(
+    r"shards=(?:0|[1-9][0-9]{0,2})|replicasPerShard=[0-9]|image=\S{1,300}|namespace=\S{1,63}"
+    r"|nodeGroupDrained=[A-Za-z0-9][A-Za-z0-9_-]{0,62}|storageSize=\S{1,30}"
+    r"|storageIops=[1-9][0-9]{0,5}|storageThroughput=[1-9][0-9]{0,4}"
+)
+MANUAL_CHANGES = (
+    "shards=<n>, replicasPerShard=<n>, image=<image>, namespace=<namespace>, nodeGroupDrained=<node group>, "
+    "storageSize=<size>, storageIops=<n> or storageThroughput=<n>"
+)
 
 
 def manual_change(item: str) -> None:
@@ -237,8 +244,12 @@ def manual_change(item: str) -> None:
         )
     if not _MANUAL_CHANGE.fullmatch(item):
         raise ValueError(f"a list of {MANUAL_CHANGES}; {item!r} is not one")
-    if item.startswith("namespace=") and not DNS_LABEL.fullmatch(item.partition("=")[2]):
+    name, _, value = item.partition("=")
+    if name == "namespace" and not DNS_LABEL.fullmatch(value):
         raise ValueError(f"a list of {MANUAL_CHANGES}; {item!r} names no DNS-1123 label")
+    if name == "storageSize" and not _SIZE.fullmatch(value):
+        # The guard compares it with storageSize as written: a size with a unit, such as 10Gi.
+        raise ValueError(f"a list of {MANUAL_CHANGES}; {item!r} names no size with a unit such as 10Gi")
 
 
 def subnet_id(item: str) -> None:
@@ -339,13 +350,22 @@ def as_labels(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
-def as_arn(service: str):
-    return matching(
-        re.compile(
-            rf"arn:aws(?:-cn|-us-gov)?:{service}:[a-z]{{2}}(?:-[a-z]+)+-[0-9]:[0-9]{{12}}:(?:key|alias)/[A-Za-z0-9/_-]{{1,256}}"
-        ),
-        f"a {service.upper()} key ARN such as arn:aws:{service}:eu-west-1:111122223333:key/<key id>",
-    )
+# A KMS key by its key ID (a UUID, or mrk- and 32 hex digits for a multi-Region key): an alias
+# ARN (alias/...) names no key in an IAM policy's Resource, which matches key ARNs only, so the
+# EBS CSI driver's and DLM's policies would allow nothing.
+_KMS_KEY_ARN = re.compile(
+    r"arn:aws(?:-cn|-us-gov)?:kms:[a-z]{2}(?:-[a-z]+)+-[0-9]:[0-9]{12}:key/"
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+)
+
+
+def as_kms_key_arn(raw: str) -> str:
+    if not isinstance(raw, str) or not _KMS_KEY_ARN.fullmatch(raw):
+        raise ValueError(
+            "a KMS key ARN with its key ID, arn:aws:kms:<region>:<account>:key/<key id> (aws kms describe-key "
+            "--key-id alias/<name> prints it); not an alias ARN, which no IAM policy matches"
+        )
+    return raw
 
 
 _USER_FIELDS = {"commands": "commands", "keys": "keys", "readKeys": "read_keys", "channels": "channels"}

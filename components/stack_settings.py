@@ -34,6 +34,7 @@ from components import metrics_exporter
 from components.acl_rules import dangerous_grant
 from components.engines import DEFAULT_ENGINE, ENGINES, Engine, Version, image_problems, image_version
 from components.instance_types import INSTANCE_TYPES, InstanceType
+from components.memory_budget import maxmemory_bytes
 from components.setting_values import (
     DNS_LABEL,
     GIB,
@@ -42,7 +43,6 @@ from components.setting_values import (
     PASSWORD_RULE,
     RESERVED_NAMESPACES,
     ValueProblems,
-    as_arn,
     as_backup_schedule,
     as_bool,
     as_cert_manager_issuer,
@@ -50,6 +50,7 @@ from components.setting_values import (
     as_cpu,
     as_image,
     as_int,
+    as_kms_key_arn,
     as_labels,
     as_principal_list,
     as_size,
@@ -77,13 +78,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 SUPPORTED_CLUSTER_VERSIONS = ("1.35", "1.36")
 DEFAULT_CLUSTER_VERSION = "1.35"
 
-# The aws-ebs-csi-driver add-on build pinned per cluster version (AWS's default build for
-# it when pinned); `ebsCsiDriverVersion` overrides it.
-EBS_CSI_DRIVER_VERSIONS = {
-    "1.35": "v1.66.0-eksbuild.1",
-    "1.36": "v1.66.0-eksbuild.1",
-}
-
 
 # The metrics sidecar's image: the release tests/integration/test_exporter.py scrapes for
 # real (Debian's prometheus-redis-exporter at the same version, from tools/fetch-engines.sh).
@@ -91,6 +85,15 @@ DEFAULT_EXPORTER_IMAGE = "oliver006/redis_exporter:v1.86.0"
 # Daily at 03:00 UTC, a week kept: what ElastiCache offers as its backup window, by default.
 DEFAULT_BACKUP_SCHEDULE = "cron(0 3 * * ? *)"
 MAX_BACKUP_RETENTION_COUNT = 1000  # DLM's limit per schedule
+# prometheusOperatorCrds: the stack installs the ServiceMonitor and PrometheusRule CRDs, or the
+# cluster has them already (a Prometheus Operator of its own); components/monitoring_crds.py.
+PROMETHEUS_OPERATOR_CRD_MODES = ("install", "existing")
+# nodeGroupForm: where the node group's instance type is (components/eks_platform/nodes.py):
+# in its launch template, on the group (stacks created before), or both groups while moving.
+NODE_GROUP_FORMS = ("launchTemplate", "instanceTypes", "moving")
+# Where the alerts' runbook_url values lead: the repository's tree, to which each rule's
+# relative docs/operations.md#alert-... link is joined. Replace it by your copy's URL.
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/redis-eks/redis-eks/blob/main/"
 
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
@@ -142,6 +145,19 @@ DANGEROUS_COMMANDS_RISK = "dangerousCommands"
 PROVIDER_NAMESPACES = ("aws", "awsx", "eks", "kubernetes", "random", "tls", "pulumi", "docker")
 SECRET_KEYS = ("password", "kubeconfig", "userPasswords")
 
+# runbookBaseUrl: an https URL of a host and path segments, each ending in "/" so that a rule's
+# relative link joins below it; no query or fragment, which the join would drop or misplace.
+RUNBOOK_BASE_URL = re.compile(
+    r"https://[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?){0,20}(?::[0-9]{1,5})?"
+    r"/(?:[A-Za-z0-9._~%!$&'()*+,;=:@-]{1,255}/){0,32}"
+)
+# An EKS add-on build, as `aws eks describe-addon-versions` names them (kube-proxy's have a
+# variant: v1.35.0-minimal-eksbuild.2).
+ADDON_BUILD = matching(
+    re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?:-[a-z]{1,20})?-eksbuild\.[0-9]{1,3}"),
+    "an add-on build such as v1.66.0-eksbuild.1",
+)
+
 
 class SettingsError(pulumi.RunError, ValueError):
     """Stack settings have values the program cannot deploy: every problem of one run, together.
@@ -186,7 +202,9 @@ class StackSettings:
     endpoint_public_access: bool = True
     # Required while the public endpoint is on (README, publicAccessCidrs).
     public_access_cidrs: tuple[str, ...] = ()
-    ebs_csi_driver_version: str = EBS_CSI_DRIVER_VERSIONS[DEFAULT_CLUSTER_VERSION]
+    # A pinned build of the aws-ebs-csi-driver add-on, or None: the one EKS names for the
+    # cluster's Kubernetes version (components/eks_platform/addons.py).
+    ebs_csi_driver_version: Optional[str] = None
     storage_kms_key_arn: Optional[str] = None
     storage_provisioner: str = EBS_PROVISIONER
     storage_size: str = "5Gi"
@@ -218,7 +236,7 @@ class StackSettings:
     # the Secret, for clients to switch.
     rotation_grace_seconds: int = 60
     # Metrics: the exporter sidecar always runs; `monitoring` adds the Prometheus Operator's
-    # ServiceMonitor and PrometheusRule (their CRDs must be installed).
+    # ServiceMonitor and PrometheusRule (their CRDs the stack installs or finds: prometheusOperatorCrds).
     monitoring: bool = False
     exporter_image: str = DEFAULT_EXPORTER_IMAGE
     # Where Prometheus runs (its pods may reach the metrics port), and the labels its
@@ -239,6 +257,18 @@ class StackSettings:
     # IAM roles and users given cluster admin through EKS access entries, besides the
     # cluster's creator (platform=eks only).
     cluster_admin_arns: tuple[str, ...] = ()
+    # What a first deploy and the day-2 changes of a production stack need (README, "Deploying
+    # on AWS"): the Prometheus Operator CRDs installed by the stack or already in the cluster.
+    prometheus_operator_crds: str = PROMETHEUS_OPERATOR_CRD_MODES[0]
+    # Pinned builds of the other EKS add-ons, or None: the build EKS names for the cluster's
+    # Kubernetes version; each pin is checked against what EKS offers for it, at preview.
+    coredns_version: Optional[str] = None
+    kube_proxy_version: Optional[str] = None
+    vpc_cni_version: Optional[str] = None
+    node_group_form: str = NODE_GROUP_FORMS[0]
+    # The EKS cluster refuses deletion until this is turned off again (on in the prod example).
+    deletion_protection: bool = False
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
     # Secrets: Pulumi secret Outputs once `load_settings` returns them, or None when unset.
     password: Any = field(default=None, repr=False, compare=False)
     kubeconfig: Any = field(default=None, repr=False, compare=False)
@@ -313,14 +343,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "natGateways": ("nat_gateways", one_of(NAT_GATEWAY_STRATEGIES)),
     "endpointPublicAccess": ("endpoint_public_access", as_bool),
     "publicAccessCidrs": ("public_access_cidrs", as_cidr_list),
-    "ebsCsiDriverVersion": (
-        "ebs_csi_driver_version",
-        matching(
-            re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}-eksbuild\.[0-9]{1,3}"),
-            "an add-on version such as v1.66.0-eksbuild.1",
-        ),
-    ),
-    "storageKmsKeyArn": ("storage_kms_key_arn", as_arn("kms")),
+    "ebsCsiDriverVersion": ("ebs_csi_driver_version", ADDON_BUILD),
+    "storageKmsKeyArn": ("storage_kms_key_arn", as_kms_key_arn),
     "storageProvisioner": (
         "storage_provisioner",
         matching(
@@ -360,6 +384,20 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "acceptManualChange": ("accept_manual_change", as_string_list(manual_change, '["shards=3"]')),
     "acceptRisks": ("accept_risks", as_string_list(_risk, '["noReplicas"]')),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
+    "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(PROMETHEUS_OPERATOR_CRD_MODES)),
+    "corednsVersion": ("coredns_version", ADDON_BUILD),
+    "kubeProxyVersion": ("kube_proxy_version", ADDON_BUILD),
+    "vpcCniVersion": ("vpc_cni_version", ADDON_BUILD),
+    "nodeGroupForm": ("node_group_form", one_of(NODE_GROUP_FORMS)),
+    "deletionProtection": ("deletion_protection", as_bool),
+    "runbookBaseUrl": (
+        "runbook_base_url",
+        matching(
+            RUNBOOK_BASE_URL,
+            "an https URL ending in /, the repository's tree such as https://github.com/<org>/redis-eks/blob/main/ "
+            "(a lower-case host name, path segments of URL characters, no query or fragment)",
+        ),
+    ),
 }
 # Keys that only mean something when this program builds the cluster.
 _EKS_ONLY_KEYS = (
@@ -380,6 +418,11 @@ _EKS_ONLY_KEYS = (
     "backupRetentionCount",
     "backupCopyRegion",
     "backupCopyRetentionDays",
+    "corednsVersion",
+    "kubeProxyVersion",
+    "vpcCniVersion",
+    "nodeGroupForm",
+    "deletionProtection",
 )
 # Keys that only shape a VPC this program creates.
 _NEW_VPC_ONLY_KEYS = ("availabilityZoneCount", "natGateways")
@@ -429,8 +472,6 @@ def _parse(values: Mapping[str, Any]) -> tuple[StackSettings, list[str], set[str
 
     if "engine" in parsed and "image" not in values:
         parsed["image"] = ENGINES[parsed["engine"]].default_image
-    if "cluster_version" in parsed and "ebs_csi_driver_version" not in parsed:
-        parsed["ebs_csi_driver_version"] = EBS_CSI_DRIVER_VERSIONS[parsed["cluster_version"]]
     if parsed.get("platform") == "existing" and "storageProvisioner" not in values:
         problems.append(
             _fail(
@@ -555,7 +596,7 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
         )
     problems.extend(
         _fail(key, values[key], f"only with {NAMESPACE}:monitoring = true")
-        for key in ("monitoringLabels",)
+        for key in ("monitoringLabels", "prometheusOperatorCrds", "runbookBaseUrl")
         if key in values and parsed("monitoring") and not s.monitoring
     )
     if parsed("tls", "certManagerIssuer") and s.cert_manager_issuer and not s.tls:
@@ -572,8 +613,6 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
 
 def _resource_problems(s: StackSettings, values: Mapping[str, Any], parsed, warnings: list[str]) -> list[str]:
     """Requests within limits, and a volume that holds an AOF rewrite of a full data set."""
-    from components.redis_node_files import maxmemory_bytes
-
     problems = []
     if parsed("cpuRequest", "cpuLimit") and cpu_millicores(s.cpu_request) > cpu_millicores(s.cpu_limit):
         problems.append(_fail("cpuRequest", s.cpu_request, f"at most cpuLimit ({s.cpu_limit})"))
@@ -801,6 +840,21 @@ def _stack_problems(
             for risk in s.accept_risks
             if risk not in needed
         ]
+    if s.storage_kms_key_arn and region and parsed("storageKmsKeyArn"):
+        # KMS keys are Regional (a multi-Region key's replica has an ARN of its Region): EBS
+        # encrypts a volume with a key of the volume's Region only, so another Region's key
+        # fails every claim, and DLM every snapshot (AWS KMS Developer Guide, "AWS KMS keys",
+        # Regions; "Multi-Region keys in AWS KMS").
+        key_region = s.storage_kms_key_arn.split(":")[3]
+        if key_region != region:
+            problems.append(
+                _fail(
+                    "storageKmsKeyArn",
+                    s.storage_kms_key_arn,
+                    f"a key of the stack's own region ({region}, aws:region), where the volumes are; for a "
+                    "multi-Region key, its replica's ARN in that region",
+                )
+            )
     if s.backup_copy_region and region and parsed("backupCopyRegion"):
         if s.backup_copy_region == region:
             problems.append(

@@ -115,6 +115,9 @@ class RegisteredResource:
     provider: str
     dependencies: list[str]
     retain_on_delete: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    # customTimeouts (create, update, delete) as the engine receives them, "" when unset.
+    custom_timeouts: tuple[str, str, str] = ("", "", "")
 
 
 @dataclass
@@ -207,7 +210,38 @@ class _FakeCloud(pulumi.runtime.Mocks):
                 "id": "eu-west-1",
                 "endpoint": "ec2.eu-west-1.amazonaws.com",
             }
+        if args.token == "aws:eks/getClusters:getClusters":
+            # A fresh account: the stack's cluster does not exist yet.
+            return {"id": "eu-west-1", "names": [], "region": "eu-west-1"}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            return session_context(args.args["arn"])
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            default, newest = FAKE_ADDON_BUILDS[args.args["addonName"]]
+            build = newest if args.args.get("mostRecent") else default
+            return {**args.args, "id": args.args["addonName"], "version": build}
         return {}
+
+
+# The builds this fake cloud answers per add-on, (default, newest), for any Kubernetes version:
+# stand-ins in EKS's format for the renders and tests, not what EKS offers.
+FAKE_ADDON_BUILDS = {
+    "aws-ebs-csi-driver": ("v1.66.0-eksbuild.1", "v1.69.0-eksbuild.1"),
+    "coredns": ("v1.12.1-eksbuild.2", "v1.12.4-eksbuild.1"),
+    "kube-proxy": ("v1.35.0-eksbuild.2", "v1.35.2-eksbuild.1"),
+    "vpc-cni": ("v1.20.1-eksbuild.1", "v1.21.0-eksbuild.2"),
+}
+
+
+def session_context(arn: str) -> dict[str, str]:
+    """What aws.iam.get_session_context answers: an STS assumed-role session's role (AWS adds
+    the role's path, which this fake does not know), any other ARN as it is."""
+    partition, _, _, account, resource = arn.split(":", 5)[1:]
+    kind, _, rest = resource.partition("/")
+    if arn.split(":")[2] == "sts" and kind == "assumed-role":
+        role, session = rest.rsplit("/", 1)
+        issuer = f"arn:{partition}:iam::{account}:role/{role}"
+        return {"arn": arn, "id": arn, "issuerArn": issuer, "issuerName": role, "sessionName": session}
+    return {"arn": arn, "id": arn, "issuerArn": arn, "issuerName": rest.rsplit("/", 1)[-1], "sessionName": ""}
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -232,6 +266,12 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     provider=request.provider,
                     dependencies=list(request.dependencies),
                     retain_on_delete=bool(request.retainOnDelete),
+                    ignore_changes=list(request.ignoreChanges),
+                    custom_timeouts=(
+                        request.customTimeouts.create,
+                        request.customTimeouts.update,
+                        request.customTimeouts.delete,
+                    ),
                 )
             )
         return response

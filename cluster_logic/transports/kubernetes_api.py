@@ -31,6 +31,18 @@ ZONE_LOOKUP_PAUSE_SECONDS = 0.5
 # A websocket handshake (port-forward or exec) that has not completed by then is a pod out
 # of reach; kubernetes.stream itself would wait for ever.
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
+# Once open, a websocket's socket has no timeout either (kubernetes.stream's create_websocket
+# sets none): a send to a peer that stopped reading, or the rest of a frame that never comes,
+# would block its thread for ever. Reads follow a poll that saw data, so this bounds only a
+# stall, never a slow command.
+WEBSOCKET_TIMEOUT_SECONDS = 60.0
+# The REST calls (pod list, node, Secret): connect and read timeouts, as the client's
+# `_request_timeout` takes them; without one a dead connection hangs the call.
+REQUEST_TIMEOUT = (10.0, 30.0)
+# A pod list that fails with a transient error (429, 5xx, a dropped connection) is retried this
+# often within one call; a poll then goes on until its own deadline.
+LIST_ATTEMPTS = 3
+LIST_PAUSE_SECONDS = 1.0
 # Connections (each a port-forward: a websocket, a socket pair and a proxy thread) one node
 # may have in use at once: as many as threads may use one node (16 probes, 8 slot movers);
 # only one of them is kept when idle (`_ForwardPool`).
@@ -143,16 +155,42 @@ class KubernetesTransport(NodeTransport):
 
     # -- pods ---------------------------------------------------------------------------
 
+    def _list_pods(self) -> dict[str, Any]:
+        """The StatefulSet's pods by name. A transient failure of the API (429, a 5xx, a
+        dropped or timed-out connection) is retried a few times; one that lasts is a
+        TransportError naming it, as is a refusal (401, 403)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        reason = ""
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            try:
+                listing = self._api.list_namespaced_pod(
+                    self._namespace, label_selector=self._selector or None, _request_timeout=REQUEST_TIMEOUT
+                )
+                return {pod.metadata.name: pod for pod in listing.items}
+            except (ApiException, HTTPError, OSError) as error:
+                if not _transient(error):
+                    raise TransportError(f"cannot list the pods of {self._namespace}: {_api_reason(error)}") from None
+                reason = _api_reason(error)
+            if attempt < LIST_ATTEMPTS:
+                time.sleep(LIST_PAUSE_SECONDS * attempt)
+        raise TransientApiError(f"the Kubernetes API did not list the pods ({reason})")
+
     def pod_statuses(self, count: int) -> list[PodStatus]:
         wanted = [f"{self._sts}-{i}" for i in range(count)]
-        listing = self._api.list_namespaced_pod(self._namespace, label_selector=self._selector or None)
-        pods = {pod.metadata.name: pod for pod in listing.items}
+        try:
+            pods = self._list_pods()
+        except TransientApiError as error:
+            # Not ready as far as anyone can tell: a wait polls again until its deadline, and
+            # names this reason if the API stays away.
+            return [PodStatus(name, False, str(error)) for name in wanted]
         return [self._status(name, pods.get(name)) for name in wanted]
 
     def running_nodes(self, count: int) -> list[NodeAddress]:
+        # No list is not an empty one: a transient failure that lasts is an error here.
         wanted = [f"{self._sts}-{i}" for i in range(count)]
-        listing = self._api.list_namespaced_pod(self._namespace, label_selector=self._selector or None)
-        pods = {pod.metadata.name: pod for pod in listing.items}
+        pods = self._list_pods()
         found = []
         for name in wanted:
             pod = pods.get(name)
@@ -192,17 +230,19 @@ class KubernetesTransport(NodeTransport):
 
     def _read_zone(self, node_name: str) -> str:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         for attempt in range(1, ZONE_LOOKUP_ATTEMPTS + 1):
             try:
-                node = self._api.read_node(node_name)
+                node = self._api.read_node(node_name, _request_timeout=REQUEST_TIMEOUT)
                 return (node.metadata.labels or {}).get(ZONE_LABEL, "")
             except ApiException as error:
                 if error.status in (401, 403):
                     return ""  # no RBAC on nodes: placement is zone-blind, and says so
                 reason = f"{error.status} {error.reason}"
-            except OSError as error:
-                reason = str(error)
+            except (HTTPError, OSError) as error:
+                # A dropped or timed-out connection, retried like a 5xx.
+                reason = _api_reason(error)
             if attempt < ZONE_LOOKUP_ATTEMPTS:
                 time.sleep(ZONE_LOOKUP_PAUSE_SECONDS * attempt)
         raise TransportError(f"cannot read the zone of node {node_name} ({reason}); retry the deployment")
@@ -213,18 +253,24 @@ class KubernetesTransport(NodeTransport):
         import base64
 
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         deadline = time.monotonic() + timeout
         while True:
             try:
-                data = self._api.read_namespaced_secret(name, self._namespace).data or {}
+                data = (
+                    self._api.read_namespaced_secret(name, self._namespace, _request_timeout=REQUEST_TIMEOUT).data or {}
+                )
                 if data.get(key):
                     return base64.b64decode(data[key]).decode()
                 reason = f"has no {key} yet"
             except ApiException as error:
-                if error.status not in (404,):
+                if error.status != 404 and not _transient(error):
                     raise TransportError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
-                reason = "does not exist yet"
+                reason = "does not exist yet" if error.status == 404 else _api_reason(error)
+            except (HTTPError, OSError) as error:
+                # A dropped or timed-out connection, waited out like a 5xx.
+                reason = _api_reason(error)
             if time.monotonic() > deadline:
                 raise TransportError(f"Secret {self._namespace}/{name} {reason} after {timeout:.0f}s")
             time.sleep(self.poll_interval * 5)
@@ -232,7 +278,14 @@ class KubernetesTransport(NodeTransport):
     def mounted_password_hash(self, node: NodeAddress) -> Optional[str]:
         # The kubelet refreshes a Secret's mount a minute or more after the Secret changed;
         # the probes read the password from it. Only its digest leaves the pod.
-        result = self._exec(self._namespace, node.pod, self._container, ["sha256sum", self._secret_file], 15.0)
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            result = self._exec(self._namespace, node.pod, self._container, ["sha256sum", self._secret_file], 15.0)
+        except (ApiException, ConnectionError, OSError) as error:
+            # A refused or timed-out handshake (kubernetes.stream raises ApiException with
+            # status 0 for both): the pod is out of reach, which the caller may wait out.
+            raise TransportError(f"cannot read the mounted Secret in pod {node.pod}: {_api_reason(error)}") from None
         if result.returncode != 0 or not result.stdout.strip():
             raise TransportError(f"cannot read the mounted Secret in pod {node.pod}: {first_line(result.stderr)}")
         return result.stdout.split()[0]
@@ -290,6 +343,7 @@ class KubernetesTransport(NodeTransport):
 
         api = self._websocket_api()
         forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        forward.websocket.settimeout(WEBSOCKET_TIMEOUT_SECONDS)
         return forward.socket(port)
 
     # -- redis-cli inside a pod ---------------------------------------------------------
@@ -319,6 +373,7 @@ class KubernetesTransport(NodeTransport):
             ),
             f"exec in pod {pod}",
         )
+        ws.sock.settimeout(WEBSOCKET_TIMEOUT_SECONDS)
         out: list[str] = []
         err: list[str] = []
         deadline = time.monotonic() + timeout
@@ -331,10 +386,61 @@ class KubernetesTransport(NodeTransport):
                     out.append(ws.read_stdout())
                 if ws.peek_stderr():
                     err.append(ws.read_stderr())
-            returncode = ws.returncode
+            # The exit status, from the error channel: not WSClient.returncode, which fails with
+            # KeyError or TypeError when the channel is empty or of another shape.
+            status = ws.read_channel(ERROR_CHANNEL)
         finally:
             ws.close()
-        return CliResult(int(returncode or 0), "".join(out), "".join(err))
+        return CliResult(exit_status(status, pod), "".join(out), "".join(err))
+
+
+# The exec websocket's channel that carries the command's status (kubernetes.stream.ws_client).
+ERROR_CHANNEL = 3
+
+
+class TransientApiError(TransportError):
+    """The Kubernetes API stayed away (429, a 5xx, a dropped connection) through every retry."""
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether an API call's failure may pass by itself: throttled (429), a server error (5xx),
+    or the connection (urllib3's errors, a socket's)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(error, ApiException):
+        return error.status == 429 or 500 <= (error.status or 0) <= 599
+    return isinstance(error, (HTTPError, OSError))
+
+
+def _api_reason(error: BaseException) -> str:
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(error, ApiException):
+        return f"{error.status} {first_line(error.reason) or ''}".strip()
+    return first_line(str(error)) or type(error).__name__
+
+
+def exit_status(channel: str, pod: str) -> int:
+    """A command's exit code from the exec's error channel: a Status object, `Success`, or
+    `Failure` with reason NonZeroExitCode and the code as the ExitCode cause. Anything else
+    (nothing at all when the connection dropped before the end) is a TransportError: no
+    status is not a success."""
+    import yaml
+
+    try:
+        status = yaml.safe_load(channel) if channel and channel.strip() else None
+    except yaml.YAMLError:
+        status = None
+    if not isinstance(status, dict) or not status.get("status"):
+        raise TransportError(f"exec in pod {pod} ended without an exit status")
+    if status.get("status") == "Success":
+        return 0
+    causes = (status.get("details") or {}).get("causes") or []
+    codes = [c.get("message") for c in causes if isinstance(c, dict) and c.get("reason") == "ExitCode"]
+    if status.get("reason") == "NonZeroExitCode" and codes and str(codes[0]).isdigit():
+        return int(codes[0])
+    raise TransportError(f"exec in pod {pod} failed: {first_line(str(status.get('message') or status))}")
 
 
 def _within(seconds: float, call: Callable[[], Any], what: str) -> Any:

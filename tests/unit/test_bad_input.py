@@ -164,7 +164,7 @@ ROWS: list[Bad] = [
     _newline("vpcId", "vpc-0123456789abcdef0", privateSubnetIds='["subnet-00000000000000001"]'),
     _newline("natGateways", "single"),
     _newline("ebsCsiDriverVersion", "v1.66.0-eksbuild.1"),
-    _newline("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/0123"),
+    _newline("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
     _newline("storageProvisioner", "rancher.io/local-path", stack="existing"),
     _newline("namespace", "redis"),
     _newline("engine", "valkey"),
@@ -504,6 +504,102 @@ ROWS: list[Bad] = [
     Bad("acceptManualChange", '["namespace=Bad_NS"]', ("no DNS-1123 label",)),
     Bad("acceptManualChange", "shards=3", ("a JSON list of strings",)),
     Bad("acceptManualChange", '["shards=99999999999999999999"]'),
+    Bad("acceptManualChange", '["nodeGroupDrained="]', ("nodeGroupDrained=<node group>",)),
+    Bad("acceptManualChange", '["nodeGroupDrained=-old-group"]'),
+    Bad("acceptManualChange", '["nodeGroupDrained=old group"]'),
+    Bad("acceptManualChange", '["nodeGroupDrained=' + "g" * 64 + '"]'),
+    Bad("acceptManualChange", '["storageSize=10"]', ("no size with a unit",)),
+    Bad("acceptManualChange", '["storageSize=10GB"]', ("no size with a unit",)),
+    Bad("acceptManualChange", '["storageIops=06000"]'),
+    Bad("acceptManualChange", '["storageIops=' + "9" * 40 + '"]'),
+    Bad("acceptManualChange", '["storageThroughput=fast"]', ("storageThroughput=<n>",)),
+    Bad("acceptManualChange", '["storageThroughput=250\\n"]'),
+    # --- add-on builds, the node group's form, deletion protection (platform=eks) -----------
+    *[
+        Bad(key, value, ("an add-on build such as v1.66.0-eksbuild.1",))
+        for key in ("ebsCsiDriverVersion", "corednsVersion", "kubeProxyVersion", "vpcCniVersion")
+        for value in (
+            "1.12.4-eksbuild.1",
+            "v1.12.4",
+            "v1.12-eksbuild.1",
+            "v1.12.4-eksbuild",
+            "V1.12.4-eksbuild.1",
+            "v1.12.4-EKSBUILD.1",
+            " v1.12.4-eksbuild.1",
+            "v1.12.4--eksbuild.1",
+            "v1.12.4-eksbuild.1\n",
+            "v" + "9" * 30 + ".0.0-eksbuild.1",
+        )
+    ],
+    *[Bad(key, "latest") for key in ("corednsVersion", "kubeProxyVersion", "vpcCniVersion")],
+    Bad("kubeProxyVersion", "v1.35.0-Minimal-eksbuild.2"),
+    Bad("nodeGroupForm", "launchtemplate", ("one of launchTemplate, instanceTypes, moving",)),
+    Bad("nodeGroupForm", "LaunchTemplate"),
+    Bad("nodeGroupForm", "instance-types"),
+    Bad("nodeGroupForm", "blueGreen"),
+    Bad("nodeGroupForm", ""),
+    _newline("nodeGroupForm", "launchTemplate"),
+    # What EKS answers (the fake cloud's builds; a fresh account): refused before anything registers.
+    *[
+        Bad(key, "v1.99.0-eksbuild.1", ("EKS offers", "builds up to"))
+        for key in ("ebsCsiDriverVersion", "corednsVersion", "kubeProxyVersion", "vpcCniVersion")
+    ],
+    Bad("nodeGroupForm", "moving", ("no node group with its instance type on the group",)),
+    *_bools("deletionProtection"),
+    *[
+        Bad(key, value, ("only applies to platform=eks",), stack="existing")
+        for key, value in (
+            ("corednsVersion", "v1.12.4-eksbuild.1"),
+            ("kubeProxyVersion", "v1.35.0-eksbuild.2"),
+            ("vpcCniVersion", "v1.20.1-eksbuild.1"),
+            ("nodeGroupForm", "launchTemplate"),
+            ("deletionProtection", "true"),
+        )
+    ],
+    # --- the volumes' key ---------------------------------------------------------------------
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:alias/redis-volumes", ("not an alias ARN",)),
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/my-key", ("key/<key id>",)),
+    Bad("storageKmsKeyArn", "1234abcd-12ab-34cd-56ef-1234567890ab", ("key/<key id>",)),
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/1234ABCD-12AB-34CD-56EF-1234567890AB"),
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234"),
+    Bad(
+        "storageKmsKeyArn",
+        "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ("a key of the stack's own region (eu-west-1",),
+    ),
+    Bad(
+        "storageKmsKeyArn",
+        "arn:aws-cn:kms:cn-north-1:111122223333:key/mrk-1234567890abcdef1234567890abcdef",
+        ("multi-Region key, its replica's ARN",),
+        stack="prod",
+    ),
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    Bad("storageKmsKeyArn", "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab/x"),
+    # --- monitoring: the CRDs and the runbook links -------------------------------------------
+    Bad("prometheusOperatorCrds", "helm", ("one of install, existing",), more={"monitoring": "true"}),
+    Bad("prometheusOperatorCrds", "Install", more={"monitoring": "true"}),
+    Bad("prometheusOperatorCrds", "installed", more={"monitoring": "true"}),
+    Bad("prometheusOperatorCrds", "", more={"monitoring": "true"}),
+    _newline("prometheusOperatorCrds", "existing", monitoring="true"),
+    Bad("prometheusOperatorCrds", "existing", ("only with redis-eks:monitoring = true",)),
+    Bad(
+        "runbookBaseUrl",
+        "http://git.example.com/redis-eks/",
+        ("an https URL ending in /",),
+        more={"monitoring": "true"},
+    ),
+    Bad("runbookBaseUrl", "https://github.com/o/redis-eks/blob/main", ("ending in /",), more={"monitoring": "true"}),
+    Bad("runbookBaseUrl", "docs/", more={"monitoring": "true"}),
+    Bad("runbookBaseUrl", "https://github.com/o/redis eks/", more={"monitoring": "true"}),
+    Bad("runbookBaseUrl", "https://GitHub.com/o/redis-eks/", more={"monitoring": "true"}),
+    Bad("runbookBaseUrl", "https:///o/redis-eks/", more={"monitoring": "true"}),
+    Bad(
+        "runbookBaseUrl", "https://git.example.com/r/?ref=main/", ("no query or fragment",), more={"monitoring": "true"}
+    ),
+    Bad("runbookBaseUrl", "https://git.example.com/r/#top/", more={"monitoring": "true"}),
+    Bad("runbookBaseUrl", "https://git.example.com/<r>/", more={"monitoring": "true"}),
+    _newline("runbookBaseUrl", "https://git.example.com/r/", monitoring="true"),
+    Bad("runbookBaseUrl", "https://git.example.com/r/", ("only with redis-eks:monitoring = true",)),
     # --- storage ------------------------------------------------------------------------------
     Bad("storageIops", "16000", ("at least 32Gi",)),
     Bad("storageThroughput", "1000", ("0.25 MiB/s per provisioned IOPS",)),

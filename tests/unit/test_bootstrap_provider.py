@@ -15,6 +15,7 @@ import pytest
 
 from cluster_logic.credentials import password_hash, wanted_credentials
 from cluster_logic.errors import BootstrapError, ForeignNodes, UnexpectedCluster
+from cluster_logic.transports.base import TransportError
 from cluster_logic.transports.kubernetes_api import in_pod_cli_argv
 from components import cluster_bootstrap as cb
 from testkit.fake_transport import FakeTransport, SimulatedClock, formed_nodes, six_nodes
@@ -414,3 +415,36 @@ def test_old_passwords_go_once_every_pod_mounts_the_new_secret(monkeypatch: pyte
     cb.finish_rotation(transport, _rotating_spec(), [OLD_PASSWORD], time.monotonic() + 5)
     assert len(_removals(transport)) == 6
     assert all(node.users["default"] == {password_hash(NEW_PASSWORD)} for node in transport.fake_nodes.values())
+
+
+def test_a_pod_out_of_reach_while_checking_its_mount_is_waited_for_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed exec (a pod restarting) used to end the rotation with a raw ApiException; the
+    pod is now waited for like one still reading the old password."""
+    transport = _nodes_on_the_old_password()
+    answers = iter([TransportError("cannot read the mounted Secret in pod redis-cluster-0: 0 Handshake status 500")])
+
+    def mounted(node):
+        failure = next(answers, None) if node.pod == "redis-cluster-0" else None
+        if failure:
+            raise failure
+        return password_hash(NEW_PASSWORD)
+
+    monkeypatch.setattr(transport, "mounted_password_hash", mounted)
+    monkeypatch.setattr(cb.time, "sleep", lambda seconds: None)
+    cb.finish_rotation(transport, _rotating_spec(), [OLD_PASSWORD], time.monotonic() + 5)
+    assert len(_removals(transport)) == 6
+
+
+def test_a_pod_that_stays_out_of_reach_is_named_when_the_wait_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = _nodes_on_the_old_password()
+
+    def mounted(node):
+        if node.pod == "redis-cluster-4":
+            raise TransportError("cannot read the mounted Secret in pod redis-cluster-4: 0 Handshake status 500")
+        return password_hash(NEW_PASSWORD)
+
+    monkeypatch.setattr(transport, "mounted_password_hash", mounted)
+    monkeypatch.setattr(cb.time, "sleep", lambda seconds: None)
+    with pytest.raises(BootstrapError, match=r"has not reached redis-cluster-4 \(cannot read"):
+        cb.finish_rotation(transport, _rotating_spec(), [OLD_PASSWORD], time.monotonic() + 0.2)
+    assert _removals(transport) == []

@@ -5,6 +5,7 @@ the Prometheus Operator's ServiceMonitor and PrometheusRule."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -17,7 +18,8 @@ from cluster_logic.credentials import (
 )
 from components import metrics_exporter as exporter
 from components import redis_node_files as files
-from components.stack_settings import DEFAULT_EXPORTER_IMAGE, SettingsError
+from components.monitoring_crds import PROMETHEUS_OPERATOR_COMMIT, PROMETHEUS_OPERATOR_RELEASE, crd_documents
+from components.stack_settings import DEFAULT_EXPORTER_IMAGE, DEFAULT_RUNBOOK_BASE_URL, SettingsError
 from testkit.custom_resources import crd_schema, custom_resource_errors, validate_manifest
 from tests.unit.conftest import build_stack, is_secret, reveal
 from tests.unit.test_manifests import custom_resource
@@ -262,8 +264,37 @@ def test_the_service_monitor_scrapes_the_metrics_service_and_no_other(monitoring
 def test_the_prometheus_rule_holds_the_rules_file(monitoring_stack):
     groups = custom_resource(monitoring_stack, "PrometheusRule")["spec"]["groups"]
     expected = yaml.safe_load(exporter.ALERT_RULES_FILE.read_text())["groups"]
+    # The same rules, but for the runbook links (next test).
+    for group in groups:
+        for rule in group["rules"]:
+            rule["annotations"].pop("runbook_url", None)
+    for group in expected:
+        for rule in group["rules"]:
+            rule["annotations"].pop("runbook_url", None)
     assert expected and groups == expected
     assert monitoring_stack.one(PROMETHEUS_RULE).inputs["metadata"]["namespace"] == MONITORED_NAMESPACE
+
+
+def rule_links(run) -> dict[str, str]:
+    groups = custom_resource(run, "PrometheusRule")["spec"]["groups"]
+    return {rule["alert"]: rule["annotations"]["runbook_url"] for group in groups for rule in group["rules"]}
+
+
+def test_every_runbook_link_is_absolute_under_the_repositorys_tree(monitoring_stack):
+    """Alertmanager and Grafana show the link as it is: a path of this repository leads nowhere
+    from there. Each rule's docs/operations.md#alert-... is joined to runbookBaseUrl."""
+    links = rule_links(monitoring_stack)
+    assert links and all(link.startswith(DEFAULT_RUNBOOK_BASE_URL) for link in links.values()), links
+    assert links["RedisDown"] == f"{DEFAULT_RUNBOOK_BASE_URL}docs/operations.md#alert-redisdown"
+    base = "https://git.example.com/platform/redis-eks/-/blob/v2/"
+    mirrored = build_stack("dev", monitoring="true", runbookBaseUrl=base)
+    assert rule_links(mirrored)["RedisDown"] == f"{base}docs/operations.md#alert-redisdown"
+
+
+@pytest.mark.parametrize("url", ["http://insecure.example.com/", "https://github.com/o/r/blob/main", "docs/"])
+def test_a_runbook_base_that_is_no_https_tree_is_refused(url):
+    with pytest.raises(SettingsError, match=f"runbookBaseUrl = '{re.escape(url)}'"):
+        build_stack("dev", monitoring="true", runbookBaseUrl=url)
 
 
 def test_monitoring_labels_land_on_both_objects(monitoring_stack):
@@ -301,3 +332,63 @@ def test_the_vendored_schemas_name_their_prometheus_operator_release(kind, plura
     assert f"example/prometheus-operator-crd/monitoring.coreos.com_{plural}.yaml" in schema["$comment"]
     assert "at tag v0.93.0" in schema["$comment"]
     assert set(schema["properties"]) >= {"apiVersion", "kind", "metadata", "spec"}
+
+
+# --- the CRDs a fresh cluster lacks ---------------------------------------------------------
+
+CRD = "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
+
+
+def test_a_fresh_cluster_gets_the_two_crds_the_objects_need_before_them(monitoring_stack):
+    """On a cluster the same run creates, nothing else installs the Prometheus Operator's CRDs:
+    without them the API server answers "no matches for kind ServiceMonitor" and the update
+    stops there. The stack installs exactly the two kinds it creates, and each object waits
+    for both."""
+    crds = {r.inputs["spec"]["names"]["kind"]: r for r in monitoring_stack.of_type(CRD)}
+    assert set(crds) == {"ServiceMonitor", "PrometheusRule"}
+    for token in (SERVICE_MONITOR, PROMETHEUS_RULE):
+        dependencies = monitoring_stack.one(token).dependencies
+        assert {crd.urn for crd in crds.values()} <= set(dependencies), token
+
+
+def test_the_installed_crds_are_the_vendored_release_unchanged(monitoring_stack):
+    rendered = {
+        m["metadata"]["name"]: m
+        for m in kubernetes_manifests(monitoring_stack)
+        if m["kind"] == "CustomResourceDefinition"
+    }
+    for document in crd_documents():
+        assert document["metadata"]["annotations"][
+            "operator.prometheus.io/version"
+        ] == PROMETHEUS_OPERATOR_RELEASE.lstrip("v")
+        assert rendered[document["metadata"]["name"]] == document
+
+
+def test_the_crds_outlive_the_stack(monitoring_stack):
+    """Deleting a CRD deletes every object of its kind in the cluster, other teams' too."""
+    for crd in monitoring_stack.of_type(CRD):
+        assert crd.retain_on_delete is True, crd.name
+
+
+def test_a_cluster_with_its_own_prometheus_operator_gets_no_crds():
+    run = build_stack("dev", monitoring="true", prometheusOperatorCrds="existing")
+    assert run.of_type(CRD) == []
+    assert run.one(SERVICE_MONITOR) and run.one(PROMETHEUS_RULE)
+
+
+def test_the_crd_setting_is_refused_without_monitoring():
+    with pytest.raises(SettingsError, match="prometheusOperatorCrds"):
+        build_stack("dev", prometheusOperatorCrds="existing")
+    with pytest.raises(SettingsError, match="prometheusOperatorCrds = 'helm'"):
+        build_stack("dev", monitoring="true", prometheusOperatorCrds="helm")
+
+
+@pytest.mark.parametrize(
+    ("kind", "plural"), [("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")]
+)
+def test_the_validation_schemas_are_the_installed_crds_own(kind, plural):
+    """One release for what the cluster gets and for what the tests validate against."""
+    (document,) = [d for d in crd_documents() if d["spec"]["names"]["plural"] == plural]
+    schema = {key: value for key, value in crd_schema("monitoring.coreos.com/v1", kind).items() if key != "$comment"}
+    assert document["spec"]["versions"][0]["schema"]["openAPIV3Schema"] == schema
+    assert PROMETHEUS_OPERATOR_COMMIT in crd_schema("monitoring.coreos.com/v1", kind)["$comment"]

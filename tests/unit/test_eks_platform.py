@@ -8,9 +8,10 @@ import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
-from components.eks_platform import CLUSTER_TAG_KEY, EBS_CSI_SERVICE_ACCOUNT
-from components.stack_settings import CONTROL_PLANE_LOG_TYPES, EBS_CSI_DRIVER_VERSIONS, load_stack_config
-from tests.unit.conftest import build_stack, is_secret, reveal
+from components.eks_platform.addons import EBS_CSI_SERVICE_ACCOUNT
+from components.eks_platform.storage import CLUSTER_TAG_KEY
+from components.stack_settings import CONTROL_PLANE_LOG_TYPES, SettingsError, load_stack_config
+from tests.unit.conftest import KUBECONFIG, build_stack, is_secret, reveal
 from tools import render_manifests
 
 EKS_CLUSTER = "eks:index:Cluster"
@@ -217,7 +218,9 @@ def test_the_public_endpoint_is_limited_to_the_configured_ranges(prod_stack):
 def test_managed_nodes_run_in_private_subnets_with_imdsv2_and_encrypted_disks(dev_stack, prod_stack):
     group = dev_stack.one("aws:eks/nodeGroup:NodeGroup").inputs
     assert group["subnetIds"] == [f"subnet-0000000000000000{i}" for i in range(3)]
-    assert group["instanceTypes"] == ["t3.large"]
+    # The instance type is the launch template's, not the group's (Moving the node group below).
+    assert "instanceTypes" not in group
+    assert dev_stack.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["instanceType"] == "t3.large"
     assert group["scalingConfig"] == {"minSize": 3, "desiredSize": 3, "maxSize": 4}
     assert prod_stack.one("aws:eks/nodeGroup:NodeGroup").inputs["scalingConfig"] == {
         "minSize": 3,
@@ -316,7 +319,8 @@ def test_ebs_csi_add_on_is_pinned_and_uses_its_own_role(dev_stack):
     addon = named(dev_stack, ADDON, "-ebs-csi-driver").inputs
     role = named(dev_stack, "aws:iam/role:Role", "-ebs-csi-role")
     assert addon["addonName"] == "aws-ebs-csi-driver"
-    assert addon["addonVersion"] == EBS_CSI_DRIVER_VERSIONS["1.35"]
+    # The fake cloud's default build: EKS's answer, not a table of ours.
+    assert addon["addonVersion"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
     assert addon["clusterName"] == "redis-eks-dev"
     assert addon["serviceAccountRoleArn"] == role.outputs["arn"]
 
@@ -413,7 +417,7 @@ def test_the_ebs_csi_driver_may_change_only_volumes_and_snapshots_tagged_as_this
         ("ec2:CreateSnapshot", volumes),
     ]:
         assert tags(only(action, resource), "ec2:ResourceTag/") == ours, (action, resource)
-    # Ours, and not the DLM backups (components/snapshot_backups.py), which carry both tags
+    # Ours, and not the DLM backups (components/eks_platform/backups.py), which carry both tags
     # too, copied from their volume.
     delete = only("ec2:DeleteSnapshot", snapshots)
     assert delete.pop("Null") == {"ec2:ResourceTag/aws:dlm:lifecycle-policy-id": "true"}
@@ -486,12 +490,34 @@ def test_the_volume_key_outlives_a_destroy_like_the_volumes_it_encrypts(dev_stac
 
 
 def test_a_configured_volume_key_replaces_the_created_one():
-    arn = "arn:aws:kms:eu-west-1:123456789012:key/0000-my-key"
+    arn = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     run = build_stack("dev", storageKmsKeyArn=arn)
     assert [r.name for r in run.of_type("aws:kms/key:Key")] == ["redis-eks-dev-secrets-key"]
     assert run.one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == arn
     policy = json.loads(named(run, "aws:iam/rolePolicy:RolePolicy", "-ebs-csi-kms").inputs["policy"])
     assert {statement["Resource"] for statement in policy["Statement"]} == {arn}
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:kms:eu-west-1:123456789012:alias/redis-volumes",
+        "arn:aws:kms:eu-west-1:123456789012:key/my-key",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+    ],
+)
+def test_a_volume_key_is_named_by_its_key_arn_not_an_alias(arn):
+    """An IAM policy's Resource matches key ARNs only: with an alias ARN, the driver's and DLM's
+    policies would allow nothing on the key that encrypts the volumes."""
+    with pytest.raises(SettingsError) as refused:
+        build_stack("dev", storageKmsKeyArn=arn)
+    assert f"redis-eks:storageKmsKeyArn = {arn!r}" in str(refused.value)
+    assert "key/<key id>" in str(refused.value) and "alias" in str(refused.value)
+
+
+def test_a_multi_region_key_is_a_key_arn_too():
+    arn = "arn:aws:kms:eu-west-1:123456789012:key/mrk-1234567890abcdef1234567890abcdef"
+    assert build_stack("dev", storageKmsKeyArn=arn).one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == arn
 
 
 def test_prod_storage_performance_comes_from_config(prod_stack):
@@ -539,6 +565,13 @@ def test_stack_exports_cluster_name_storage_class_and_a_secret_kubeconfig(dev_st
 
 def test_network_policies_are_enforced_by_the_vpc_cni(dev_stack):
     assert dev_stack.one(EKS_CLUSTER).inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
+
+
+def test_the_prod_cluster_cannot_be_deleted_until_its_protection_is_turned_off(dev_stack, prod_stack):
+    """EKS answers InvalidRequestException to a delete of a protected cluster: a destroy run by
+    mistake against prod stops there (docs/operations.md, Destroying a stack)."""
+    assert prod_stack.one(EKS_CLUSTER).inputs["deletionProtection"] is True
+    assert dev_stack.one(EKS_CLUSTER).inputs["deletionProtection"] is False
 
 
 def test_the_cluster_stays_in_standard_support(dev_stack):
@@ -599,7 +632,8 @@ def eks_reports_its_control_plane(running: Optional[str] = None):
 
     def call(self, args):
         if args.token == "aws:eks/getAddonVersion:getAddonVersion":
-            build = f"{args.args['addonName']} build for Kubernetes {args.args.get('kubernetesVersion')}"
+            which = "newest" if args.args.get("mostRecent") else "default"
+            build = f"{args.args['addonName']} {which} build for Kubernetes {args.args.get('kubernetesVersion')}"
             return {**args.args, "id": args.args["addonName"], "version": build}
         return answer(self, args)
 
@@ -633,13 +667,16 @@ def test_nodes_are_replaced_one_at_a_time(dev_stack, prod_stack):
 
 
 def test_the_ebs_csi_driver_comes_after_the_control_plane_and_the_nodes_at_the_build_for_the_cluster_version():
-    with eks_reports_its_control_plane():
-        runs = {version: build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36")}
-    for version, run in runs.items():
-        addon = named(run, ADDON, "-ebs-csi-driver")
-        assert addon.inputs["addonVersion"] == EBS_CSI_DRIVER_VERSIONS[version]
-        assert run.one(EKS_CLUSTER).urn in addon.dependencies
-        assert run.one(NODE_GROUP).urn in addon.dependencies
+    """The build EKS names for the version the control plane reports (aws.eks.get_addon_version),
+    not a table in the code that goes stale or names a build EKS does not offer for a version."""
+    with eks_reports_its_control_plane(running="1.35") as property_dependencies:
+        run = build_stack("dev", clusterVersion="1.36")
+    addon = named(run, ADDON, "-ebs-csi-driver")
+    assert addon.inputs["addonVersion"] == "aws-ebs-csi-driver default build for Kubernetes 1.35"
+    assert run.one(EKS_CLUSTER).urn in addon.dependencies
+    assert run.one(NODE_GROUP).urn in addon.dependencies
+    waits_for = property_dependencies[(ADDON, addon.name)]["addonVersion"]
+    assert [urn for urn in waits_for if urn.rsplit("::", 1)[0].endswith(f"${AWS_EKS_CLUSTER}")]
 
 
 def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_planes_version():
@@ -650,7 +687,7 @@ def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_plane
     coredns = named(run, ADDON, "-coredns")
     assert coredns.inputs["addonName"] == "coredns"
     assert coredns.inputs["clusterName"] == "redis-eks-dev"
-    assert coredns.inputs["addonVersion"] == "coredns build for Kubernetes 1.35"
+    assert coredns.inputs["addonVersion"] == "coredns default build for Kubernetes 1.35"
     assert coredns.inputs["resolveConflictsOnCreate"] == "OVERWRITE"
     assert coredns.inputs["preserve"] is True
     assert run.one(EKS_CLUSTER).urn in coredns.dependencies
@@ -659,11 +696,9 @@ def test_coredns_is_an_add_on_after_the_nodes_at_the_build_for_the_control_plane
     assert coredns.urn in run.one(STORAGE_CLASS).dependencies
 
 
-def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons(monkeypatch):
-    """Rendering 1.35, then 1.36: every version in the upgrade moves. EBS_CSI_DRIVER_VERSIONS
-    pins one build for both versions today, so its 1.36 row is replaced here by a marker to
-    show that the driver follows the row of the cluster's version."""
-    monkeypatch.setitem(EBS_CSI_DRIVER_VERSIONS, "1.36", "the 1.36 row of EBS_CSI_DRIVER_VERSIONS")
+def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons():
+    """Rendering 1.35, then 1.36: every version in the upgrade moves, each add-on to the build EKS
+    names for the new version."""
     with eks_reports_its_control_plane():
         before, after = (build_stack("dev", clusterVersion=version) for version in ("1.35", "1.36"))
 
@@ -678,12 +713,338 @@ def test_a_new_cluster_version_moves_the_control_plane_the_nodes_and_the_add_ons
     assert versions(before) == {
         "control plane": "1.35",
         "nodes": "1.35",
-        "ebs-csi-driver": EBS_CSI_DRIVER_VERSIONS["1.35"],
-        "coredns": "coredns build for Kubernetes 1.35",
+        "ebs-csi-driver": "aws-ebs-csi-driver default build for Kubernetes 1.35",
+        "coredns": "coredns default build for Kubernetes 1.35",
     }
     assert versions(after) == {
         "control plane": "1.36",
         "nodes": "1.36",
-        "ebs-csi-driver": "the 1.36 row of EBS_CSI_DRIVER_VERSIONS",
-        "coredns": "coredns build for Kubernetes 1.36",
+        "ebs-csi-driver": "aws-ebs-csi-driver default build for Kubernetes 1.36",
+        "coredns": "coredns default build for Kubernetes 1.36",
     }
+
+
+# --- Pinned add-on builds, checked against what EKS offers --------------------------------
+
+
+@contextmanager
+def eks_offers(newest: dict[str, str]):
+    """The fake cloud, answering getAddonVersion with `newest` (add-on -> build) for the newest
+    build of any Kubernetes version, and recording every question asked."""
+    asked: list[dict] = []
+    answer = render_manifests._FakeCloud.call
+
+    def call(self, args):
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            asked.append(dict(args.args))
+            if args.args.get("mostRecent"):
+                return {**args.args, "id": args.args["addonName"], "version": newest[args.args["addonName"]]}
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield asked
+
+
+NEWEST = {
+    "aws-ebs-csi-driver": "v1.69.0-eksbuild.1",
+    "coredns": "v1.12.4-eksbuild.1",
+    "kube-proxy": "v1.36.1-eksbuild.2",
+    "vpc-cni": "v1.21.0-eksbuild.2",
+}
+
+
+def test_a_pinned_build_eks_does_not_offer_for_the_version_is_refused_at_preview():
+    """Each pin is asked of EKS for the Kubernetes version the settings name, before anything is
+    created (the control plane's own version is unknown on a first deploy); every refused pin
+    of the run is named together, with what EKS offers."""
+    run = render_manifests.ProgramRun()
+    config = load_stack_config("dev")
+    pins = {
+        "clusterVersion": "1.36",
+        "ebsCsiDriverVersion": "v1.70.0-eksbuild.1",
+        "kubeProxyVersion": "v1.37.0-eksbuild.1",
+        "corednsVersion": "v1.12.4-eksbuild.1",
+    }
+    config.update({f"redis-eks:{key}": value for key, value in pins.items()})
+    with eks_offers(NEWEST) as asked, pytest.raises(SettingsError) as refused:
+        render_manifests.run_program(config, stack="dev", run=run)
+    message = str(refused.value)
+    assert "redis-eks:ebsCsiDriverVersion = 'v1.70.0-eksbuild.1'" in message
+    assert "up to v1.69.0-eksbuild.1 for Kubernetes 1.36" in message
+    assert "redis-eks:kubeProxyVersion = 'v1.37.0-eksbuild.1'" in message
+    assert "corednsVersion" not in message
+    assert {(a["addonName"], a["kubernetesVersion"]) for a in asked if a.get("mostRecent")} == {
+        ("aws-ebs-csi-driver", "1.36"),
+        ("kube-proxy", "1.36"),
+        ("coredns", "1.36"),
+    }
+    # Refused before anything registers: not even the guard, whose record a refused run must
+    # not change.
+    assert run.resources == []
+
+
+def test_a_pin_eks_offers_is_installed_as_pinned():
+    with eks_offers(NEWEST):
+        run = build_stack(
+            "dev",
+            ebsCsiDriverVersion="v1.67.0-eksbuild.2",
+            corednsVersion="v1.12.4-eksbuild.1",
+            kubeProxyVersion="v1.35.0-eksbuild.2",
+            vpcCniVersion="v1.21.0-eksbuild.2",
+        )
+    assert named(run, ADDON, "-ebs-csi-driver").inputs["addonVersion"] == "v1.67.0-eksbuild.2"
+    assert named(run, ADDON, "-coredns").inputs["addonVersion"] == "v1.12.4-eksbuild.1"
+    # pulumi-eks installs these two; it is handed the pins.
+    cluster = run.one(EKS_CLUSTER).inputs
+    assert cluster["kubeProxyAddonOptions"]["version"] == "v1.35.0-eksbuild.2"
+    assert cluster["vpcCniOptions"]["addonVersion"] == "v1.21.0-eksbuild.2"
+
+
+def test_without_pins_pulumi_eks_resolves_its_own_add_ons(dev_stack):
+    cluster = dev_stack.one(EKS_CLUSTER).inputs
+    assert "kubeProxyAddonOptions" not in cluster
+    assert "addonVersion" not in cluster["vpcCniOptions"]
+
+
+def test_add_on_pins_are_refused_on_a_cluster_made_elsewhere():
+    with pytest.raises(SettingsError, match="corednsVersion only applies to platform=eks"):
+        render_manifests.run_program(
+            {
+                "redis-eks:platform": "existing",
+                "redis-eks:kubeconfig": KUBECONFIG,
+                "redis-eks:storageProvisioner": "rancher.io/local-path",
+                "redis-eks:corednsVersion": "v1.12.4-eksbuild.1",
+            },
+            stack="local",
+        )
+
+
+# --- The cluster's creator: EKS makes its access entry, the stack must not ------------------
+
+CI_SESSION = "arn:aws:sts::111122223333:assumed-role/redis-eks-ci-deploy/GitHubActions"
+COLLEAGUE = "arn:aws:iam::111122223333:role/platform-oncall"
+COLLEAGUE_SESSION = "arn:aws:sts::111122223333:assumed-role/platform-oncall/alice"
+
+
+@contextmanager
+def aws_account_of(caller: str, clusters: Optional[dict[str, dict[str, str]]] = None, role_paths=None):
+    """The fake cloud as AWS would answer a run by `caller` (an STS session or an IAM ARN):
+    who calls, which EKS clusters exist (name -> tags), and a session's role with its path
+    (role name -> path, as iam:GetRole knows it)."""
+    answer = render_manifests._FakeCloud.call
+    clusters = clusters or {}
+    role_paths = role_paths or {}
+
+    def call(self, args):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": caller.split(":")[4], "arn": caller, "id": caller, "userId": "AROAEXAMPLE:session"}
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": sorted(clusters), "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {"id": args.args["name"], "name": args.args["name"], "tags": clusters[args.args["name"]]}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            context = render_manifests.session_context(args.args["arn"])
+            path = role_paths.get(context["issuerName"])
+            if path:
+                context["issuerArn"] = context["issuerArn"].replace(":role/", f":role/{path}", 1)
+            return context
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield
+
+
+def admin_entries(run) -> list[str]:
+    return sorted(r.inputs["principalArn"] for r in run.of_type(ACCESS_ENTRY))
+
+
+def test_the_role_that_creates_the_cluster_gets_no_second_access_entry():
+    """CI creates the prod cluster with the role the prod example lists: EKS gives that role its
+    entry, and CreateAccessEntry for it again fails with 409 ResourceInUseException, after
+    which no Kubernetes object is made. Its STS session resolves to the role, which is left
+    out, recorded on the cluster and named in the outputs."""
+    with aws_account_of(CI_SESSION):
+        run = build_stack("prod")
+    assert admin_entries(run) == []
+    assert run.of_type(ACCESS_POLICY_ASSOCIATION) == []
+    assert run.outputs["clusterAdminArnsLeftOut"].value == [PROD_CI_ROLE]
+    assert run.outputs["clusterCreatorArn"].value == PROD_CI_ROLE
+    assert run.one(EKS_CLUSTER).inputs["clusterTags"] == {"redis-eks/cluster-creator": PROD_CI_ROLE}
+
+
+def test_a_creator_is_recognised_with_or_without_its_roles_path():
+    """EKS's own entry names the role with its path (IAM Identity Center roles have one);
+    clusterAdminArns may list it either way."""
+    sso_role = "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_0123"
+    session = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_Admin_0123/alice@example.com"
+    for listed in (sso_role, "arn:aws:iam::111122223333:role/awsreservedsso_admin_0123"):
+        with aws_account_of(
+            session, role_paths={"AWSReservedSSO_Admin_0123": "aws-reserved/sso.amazonaws.com/eu-west-1/"}
+        ):
+            run = build_stack("dev", clusterAdminArns=json.dumps([listed, COLLEAGUE]))
+        assert admin_entries(run) == [COLLEAGUE], listed
+        assert run.outputs["clusterCreatorArn"].value == sso_role
+        assert run.outputs["clusterAdminArnsLeftOut"].value == [listed]
+
+
+def test_later_runs_leave_out_the_recorded_creator_whoever_runs_them():
+    """The creator is fixed when the cluster is made. A colleague (listed) running a later
+    update keeps their own entry, and CI's stays left out: leaving out each run's caller
+    instead would delete the colleague's entry at the end of their own run."""
+    arns = json.dumps([PROD_CI_ROLE, COLLEAGUE])
+    with aws_account_of(COLLEAGUE_SESSION, clusters={"redis-eks-dev": {"redis-eks/cluster-creator": PROD_CI_ROLE}}):
+        run = build_stack("dev", clusterAdminArns=arns)
+    assert admin_entries(run) == [COLLEAGUE]
+    assert run.outputs["clusterAdminArnsLeftOut"].value == [PROD_CI_ROLE]
+    # The tag as it is: no change to the cluster.
+    assert run.one(EKS_CLUSTER).inputs["clusterTags"] == {"redis-eks/cluster-creator": PROD_CI_ROLE}
+
+
+def test_a_cluster_from_before_the_record_keeps_every_listed_entry():
+    """A cluster created before the tag: whoever created it was not listed (its first update
+    would have failed), so every listed ARN keeps its entry, the caller's included, and no
+    caller is written down as the creator after the fact."""
+    arns = json.dumps([PROD_CI_ROLE, COLLEAGUE])
+    with aws_account_of(CI_SESSION, clusters={"redis-eks-dev": {"Name": "redis-eks-dev-eksCluster"}}):
+        run = build_stack("dev", clusterAdminArns=arns)
+    assert admin_entries(run) == sorted([PROD_CI_ROLE, COLLEAGUE])
+    assert run.outputs["clusterAdminArnsLeftOut"].value == []
+    assert run.outputs["clusterCreatorArn"].value is None
+    assert "clusterTags" not in run.one(EKS_CLUSTER).inputs
+
+
+def test_existing_platform_names_no_creator(existing_stack):
+    assert existing_stack.outputs["clusterCreatorArn"].value is None
+    assert existing_stack.outputs["clusterAdminArnsLeftOut"].value == []
+
+
+# --- The instance type in the launch template; moving a group from before --------------------
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+OLD_GROUP = "redis-eks-dev-node-group-1a2b3c4"
+
+
+@contextmanager
+def eks_runs(node_groups: dict[str, list[str]], creator: Optional[str] = None):
+    """The fake cloud with the dev stack's cluster running, and these node groups (EKS name ->
+    the group's own instance types, empty when they are the launch template's)."""
+    answer = render_manifests._FakeCloud.call
+    tags = {"redis-eks/cluster-creator": creator} if creator else {}
+
+    def call(self, args):
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": ["redis-eks-dev"], "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {"id": "redis-eks-dev", "name": "redis-eks-dev", "tags": tags}
+        if args.token == "aws:eks/getNodeGroups:getNodeGroups":
+            return {"id": "redis-eks-dev", "clusterName": "redis-eks-dev", "names": sorted(node_groups)}
+        if args.token == "aws:eks/getNodeGroup:getNodeGroup":
+            group = args.args["nodeGroupName"]
+            return {
+                "id": group,
+                "clusterName": "redis-eks-dev",
+                "nodeGroupName": group,
+                "instanceTypes": node_groups[group],
+            }
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield
+
+
+def groups_of(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(NODE_GROUP)}
+
+
+def templates_of(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(LAUNCH_TEMPLATE)}
+
+
+def test_a_new_instance_type_rolls_the_nodes_instead_of_replacing_the_group():
+    """EKS cannot change a group's instance types: on the group, a new type replaces it (scaled
+    to zero, every Redis pod down at once). In the launch template, it is a new template
+    version, which the group rolls out one node at a time through the PodDisruptionBudget. So
+    the group's own inputs do not change at all; only its template does."""
+    before, after = build_stack("dev"), build_stack("dev", nodeInstanceType="m6i.large")
+    assert groups_of(before) == groups_of(after)
+    (group,) = groups_of(after).values()
+    assert "instanceTypes" not in group and group["updateConfig"] == {"maxUnavailable": 1}
+    assert group["nodeGroupName"] == "redis-eks-dev-nodes"
+    (template,) = templates_of(after).values()
+    assert template["instanceType"] == "m6i.large"
+    assert template["updateDefaultVersion"] is True
+    assert group["launchTemplate"]["id"] == f"{after.one(LAUNCH_TEMPLATE).name}-id"
+
+
+def test_a_group_from_before_is_not_moved_into_a_launch_template_silently():
+    """A running group with its instance type on the group: EKS refuses a launch template that
+    names one (terraform-aws-modules/terraform-aws-eks#1514), and dropping the group would
+    scale it to zero. The default form is refused at preview, with the way."""
+    run = render_manifests.ProgramRun()
+    with eks_runs({OLD_GROUP: ["t3.large"]}), pytest.raises(SettingsError) as refused:
+        render_manifests.run_program(load_stack_config("dev"), stack="dev", run=run)
+    assert run.resources == []
+    message = str(refused.value)
+    assert "redis-eks:nodeGroupForm = 'launchTemplate' is refused" in message
+    assert OLD_GROUP in message and "instanceTypes" in message and "moving" in message
+    assert "nodeGroupDrained=<the old group's name>" in message
+
+
+def test_a_group_from_before_is_kept_as_it_was():
+    """nodeGroupForm instanceTypes renders exactly what stacks from before run: the same
+    resources, the type on the group, a template without one."""
+    with eks_runs({OLD_GROUP: ["t3.large"]}):
+        run = build_stack("dev", nodeGroupForm="instanceTypes")
+    assert set(groups_of(run)) == {"redis-eks-dev-node-group"}
+    assert set(templates_of(run)) == {"redis-eks-dev-nodes"}
+    group = groups_of(run)["redis-eks-dev-node-group"]
+    assert group["instanceTypes"] == ["t3.large"] and "nodeGroupName" not in group
+    assert "instanceType" not in templates_of(run)["redis-eks-dev-nodes"]
+    # Its type cannot change: that would replace it.
+    with (
+        eks_runs({OLD_GROUP: ["t3.large"]}),
+        pytest.raises(SettingsError, match=r"nodeInstanceType = 'm6i\.large' is refused"),
+    ):
+        build_stack("dev", nodeGroupForm="instanceTypes", nodeInstanceType="m6i.large")
+
+
+def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_removed():
+    """The blue/green move, step by step, as the previews would show it."""
+    # 1. moving: the old group as it runs (its own type, whatever nodeInstanceType now says),
+    #    and a launch-template group of the new type beside it; the add-ons need either.
+    with eks_runs({OLD_GROUP: ["t3.large"]}):
+        moving = build_stack("dev", nodeGroupForm="moving", nodeInstanceType="m6i.large")
+    groups = groups_of(moving)
+    assert set(groups) == {"redis-eks-dev-node-group", "redis-eks-dev-nodes"}
+    assert groups["redis-eks-dev-node-group"]["instanceTypes"] == ["t3.large"]
+    (old,) = [g for g in moving.of_type(NODE_GROUP) if g.name == "redis-eks-dev-node-group"]
+    assert old.ignore_changes == ["instanceTypes"], "whatever EKS reports, the old group keeps its types"
+    assert "instanceTypes" not in groups["redis-eks-dev-nodes"]
+    assert templates_of(moving)["redis-eks-dev-node-template"]["instanceType"] == "m6i.large"
+    assert "instanceType" not in templates_of(moving)["redis-eks-dev-nodes"]
+    for addon in moving.of_type(ADDON):
+        assert {g.urn for g in moving.of_type(NODE_GROUP)} <= set(addon.dependencies), addon.name
+    # 2. (the operator cordons the old nodes and drains them one at a time: docs/operations.md)
+    # 3. launchTemplate while the old group still runs: refused until its drain is named.
+    with eks_runs({OLD_GROUP: ["t3.large"], "redis-eks-dev-nodes": []}), pytest.raises(SettingsError):
+        build_stack("dev", nodeInstanceType="m6i.large")
+    with eks_runs({OLD_GROUP: ["t3.large"], "redis-eks-dev-nodes": []}):
+        done = build_stack(
+            "dev", nodeInstanceType="m6i.large", acceptManualChange=json.dumps([f"nodeGroupDrained={OLD_GROUP}"])
+        )
+    # The old group is no longer in the program: Pulumi deletes it, empty.
+    assert set(groups_of(done)) == {"redis-eks-dev-nodes"}
+    assert groups_of(done)["redis-eks-dev-nodes"] == groups["redis-eks-dev-nodes"]
+    # 4. Once it is gone, the setting is not needed, and the old form cannot come back.
+    with eks_runs({"redis-eks-dev-nodes": []}):
+        assert set(groups_of(build_stack("dev", nodeInstanceType="m6i.large"))) == {"redis-eks-dev-nodes"}
+    with eks_runs({"redis-eks-dev-nodes": []}), pytest.raises(SettingsError, match="would delete"):
+        build_stack("dev", nodeGroupForm="instanceTypes")
+
+
+def test_moving_needs_a_group_to_move_from():
+    with pytest.raises(SettingsError, match="no node group with its instance type on the group"):
+        build_stack("dev", nodeGroupForm="moving")

@@ -8,7 +8,6 @@ import pytest
 from components.engines import REDIS
 from components.stack_settings import (
     DEFAULT_CLUSTER_VERSION,
-    EBS_CSI_DRIVER_VERSIONS,
     SettingsError,
     load_settings,
     load_stack_config,
@@ -50,8 +49,9 @@ def test_config_strings_are_converted_to_typed_values():
     assert settings.private_subnet_ids == ("subnet-00000000000000001", "subnet-00000000000000002")
 
 
-def test_the_add_on_build_follows_the_cluster_version_unless_pinned():
-    assert parse_settings({"clusterVersion": "1.36"}).ebs_csi_driver_version == EBS_CSI_DRIVER_VERSIONS["1.36"]
+def test_an_add_on_build_is_eks_s_answer_unless_pinned():
+    # None: the build EKS names for the cluster's version (tests/unit/test_eks_platform.py).
+    assert parse_settings({"clusterVersion": "1.36"}).ebs_csi_driver_version is None
     pinned = parse_settings({"clusterVersion": "1.36", "ebsCsiDriverVersion": "v1.60.0-eksbuild.2"})
     assert pinned.ebs_csi_driver_version == "v1.60.0-eksbuild.2"
 

@@ -327,6 +327,60 @@ def job_problems(name: str, workflow: Workflow) -> list[str]:
     return problems
 
 
+# What aws-actions/configure-aws-credentials asks STS for with OIDC when role-duration-seconds
+# is not given (its action.yml: "1 hour for OIDC"), and the most any role allows (IAM's
+# MaxSessionDuration, 1 to 12 hours).
+DEFAULT_OIDC_SESSION_SECONDS = 3600
+MAX_SESSION_SECONDS = 43200
+
+
+def session_problems(name: str, workflow: Workflow) -> list[str]:
+    """Every AWS session lasts as long as its job may run: credentials that expire mid-job fail
+    its last steps (a long `pulumi up` half done)."""
+    problems = []
+    for job_id, job in jobs(workflow).items():
+        for step in steps_using(job, AWS_CREDENTIALS_ACTION):
+            raw = (step.get("with") or {}).get("role-duration-seconds", DEFAULT_OIDC_SESSION_SECONDS)
+            seconds = int(raw)
+            job_seconds = int(job.get("timeout-minutes") or 360) * 60
+            if seconds < job_seconds:
+                problems.append(
+                    f"{name}: job {job_id}: the AWS session ({seconds} s) ends before the job may ({job_seconds} s): "
+                    "set role-duration-seconds to cover timeout-minutes"
+                )
+            if seconds > MAX_SESSION_SECONDS:
+                problems.append(f"{name}: job {job_id}: role-duration-seconds {seconds} is past IAM's 12-hour limit")
+    return problems
+
+
+def roll_problems(name: str, workflow: Workflow, budgets: dict[str, int]) -> list[str]:
+    """The job that runs `pulumi up` of a stack outlasts the StatefulSet's update await of that
+    stack (a roll pod by pod), or `pulumi up` would be cut off mid-roll."""
+    problems = []
+    for job_id, job, _, step_stacks in pulumi_runs(workflow, "up"):
+        job_seconds = int(job.get("timeout-minutes") or 360) * 60
+        for stack in step_stacks:
+            if stack in budgets and budgets[stack] > job_seconds:
+                problems.append(
+                    f"{name}: job {job_id}: a roll of {stack} may take {budgets[stack]} s, more than the job's "
+                    f"{job_seconds} s"
+                )
+    return problems
+
+
+def stack_roll_budgets() -> dict[str, int]:
+    """Each stack file's StatefulSet update await (components/roll_budget.py)."""
+    from components.roll_budget import roll_budget
+    from components.stack_settings import NAMESPACE, load_stack_config, parse_settings
+
+    budgets = {}
+    for stack in stack_files():
+        config = load_stack_config(stack, PROJECT_DIR)
+        values = {key.split(":", 1)[1]: value for key, value in config.items() if key.startswith(f"{NAMESPACE}:")}
+        budgets[stack] = roll_budget(parse_settings(values)).update_seconds
+    return budgets
+
+
 def readme_test_command(readme: str) -> str:
     """The command in the first fenced block under the README's `## Tests` heading."""
     section = readme.split("\n## Tests\n", 1)
@@ -403,15 +457,52 @@ def push_coverage_problems(workflows: dict[str, Workflow], test_name: str) -> li
     return problems
 
 
-def preview_problems(name: str, workflow: Workflow, stacks: list[str], pulumi_version: str) -> list[str]:
-    """Every stack previewed on pull requests, with the policy pack, the diff commented."""
+# The stacks whose state holds production's secrets: a pull request's code previews them only
+# behind an environment of their own (`preview-<stack>`), whose reviewers read it first.
+PRODUCTION_STACKS = ("prod",)
+
+
+def stack_environments(job: dict, stacks: list[str]) -> dict[str, str | None]:
+    """stack -> the GitHub environment the job runs it in (a matrix entry's, when the job's
+    environment is `${{ matrix.<key> }}`)."""
+    environment = environment_name(job)
+    match = re.fullmatch(r"\$\{\{\s*matrix\.(\w+)\s*\}\}", str(environment or "").strip())
+    if not match:
+        return dict.fromkeys(stacks, environment)
+    entries = ((job.get("strategy") or {}).get("matrix") or {}).get("include") or []
+    return {
+        str(entry.get("stack")): entry.get(match.group(1)) for entry in entries if str(entry.get("stack")) in stacks
+    }
+
+
+def preview_problems(
+    name: str,
+    workflow: Workflow,
+    stacks: list[str],
+    pulumi_version: str,
+    production: tuple[str, ...] = PRODUCTION_STACKS,
+) -> list[str]:
+    """Every stack previewed on pull requests, with the policy pack, the diff commented; the
+    other stacks in the `preview` environment, each production stack only in an environment of
+    its own (`preview-<stack>`, the one with reviewers)."""
     problems = []
     if "pull_request" not in triggers(workflow):
         problems.append(f"{name}: does not run on pull requests")
     previewed = set()
-    for job_id, _, step, step_stacks in pulumi_runs(workflow, "preview"):
+    for job_id, job, step, step_stacks in pulumi_runs(workflow, "preview"):
         inputs = step.get("with") or {}
         previewed.update(step_stacks)
+        for stack, environment in stack_environments(job, step_stacks).items():
+            wanted = f"preview-{stack}" if stack in production else "preview"
+            if environment != wanted:
+                problems.append(
+                    f"{name}: job {job_id}: previews {stack} in the environment {environment!r}, not {wanted!r}"
+                    + (
+                        " (a production stack's preview waits for that environment's reviewers)"
+                        if stack in production
+                        else ""
+                    )
+                )
         if not is_true(inputs.get("comment-on-pr")):
             problems.append(f"{name}: job {job_id}: the preview is not commented on the pull request")
         problems += pulumi_step_problems(name, job_id, inputs, pulumi_version)
@@ -554,6 +645,18 @@ def test_the_test_workflow_runs_the_readme_test_command_on_every_push_and_pull_r
     command = readme_test_command(README.read_text())
     problems = ci_workflow_problems(TEST_WORKFLOW, workflows[TEST_WORKFLOW][1], command)
     problems += push_coverage_problems({name: workflow for name, (_, workflow) in workflows.items()}, TEST_WORKFLOW)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_aws_session_outlasts_its_job(workflows):
+    problems = [problem for name, (_, workflow) in workflows.items() for problem in session_problems(name, workflow)]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_deploy_job_outlasts_a_roll_of_its_stack(workflows):
+    budgets = stack_roll_budgets()
+    assert set(budgets) == set(stack_files())
+    problems = roll_problems(DEPLOY_WORKFLOW, workflows[DEPLOY_WORKFLOW][1], budgets)
     assert not problems, "\n".join(problems)
 
 
@@ -756,17 +859,39 @@ def test_push_coverage_check_notices_main_left_untested(workflows):
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("stack: [dev, prod]", "stack: [dev]", "no preview of the stack(s) ['prod']"),
         (
-            "stack: [dev, prod]",
-            "stack: [dev, prod, staging]",
+            "          - stack: prod\n            environment: preview-prod\n",
+            "",
+            "no preview of the stack(s) ['prod']",
+        ),
+        (
+            "          - stack: dev\n",
+            "          - stack: staging\n            environment: preview\n          - stack: dev\n",
             "previews stack(s) ['staging'] with no Pulumi.<stack>.yaml",
+        ),
+        (
+            "            environment: preview-prod",
+            "            environment: preview",
+            "previews prod in the environment 'preview', not 'preview-prod'",
+        ),
+        (
+            "    environment: ${{ matrix.environment }}",
+            "    environment: preview",
+            "previews prod in the environment 'preview', not 'preview-prod'",
         ),
         ("          policyPacks: policy\n", "", "without `policyPacks: policy`"),
         ("          comment-on-pr: true", "          comment-on-pr: false", "not commented on the pull request"),
         (f"pulumi-version: {PULUMI_VERSION}", "pulumi-version: 3.0.0", "is not the release requirements.txt pins"),
     ],
-    ids=["stack-missing", "stack-unknown", "no-policy-pack", "no-comment", "other-cli"],
+    ids=[
+        "stack-missing",
+        "stack-unknown",
+        "prod-unreviewed",
+        "one-environment-for-all",
+        "no-policy-pack",
+        "no-comment",
+        "other-cli",
+    ],
 )
 def test_preview_check_notices(old, new, expected):
     workflow = yaml.safe_load(broken(PREVIEW_WORKFLOW, old, new))
@@ -829,3 +954,30 @@ def test_deploy_check_notices_a_stack_never_deployed():
     workflow = yaml.safe_load((PROJECT_DIR / DEPLOY_WORKFLOW).read_text())
     problems = deploy_problems(DEPLOY_WORKFLOW, workflow, ["dev", "prod", "staging"], TEST_WORKFLOW, PULUMI_VERSION)
     assert f"{DEPLOY_WORKFLOW}: no pulumi up of the stack(s) ['staging']" in problems
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "expected"),
+    [
+        (
+            DEPLOY_WORKFLOW,
+            "          role-duration-seconds: 7500\n",
+            "",
+            "the AWS session (3600 s) ends before the job may (7200 s)",
+        ),
+        (DEPLOY_WORKFLOW, "role-duration-seconds: 7500", "role-duration-seconds: 3600", "ends before the job may"),
+        (PREVIEW_WORKFLOW, "role-duration-seconds: 1800", "role-duration-seconds: 90000", "past IAM's 12-hour limit"),
+    ],
+    ids=["deploy-default-hour", "deploy-one-hour", "preview-past-limit"],
+)
+def test_session_check_notices(name, old, new, expected):
+    problems = session_problems(name, yaml.safe_load(broken(name, old, new)))
+    assert any(expected in problem and name in problem for problem in problems), problems
+
+
+def test_roll_check_notices_a_stack_that_rolls_longer_than_its_job():
+    workflow = yaml.safe_load((PROJECT_DIR / DEPLOY_WORKFLOW).read_text())
+    problems = roll_problems(DEPLOY_WORKFLOW, workflow, {"dev": 7199, "prod": 3 * 3600})
+    assert problems == [
+        f"{DEPLOY_WORKFLOW}: job deploy-prod: a roll of prod may take 10800 s, more than the job's 7200 s"
+    ]

@@ -1,6 +1,6 @@
 """Scheduled EBS snapshots of the Redis data volumes: an AWS Data Lifecycle Manager policy and the role it runs as.
 
-DLM finds the volumes by the tag the `data` StorageClass puts on each (eks_platform), snapshots
+DLM finds the volumes by the tag the `data` StorageClass puts on each (storage), snapshots
 each on the schedule, keeps the newest `retention_count`, and optionally copies each snapshot
 to another region, encrypted, where it is kept for `copy_retention_days`.
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
 
-if TYPE_CHECKING:
-    from components.eks_platform import AwsAccount
+from components.eks_platform.aws_account import AwsAccount
+from components.stack_settings import StackSettings
 
 DLM_SERVICE = "dlm.amazonaws.com"
 # DLM tags every snapshot it creates with the ID of the policy that created it (and the
@@ -152,6 +152,46 @@ class SnapshotBackups(pulumi.ComponentResource):
         self.policy_id = policy.id
         self.policy_arn = policy.arn
         self.register_outputs({"role_arn": self.role_arn, "policy_id": self.policy_id, "policy_arn": self.policy_arn})
+
+
+def snapshot_backups(
+    name: str,
+    settings: StackSettings,
+    target_tag: tuple[str, str],
+    account: pulumi.Output[AwsAccount],
+    volume_key_arn: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> SnapshotBackups:
+    """Scheduled snapshots of every data volume (DLM), by the tag the StorageClass puts on each.
+
+    What a snapshot holds: each volume's snapshot is crash-consistent for its own node, as
+    if the node had lost power at that instant. redis.conf sets `appendonly yes` with
+    `appendfsync everysec`, so a node restored from its snapshot replays its AOF and has
+    every write it acknowledged up to about a second before the snapshot (what the kernel
+    had not yet flushed to the volume is lost, the AOF's torn tail included, which Redis
+    truncates on load with `aof-load-truncated yes`, its default). The snapshots of one run
+    are taken within the same minutes, one per volume, but not at one instant across
+    shards: a cluster-wide restore point is "each shard as of its own snapshot". Redis
+    Cluster has no cross-shard transaction to tear, but keys written in that window can be
+    on one side of it on one shard and the other side on another (a client that wrote A
+    then B on two shards may find B restored without A). A replica's volume is snapshotted
+    too, at its own instant and as far as its replication had come.
+    """
+    return SnapshotBackups(
+        f"{name}-backups",
+        SnapshotBackupsArgs(
+            target_tag=target_tag,
+            cluster_name=name,
+            stack=pulumi.get_stack(),
+            schedule=settings.backup_schedule,
+            retention_count=settings.backup_retention_count,
+            volume_key_arn=volume_key_arn,
+            account=account,
+            copy_region=settings.backup_copy_region,
+            copy_retention_days=settings.backup_copy_retention_days,
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
 
 
 def dlm_trust_policy(account: AwsAccount) -> str:
