@@ -4,6 +4,8 @@
 # test; the engines the stack deploys come from tools/fetch-engines.sh), shellcheck (make
 # lint), dash (the pods' /bin/sh), libnss-wrapper (the TLS tests and the sandbox resolve the
 # nodes' announced DNS names through a hosts file of their own: sandbox/name_resolution.py),
+# nftables (`sandbox partition` cuts pods off with rules in a table of the sandbox's own:
+# sandbox/partitions.py),
 # apt's download tools and Debian's archive keys (for tools/fetch-engines.sh), and on a bare
 # image make, python3 and its venv module (the Makefile builds .venv). Idempotent: with
 # everything present it only runs the checks. POSIX sh.
@@ -14,6 +16,8 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v dash >/dev/null 2>&1 || missing="$missing dash"
+# Debian installs nft in /usr/sbin, which a non-root PATH may lack.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing="$missing nftables"
 # A library, not a command: present when any architecture's copy is readable.
 nss_wrapper_found=""
 for library in /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so /usr/lib64/libnss_wrapper.so; do
