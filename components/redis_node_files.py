@@ -74,6 +74,9 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "pre-stop.sh",
 )
 
+# durability = bounded: how old (in whole seconds, as the engines count it) the last
+# acknowledgement of a replica may be before its master refuses writes.
+MIN_REPLICAS_MAX_LAG_SECONDS = 1
 # A manual failover is a handful of round trips once the replica has caught up; the bound
 # only matters when the election cannot complete (no majority of masters reachable), and
 # then the pod should go on terminating rather than hang. pre-stop.sh has the same default.
@@ -128,6 +131,8 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         "# A master keeps one replica before a spare one may migrate to an orphaned master.",
         "cluster-migration-barrier 1",
         "",
+        *_durability_lines(settings),
+        "",
         f"dir {paths.data_dir}",
         "appendonly yes",
         "appendfsync everysec",
@@ -152,6 +157,27 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         f"include {paths.secret_dir}/{AUTH_CONF_FILE}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _durability_lines(settings: StackSettings) -> list[str]:
+    """What a master's acknowledgement of a plain write is worth (the `durability` setting;
+    docs/operations.md, "What you can lose")."""
+    if settings.durability == "bounded":
+        return [
+            "# durability = bounded: a master refuses writes (NOREPLICAS) while no replica has",
+            f"# acknowledged its stream within {MIN_REPLICAS_MAX_LAG_SECONDS} s, so a master cut off from its replicas stops",
+            "# acknowledging writes within 3 s of the cut (the engines count the lag in whole",
+            "# seconds, 1 the least, and check it once a second), not once the node timeout shows",
+            "# it is in a minority.",
+            "min-replicas-to-write 1",
+            f"min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_SECONDS}",
+        ]
+    return [
+        "# durability = cache: a master acknowledges writes whatever its replicas do; cut off, it",
+        "# goes on until the node timeout shows it is in a minority, and a failover drops what",
+        "# its replica had not received. Clients that must not lose a write use WAIT.",
+        "min-replicas-to-write 0",
+    ]
 
 
 def _tls_lines(paths: NodePaths) -> list[str]:

@@ -95,6 +95,12 @@ NODE_GROUP_FORMS = ("launchTemplate", "instanceTypes", "moving")
 # relative docs/operations.md#alert-... link is joined. Replace it by your copy's URL.
 DEFAULT_RUNBOOK_BASE_URL = "https://github.com/redis-eks/redis-eks/blob/main/"
 
+# durability: what a master's acknowledgement of a plain write is worth when it is cut off
+# (components/redis_node_files.py renders it; docs/operations.md, "What you can lose"):
+# `cache` acknowledges until the node timeout tells it that it is in a minority, `bounded`
+# stops within about 2 s of losing its last replica (min-replicas-to-write).
+DURABILITY_MODES = ("cache", "bounded")
+
 PLATFORMS = ("eks", "existing")
 NAT_GATEWAY_STRATEGIES = ("single", "onePerAz")
 MAXMEMORY_POLICIES = (
@@ -218,6 +224,7 @@ class StackSettings:
     # The engine's default image unless `image` names another.
     image: str = ENGINES[DEFAULT_ENGINE].default_image
     node_timeout_ms: int = 5000
+    durability: str = DURABILITY_MODES[0]
     maxmemory_policy: str = "noeviction"
     cpu_request: str = "250m"
     cpu_limit: str = "1"
@@ -361,6 +368,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "engine": ("engine", one_of(tuple(ENGINES))),
     "image": ("image", as_image),
     "nodeTimeoutMs": ("node_timeout_ms", as_int(1000, 60000)),
+    "durability": ("durability", one_of(DURABILITY_MODES)),
     "maxmemoryPolicy": ("maxmemory_policy", one_of(MAXMEMORY_POLICIES)),
     "cpuRequest": ("cpu_request", as_cpu(10, MAX_MILLICORES)),
     "cpuLimit": ("cpu_limit", as_cpu(100, MAX_MILLICORES)),
@@ -603,6 +611,23 @@ def _relation_problems(s: StackSettings, values: Mapping[str, Any], bad: set[str
         problems.append(
             _fail("certManagerIssuer", "/".join(s.cert_manager_issuer), f"only with {NAMESPACE}:tls = true")
         )
+    if parsed("durability", "replicasPerShard") and s.durability == "bounded":
+        if s.replicas_per_shard == 0:
+            problems.append(
+                _fail(
+                    "durability",
+                    s.durability,
+                    f"cache while {NAMESPACE}:replicasPerShard = 0 (a bounded master refuses writes while no replica "
+                    "is in sync, so with none it would refuse every write); add replicas for bounded",
+                )
+            )
+        elif s.replicas_per_shard == 1:
+            warnings.append(
+                f"{NAMESPACE}:durability = 'bounded' with {NAMESPACE}:replicasPerShard = 1: a shard refuses writes "
+                "(NOREPLICAS) whenever its one replica is away: restarted by a rolling update or a node drain, "
+                "resyncing, or gone after a failover until the old master is back as a replica; replicasPerShard = 2 "
+                "keeps writes while one replica is away"
+            )
     if parsed("maxmemoryPolicy") and s.maxmemory_policy != "noeviction":
         warnings.append(
             f"{NAMESPACE}:maxmemoryPolicy = {s.maxmemory_policy!r} evicts keys when memory is full: right for a "

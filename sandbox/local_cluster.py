@@ -202,7 +202,7 @@ class Sandbox:
         }
         # Only what shapes the pods applies here; the platform keys describe AWS. TLS is the
         # sandbox's own choice, made when it was created.
-        workload_keys = {"nodeTimeoutMs", "maxmemoryPolicy", "memoryLimit", "memoryRequest", "namespace"}
+        workload_keys = {"nodeTimeoutMs", "durability", "maxmemoryPolicy", "memoryLimit", "memoryRequest", "namespace"}
         values = {key: value for key, value in values.items() if key in workload_keys}
         values.update(shards=str(state.shards), replicasPerShard=str(state.replicas_per_shard), engine=state.engine)
         values["tls"] = "true" if state.tls else "false"

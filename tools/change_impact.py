@@ -538,6 +538,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("engine", "dev", {"engine": "valkey"}, way=f'{OPS}, "Changing the engine"'),
     Sample("image", "dev", {"image": "redis:8.10.3-trixie"}),
     Sample("nodeTimeoutMs", "dev", {"nodeTimeoutMs": "10000"}),
+    Sample("durability", "dev", {"durability": "bounded"}),
     Sample("maxmemoryPolicy", "dev", {"maxmemoryPolicy": "allkeys-lru"}),
     Sample("cpuRequest", "dev", {"cpuRequest": "500m"}),
     Sample("cpuLimit", "dev", {"cpuLimit": "1500m"}),

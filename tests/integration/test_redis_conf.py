@@ -141,6 +141,7 @@ def test_every_directive_is_in_effect(server: Server) -> None:
             "maxmemoryPolicy": "volatile-ttl",
             "replicasPerShard": "2",
             "storageSize": "6Gi",
+            "durability": "bounded",
         },
     ],
 )
@@ -151,6 +152,10 @@ def test_settings_reach_the_running_server(nodes: LocalNodes, engine_settings, c
     assert int(running["maxmemory"]) == maxmemory_bytes(settings.memory_limit_bytes)
     assert running["maxmemory-policy"] == settings.maxmemory_policy
     assert int(running["cluster-node-timeout"]) == settings.node_timeout_ms
+    bounded = settings.durability == "bounded"
+    assert running["min-replicas-to-write"] == ("1" if bounded else "0")
+    if bounded:
+        assert running["min-replicas-max-lag"] == "1"
 
 
 def test_the_server_refuses_inline_comments_which_is_why_the_file_has_none(

@@ -91,6 +91,25 @@ def test_redis_conf_follows_the_paths_it_is_given() -> None:
     assert directives["aclfile"] == ["/x/secret/users.acl"]
 
 
+def test_durability_cache_acknowledges_without_replicas_and_bounded_needs_one_within_a_second() -> None:
+    cache = _directives(render_redis_conf(parse_settings({})))
+    assert cache["min-replicas-to-write"] == ["0"] and "min-replicas-max-lag" not in cache
+    bounded = _directives(render_redis_conf(parse_settings({"durability": "bounded"})))
+    assert bounded["min-replicas-to-write"] == ["1"]
+    # The engines count the lag in whole seconds and 0 turns the check off: 1 is the tightest.
+    assert bounded["min-replicas-max-lag"] == ["1"]
+    assert [name for name, values in bounded.items() if len(values) > 1] == []
+
+
+def test_bounded_durability_needs_replicas_and_warns_with_a_single_one() -> None:
+    with pytest.raises(ValueError, match=r"replicasPerShard = 0.*refuse every write"):
+        parse_settings({"durability": "bounded", "replicasPerShard": "0"})
+    (warning,) = parse_settings({"durability": "bounded", "replicasPerShard": "1"}).warnings
+    assert "NOREPLICAS" in warning and "replicasPerShard = 2" in warning
+    assert parse_settings({"durability": "bounded", "replicasPerShard": "2"}).warnings == ()
+    assert parse_settings({"replicasPerShard": "1"}).warnings == ()
+
+
 def test_tls_serves_clients_replication_and_the_bus_over_tls_only() -> None:
     paths = NodePaths(conf_dir="/x/conf", secret_dir="/x/secret", data_dir="/x/data", tls_dir="/x/tls")
     plain = _directives(render_redis_conf(parse_settings({}), paths))
