@@ -9,7 +9,9 @@ restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (
 roll [--binaries DIR]                      a rolling update, pod by pod, onto the engine's .engines/ release (or DIR's)
 backup [--to DIR]                          stop the cluster, copy every pod's data directory, start it again
 restore DIR                                a cluster from a backup's copies, on new addresses (sandbox down or absent)
-down [--purge]                             stop every process; --purge deletes the data too (backups/ stays)
+partition <pod>... [--keep-client]         cut pods off from the others (nftables rules on their addresses)
+heal                                       remove the partition
+down [--purge]                             heal, stop every process; --purge deletes the data too (backups/ stays)
 """
 
 from __future__ import annotations
@@ -110,7 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     restore.add_argument("source", type=Path, metavar="DIR", help="a folder `backup` wrote")
     restore.add_argument("--timeout", type=float, default=120.0, help="for the cluster to be ok (default 120)")
-    down = commands.add_parser("down", help="stop every process")
+    partition = commands.add_parser(
+        "partition",
+        help="cut pods off from the others on the client and bus ports, both ways",
+        description=(
+            "Cuts the named pods off from the other pods: every packet between their addresses and the other "
+            "pods' on the client and cluster-bus ports (6379, 16379) is dropped, both ways, by nftables rules in "
+            "a table of the sandbox's own (inet redis_eks_sandbox_<third octet>); the machine's other rules are "
+            "left alone. Clients (any address that is no pod's, such as 127.0.0.1) are cut off from the named "
+            "pods too, unless --keep-client: then they still reach every pod, as a client on the cut side would. "
+            "Replaces any partition the sandbox holds; `heal` (and `down`) removes it. Needs nft (Debian's "
+            "nftables) and root."
+        ),
+    )
+    partition.add_argument("pods", nargs="+", metavar="pod")
+    partition.add_argument(
+        "--keep-client", action="store_true", help="clients keep reaching the cut pods (a client on their side)"
+    )
+    commands.add_parser("heal", help="remove the partition: every pod reaches every other again")
+    down = commands.add_parser("down", help="heal any partition and stop every process")
     down.add_argument(
         "--purge", action="store_true", help="delete the data directories too; backups/ under the root stays"
     )
@@ -172,6 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             print("\nconnect:")
             for line in sandbox.connection_lines():
                 print("  " + line)
+        elif options.command == "partition":
+            cut = sandbox.partition(options.pods, keep_client=options.keep_client)
+            state = sandbox.load()
+            pods = {record.host: record.pod for record in state.nodes}
+            print(
+                f"cut off: {', '.join(pods[host] for host in cut.cut)} ({', '.join(cut.cut)}) from "
+                f"{', '.join(pods[host] for host in cut.rest)}, ports {', '.join(map(str, cut.ports))}, both ways"
+            )
+            print("clients: " + ("still reach every pod" if cut.keep_client else "cut off from those pods too"))
+            print("undo: python -m sandbox heal (down heals too)")
+        elif options.command == "heal":
+            print("healed: every pod reaches every other again" if sandbox.heal() else "no partition to heal")
         elif options.command == "down":
             sandbox.down(purge=options.purge)
             if not options.purge:

@@ -41,9 +41,9 @@ from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
-from components.redis_node_files import REDIS_PORT, TLS_CA_FILE, announced_hostname
+from components.redis_node_files import BUS_PORT, REDIS_PORT, TLS_CA_FILE, announced_hostname
 from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings, read_stack_config
-from sandbox import backups
+from sandbox import backups, partitions
 from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
@@ -65,6 +65,8 @@ NODES_DIR = "nodes"
 ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
 # 127.0.<octet>.<host>: the sandbox's own range, away from the test suites' ranges.
 DEFAULT_THIRD_OCTET = 60
+# A node's cluster-bus port is its client port + 10000 (no `cluster-port` is set).
+BUS_PORT_OFFSET = BUS_PORT - REDIS_PORT
 
 
 class SandboxError(RuntimeError):
@@ -503,11 +505,15 @@ class Sandbox:
 
     def down(self, purge: bool = False) -> None:
         """Stops every process the sandbox started, by pid; keeps the data unless `purge`,
-        which deletes everything under the root but the backups (`backups/`)."""
+        which deletes everything under the root but the backups (`backups/`). A partition
+        never outlives the sandbox: its rules go first, whatever happens next."""
         state = self.load()
-        if state is not None:
-            self._stop_all(state)
-            self.save(state)
+        try:
+            self.heal()
+        finally:
+            if state is not None:
+                self._stop_all(state)
+                self.save(state)
         if purge and self.root.exists():
             kept = self.backups_dir
             if not (kept.is_dir() and any(kept.iterdir())):
@@ -520,6 +526,35 @@ class Sandbox:
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
+
+    def partition(self, pods: Sequence[str], keep_client: bool = False) -> partitions.Partition:
+        """Cuts `pods` off from the other pods, on the client and bus ports, both ways (and
+        from clients too, unless `keep_client`): nftables rules on their addresses in the
+        sandbox's own table (sandbox/partitions.py), replacing any partition it held."""
+        state = self._require_state()
+        records = [self._record(state, pod) for pod in dict.fromkeys(pods)]
+        rest = [record for record in state.nodes if record not in records]
+        if not records or not rest:
+            raise SandboxError("a partition cuts off some pods from the others: name at least one pod, not all")
+        try:
+            partition = partitions.Partition(
+                cut=tuple(record.host for record in records),
+                rest=tuple(record.host for record in rest),
+                ports=tuple(port for record in state.nodes for port in (record.port, record.port + BUS_PORT_OFFSET)),
+                keep_client=keep_client,
+            )
+            partitions.cut(state.third_octet, partition, self.root)
+        except partitions.PartitionError as error:
+            raise SandboxError(str(error)) from None
+        return partition
+
+    def heal(self) -> bool:
+        """Removes the sandbox's partition (its nftables table); whether there was one."""
+        state = self.load()
+        try:
+            return partitions.heal(state.third_octet if state is not None else self.third_octet)
+        except partitions.PartitionError as error:
+            raise SandboxError(str(error)) from None
 
     @property
     def backups_dir(self) -> Path:

@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from cluster_logic.model import expand_ranges, parse_cluster_nodes
 from components.stack_settings import PROJECT_DIR
+from sandbox import partitions
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.processes import is_server, stop_like_the_kubelet
@@ -68,6 +69,10 @@ class ManagedSandbox:
         for node in self.extra_nodes:
             if node.is_running():
                 node.kill()
+        # down heals; a table that outlived it is reported, and removed all the same.
+        if partitions.listing(self.sandbox.third_octet) is not None:
+            problems.append(f"the partition of 127.0.{self.sandbox.third_octet}.0/24 survived down")
+            partitions.heal(self.sandbox.third_octet)
         if self.root.exists():
             problems += [f"{found} survived down" for found in sweep(self.root)]
             self.sandbox.down(purge=True)

@@ -404,7 +404,8 @@ def ci_script_problems(script: str, test_command: str) -> list[str]:
 
 def ci_workflow_problems(name: str, workflow: Workflow, test_command: str) -> list[str]:
     """A job runs the README's test command, through .ci/run (or itself after `make lint`), in
-    the Debian bookworm container CI runs, with CI set, on every pull request and push."""
+    the Debian bookworm container CI runs (allowed nftables rules of its own: NET_ADMIN), with
+    CI set, on every pull request and push."""
     problems = []
     on = triggers(workflow)
     if "pull_request" not in on or (on["pull_request"] or {}).keys() & {
@@ -431,6 +432,12 @@ def ci_workflow_problems(name: str, workflow: Workflow, test_command: str) -> li
         if not image.startswith("debian:bookworm"):
             problems.append(
                 f"{name}: job {job_id}: runs the tests outside the Debian bookworm image CI uses ({image!r})"
+            )
+        options = str(container.get("options", "")) if isinstance(container, dict) else ""
+        if "--cap-add=NET_ADMIN" not in options.split():
+            problems.append(
+                f"{name}: job {job_id}: its container lacks --cap-add=NET_ADMIN, which the partition tests' "
+                "nftables rules need (tests/integration/test_partitions.py)"
             )
         env = {**(workflow.get("env") or {}), **(job.get("env") or {})}
         if not is_true(env.get("CI")):
@@ -834,8 +841,16 @@ def test_readme_command_is_read_from_the_tests_section():
         ("image: debian:bookworm", "image: ubuntu:24.04-x", "make test", "outside the Debian bookworm image"),
         ('      CI: "true"', '      CI: "false"', "make test", "CI is not set to true"),
         ("  pull_request:\n", "", "make test", "does not run on every pull request"),
+        ("      options: --cap-add=NET_ADMIN\n", "", "make test", "lacks --cap-add=NET_ADMIN"),
     ],
-    ids=["no-lint-no-script", "script-runs-any-readme-command", "not-bookworm", "ci-unset", "no-pull-request"],
+    ids=[
+        "no-lint-no-script",
+        "script-runs-any-readme-command",
+        "not-bookworm",
+        "ci-unset",
+        "no-pull-request",
+        "no-net-admin",
+    ],
 )
 def test_test_workflow_check_notices(old, new, command, expected):
     problems = ci_workflow_problems(TEST_WORKFLOW, yaml.safe_load(broken(TEST_WORKFLOW, old, new)), command)

@@ -1,0 +1,191 @@
+"""Network partitions of the sandbox (`python -m sandbox partition` / `heal`), and what a master
+cut off with its clients loses under each `durability` setting.
+
+The short cases of CI, per engine; the long scenarios (a zone cut off, flapping links, a
+partition during a failover or a slot migration) and the figures are in
+benchmarks/partition_benchmark.py (`make bench`). Each test builds its own sandbox on
+127.0.9x.0/24 and leaves no process and no nftables rule behind (`ManagedSandbox` heals and
+checks it); the nftables rules need root (CAP_NET_ADMIN), which CI's container is given.
+
+What is proven:
+* `partition <pod> --keep-client` cuts the pod off from the other pods on the cluster bus
+  both ways (it suspects every other node, they see it fail) while clients still reach it;
+  `partition <pod>` cuts clients off from it too, not from the others; `heal` and `down`
+  remove the sandbox's table and nothing else of the machine's rules, and the cluster heals.
+* a partition names pods of the sandbox, and leaves some on the other side.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
+import redis
+
+from cluster_logic.model import parse_cluster_nodes
+from sandbox import partitions
+from testkit.sandbox_support import (
+    masters,
+    node_client,
+    record_of,
+    run_sandbox_cli,
+    wait_healthy,
+)
+
+pytestmark = pytest.mark.integration
+
+# 127.0.<octet>.0/24 per test; this suite owns 90..93.
+RULES = 90
+
+
+@pytest.fixture(autouse=True)
+def nft_available() -> None:
+    # CI runs as root with NET_ADMIN and installs nftables (tools/install-system-packages.sh):
+    # a missing nft is a broken setup, and a skip would hide it.
+    try:
+        partitions.nft_binary()
+    except partitions.PartitionError as error:
+        pytest.fail(str(error), pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("the partition tests need root (nftables rules): run them as root or in CI", pytrace=False)
+
+
+@contextmanager
+def machine_rules() -> Iterator[str]:
+    """A table of the test's own standing for the machine's other rules (a chain on the
+    same hook, a rule on loopback), removed afterwards whatever happens: the sandbox must
+    never touch it."""
+    name = f"redis_eks_test_other_rules_{os.getpid()}"
+    script = (
+        f"table inet {name} {{\n"
+        "    chain input {\n"
+        "        type filter hook input priority filter; policy accept;\n"
+        "        ip daddr 127.0.254.254 tcp dport 9 accept\n"
+        "    }\n"
+        "}\n"
+    )
+    subprocess.run([partitions.nft_binary(), "-f", "-"], input=script, text=True, check=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run([partitions.nft_binary(), "delete", "table", "inet", name], check=False, timeout=30)
+
+
+def listing(table: str) -> str:
+    done = subprocess.run(
+        [partitions.nft_binary(), "list", "table", "inet", table], capture_output=True, text=True, timeout=30
+    )
+    return done.stdout if done.returncode == 0 else f"(absent: {done.stderr.strip()})"
+
+
+def flags_seen(sb, by_pod: str) -> dict[str, str]:
+    """What `by_pod` says of every other node: its id -> flags."""
+    state = sb.load()
+    client = node_client(state, record_of(state, by_pod), timeout=1.0)
+    try:
+        entries = parse_cluster_nodes(client.execute_command("CLUSTER", "NODES"))
+    finally:
+        client.close()
+    return {entry.id: ",".join(sorted(entry.flags)) for entry in entries if not entry.myself}
+
+
+def node_id(sb, pod: str) -> str:
+    state = sb.load()
+    client = node_client(state, record_of(state, pod))
+    try:
+        return client.execute_command("CLUSTER", "MYID")
+    finally:
+        client.close()
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(interval)
+
+
+def reachable(sb, pod: str) -> bool:
+    state = sb.load()
+    client = node_client(state, record_of(state, pod), timeout=1.0)
+    try:
+        return client.ping()
+    except (redis.TimeoutError, redis.ConnectionError):
+        return False
+    finally:
+        client.close()
+
+
+def test_a_partition_cuts_the_named_pod_off_both_ways_and_heal_and_down_remove_only_its_rules(make_sandbox):
+    sb = make_sandbox(RULES).sandbox
+    sb.up()
+    victim = sorted(masters(sb))[0]
+    others = [record.pod for record in sb.load().nodes if record.pod != victim]
+    victim_id = node_id(sb, victim)
+    table = partitions.table_name(RULES)
+
+    with machine_rules() as other_table:
+        before = listing(other_table)
+        cut = run_sandbox_cli(sb.root, RULES, "partition", victim, "--keep-client")
+        assert f"cut off: {victim}" in cut.stdout and "clients: still reach every pod" in cut.stdout
+
+        # The bus, both ways: the victim suspects every other node (alone, it cannot gather the
+        # majority that turns a suspicion into a failure), and they see it fail.
+        wait_until(
+            lambda: all({"fail?", "fail"} & set(flags.split(",")) for flags in flags_seen(sb, victim).values()),
+            30,
+            f"{victim} suspecting every other node",
+        )
+        wait_until(
+            lambda: all("fail" in flags_seen(sb, pod)[victim_id].split(",") for pod in others),
+            30,
+            f"every other node seeing {victim} fail",
+        )
+        # The clients were kept: every pod answers, the victim included.
+        assert all(reachable(sb, pod) for pod in [victim, *others])
+
+        # Again without --keep-client: it replaces the partition, and clients lose the victim too.
+        run_sandbox_cli(sb.root, RULES, "partition", victim)
+        state = sb.load()
+        assert partitions.current(RULES) == partitions.Partition(
+            cut=(record_of(state, victim).host,),
+            rest=tuple(record_of(state, pod).host for pod in others),
+            ports=(6379, 16379),
+            keep_client=False,
+        )
+        assert not reachable(sb, victim)
+        assert all(reachable(sb, pod) for pod in others)
+        assert listing(other_table) == before
+
+        healed = run_sandbox_cli(sb.root, RULES, "heal")
+        assert "healed" in healed.stdout
+        assert partitions.listing(RULES) is None and listing(table).startswith("(absent")
+        assert listing(other_table) == before
+        assert reachable(sb, victim)
+        wait_healthy(sb, timeout=60)
+        assert "no partition to heal" in run_sandbox_cli(sb.root, RULES, "heal").stdout
+
+        # `down` heals too.
+        run_sandbox_cli(sb.root, RULES, "partition", *others[:2], "--keep-client")
+        assert partitions.current(RULES) is not None
+        run_sandbox_cli(sb.root, RULES, "down")
+        assert partitions.listing(RULES) is None
+        assert listing(other_table) == before
+
+
+def test_a_partition_names_pods_of_the_sandbox_and_leaves_some_on_the_other_side(make_sandbox):
+    sb = make_sandbox(RULES).sandbox
+    sb.up()
+    pods = [record.pod for record in sb.load().nodes]
+    unknown = run_sandbox_cli(sb.root, RULES, "partition", "redis-cluster-9", check=False)
+    assert unknown.returncode == 1 and "no pod 'redis-cluster-9'" in unknown.stderr
+    everyone = run_sandbox_cli(sb.root, RULES, "partition", *pods, check=False)
+    assert everyone.returncode == 1 and "not all" in everyone.stderr
+    assert partitions.listing(RULES) is None
