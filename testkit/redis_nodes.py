@@ -75,7 +75,8 @@ ZONES = ("zone-a", "zone-b", "zone-c")
 # 127.0.<octet>.0/24 ranges: the node tests (tests/integration, through the `loopback`
 # fixture) and the bootstrap benchmark; the reliability suite and its benchmark lock whole
 # octets of their own (testkit.sandbox_support), and the sandbox CLI uses 60 and 61; the
-# version roll 62, the backup/restore test 63, the exporter tests 72 (plain) and 73 (TLS).
+# version roll 62, the backup/restore test 63, the exporter tests 72 (plain) and 73 (TLS),
+# the partition tests 90 to 93.
 TEST_OCTETS = range(10, 20)
 BENCHMARK_OCTETS = range(30, 40)
 

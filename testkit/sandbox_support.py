@@ -15,7 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -23,13 +23,33 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from cluster_logic.model import expand_ranges, parse_cluster_nodes
-from components.stack_settings import PROJECT_DIR
+from components.stack_settings import NAMESPACE, PROJECT_DIR, read_stack_config
 from sandbox import partitions
 from sandbox.local_cluster import NodeRecord, Sandbox, SandboxState
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.processes import is_server, stop_like_the_kubelet
 from testkit import redis_nodes
 from testkit.processes import sweep
+
+# ---------------------------------------------------------------------------------------
+# A sandbox of other settings.
+# ---------------------------------------------------------------------------------------
+
+
+class ConfiguredSandbox(Sandbox):
+    """A `Sandbox` whose stack file also sets `config` (`redis-eks:` keys without the prefix,
+    e.g. {"durability": "bounded"}), as a Pulumi.<stack>.yaml that sets them would: validated
+    with the rest of the stack, and what shapes the pods reaches them."""
+
+    def __init__(self, *args: Any, config: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_config = dict(config)
+
+    def stack_config(self, stack: Optional[str] = None) -> dict[str, str]:
+        config = {**super().stack_config(stack), **{f"{NAMESPACE}:{k}": v for k, v in self.extra_config.items()}}
+        read_stack_config(config, secret_keys=())
+        return config
+
 
 # ---------------------------------------------------------------------------------------
 # A sandbox that always ends.
@@ -42,9 +62,19 @@ class ManagedSandbox:
     and reports what had to be swept."""
 
     def __init__(
-        self, root: Path, third_octet: int, sandbox: Optional[Sandbox] = None, engine: Optional[str] = None
+        self,
+        root: Path,
+        third_octet: int,
+        sandbox: Optional[Sandbox] = None,
+        engine: Optional[str] = None,
+        config: Optional[Mapping[str, str]] = None,
     ) -> None:
+        """`config`: stack settings besides the dev stack's (a `ConfiguredSandbox`)."""
         self.root = Path(root)
+        if sandbox is None and config:
+            sandbox = ConfiguredSandbox(
+                root=self.root, stack="dev", third_octet=third_octet, engine=engine, config=config
+            )
         self.sandbox = sandbox or Sandbox(root=self.root, stack="dev", third_octet=third_octet, engine=engine)
         self.extra_nodes: list[LocalNode] = []
         # Two runs of the suite at once queue up per 127.0.<octet>.0/24 instead of meeting

@@ -9,7 +9,7 @@ pid (its whole session) when the test ends, failed or not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Optional
 
 import pytest
 
@@ -54,13 +54,15 @@ def engine_settings(engine: EngineBinaries):
 
 
 @pytest.fixture
-def make_sandbox(tmp_path: Path, engine: EngineBinaries) -> Iterator[Callable[[int], ManagedSandbox]]:
-    """Sandboxes of the engine under test on 127.0.<octet>.0/24, each stopped by pid when
-    the test ends (`ManagedSandbox`); the suites that use it own their octets."""
+def make_sandbox(tmp_path: Path, engine: EngineBinaries) -> Iterator[Callable[..., ManagedSandbox]]:
+    """Sandboxes of the engine under test on 127.0.<octet>.0/24, each stopped by pid (and any
+    partition healed) when the test ends (`ManagedSandbox`); the suites that use it own their
+    octets. `make(octet, config={"durability": "bounded"})`: stack settings besides the dev
+    stack's."""
     created: list[ManagedSandbox] = []
 
-    def make(octet: int) -> ManagedSandbox:
-        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet, engine=engine.engine.name)
+    def make(octet: int, config: Optional[Mapping[str, str]] = None) -> ManagedSandbox:
+        managed = ManagedSandbox(tmp_path / f"sandbox-{octet}", octet, engine=engine.engine.name, config=config)
         created.append(managed)
         return managed
 

@@ -13,6 +13,13 @@ What is proven:
   `partition <pod>` cuts clients off from it too, not from the others; `heal` and `down`
   remove the sandbox's table and nothing else of the machine's rules, and the cluster heals.
 * a partition names pods of the sandbox, and leaves some on the other side.
+* a master cut off from the others, its clients still reaching it, for longer than the node
+  timeout: no WAIT-acknowledged write is lost either way. With `durability: cache` the
+  checker finds the plain writes it acknowledged during the cut gone after the heal, and the
+  majority side takes writes for its slots once it promoted the replica; with `bounded` it
+  stopped acknowledging within `BOUNDED_STOP_SECONDS` of the cut (the node timeout would
+  have taken 5 s and more), and the majority side refuses those slots' writes (NOREPLICAS)
+  while their only replica is cut off, until the heal.
 """
 
 from __future__ import annotations
@@ -28,18 +35,31 @@ import redis
 
 from cluster_logic.model import parse_cluster_nodes
 from sandbox import partitions
+from testkit.loss_checker import LossChecker, MajorityProbe
 from testkit.sandbox_support import (
+    cluster_client,
     masters,
     node_client,
     record_of,
+    replica_of,
     run_sandbox_cli,
+    slots_of,
     wait_healthy,
+    wait_replication_settled,
 )
 
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; this suite owns 90..93.
-RULES = 90
+RULES, CACHE, BOUNDED = 90, 91, 92
+# The bounded master must have stopped acknowledging by then: the engines drop a replica from
+# the count once its last acknowledgement is more than `min-replicas-max-lag` (1) whole seconds
+# old, checked once a second, which is 3 s after the cut at most (docs/figures.md); the rest is
+# this machine's scheduling. Cache's own stop, the node timeout (5 s here), comes later.
+BOUNDED_STOP_SECONDS = 4.0
+# The node timeout of the durability cases, stated so that cache's stop (the node timeout)
+# and bounded's (about 2 s) cannot be mistaken for each other.
+NODE_TIMEOUT_MS = "5000"
 
 
 @pytest.fixture(autouse=True)
@@ -189,3 +209,48 @@ def test_a_partition_names_pods_of_the_sandbox_and_leaves_some_on_the_other_side
     everyone = run_sandbox_cli(sb.root, RULES, "partition", *pods, check=False)
     assert everyone.returncode == 1 and "not all" in everyone.stderr
     assert partitions.listing(RULES) is None
+
+
+@pytest.mark.parametrize(("durability", "octet"), [("cache", CACHE), ("bounded", BOUNDED)])
+def test_a_master_cut_off_with_its_clients_loses_no_wait_acknowledged_write(make_sandbox, durability, octet):
+    sb = make_sandbox(octet, config={"durability": durability, "nodeTimeoutMs": NODE_TIMEOUT_MS}).sandbox
+    sb.up()
+    settings = sb.settings(sb.load())
+    assert settings.durability == durability and settings.replicas_per_shard == 1
+    wait_replication_settled(sb)
+    victim, facts = sorted(masters(sb).items())[0]
+    slots = slots_of(facts)
+    heir = replica_of(sb, victim)
+    state = sb.load()
+    heir_record = record_of(state, heir)
+
+    checker = LossChecker(lambda: cluster_client(sb, retries=0, socket_timeout=1.0), slots=slots)
+    probe = MajorityProbe([(heir_record.host, heir_record.port)], min(slots), state.password)
+    with checker, probe:
+        checker.start()
+        checker.mark("cut")
+        sb.partition([victim], keep_client=True)
+        # Past the node timeout, the majority promotes the replica; the cut lasts a moment more.
+        wait_until(lambda: masters(sb).get(heir), 60, f"{heir} promoted")
+        promoted = time.monotonic()
+        wait_until(lambda: time.monotonic() - promoted > 1.0, 5, "a moment after the promotion")
+        sb.heal()
+        healed = checker.mark("heal")
+        wait_healthy(sb, timeout=60)
+        checker.plain.wait_for_success_after(healed, slots, timeout=60)
+        checker.durable.wait_acknowledged(1, after=healed, durable=True, timeout=60)
+        majority_during_cut = probe.first_success()
+        losses = checker.report()
+    print(f"{durability}: {losses.summary()}; errors {losses.errors}; majority probe {dict(probe.replies())}")
+
+    assert losses.durable > 0, "no WAIT-acknowledged write: the test proves nothing"
+    assert not losses.durable_lost, f"WAIT-acknowledged writes lost: {losses.durable_lost[:10]}"
+    if durability == "cache":
+        # The checker sees what the cut cost: the victim acknowledged writes it could not keep.
+        assert losses.lost_during_cut > 0, losses.summary()
+        assert majority_during_cut is not None and majority_during_cut < healed, dict(probe.replies())
+    else:
+        assert losses.window is None or losses.window < BOUNDED_STOP_SECONDS, losses.summary()
+        # Its only replica cut off, the promoted one refuses writes until the heal.
+        assert majority_during_cut is None or majority_during_cut > healed, dict(probe.replies())
+        assert probe.replies().get("ResponseError: NOREPLICAS", 0) > 0, dict(probe.replies())
