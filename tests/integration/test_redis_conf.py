@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,3 +191,24 @@ def test_without_the_secret_the_server_does_not_start_passwordless(
     assert result.returncode != 0
     assert "auth.conf" in result.stdout + result.stderr
     assert not os.path.exists(Path(paths.data_dir) / "nodes.conf")
+
+
+def test_a_big_key_is_freed_in_the_background(server: Server) -> None:
+    """lazyfree: a DEL of a key with many elements hands the freeing to a background thread, so
+    the thread that also answers the cluster bus is not held for it."""
+    client = server.client()
+    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    deadline = time.monotonic() + 10
+    while "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "a lone node with every slot never got to ok"
+        time.sleep(0.05)
+    pipe = client.pipeline(transaction=False)
+    for n in range(0, 20_000, 1000):
+        pipe.hset("big", mapping={f"f{i}": "v" for i in range(n, n + 1000)})
+    pipe.execute()
+    freed = int(client.info("memory")["lazyfreed_objects"])
+    assert client.delete("big") == 1
+    deadline = time.monotonic() + 10
+    while int(client.info("memory")["lazyfreed_objects"]) != freed + 1:
+        assert time.monotonic() < deadline, "the big key was freed by the main thread, not in the background"
+        time.sleep(0.05)

@@ -74,6 +74,13 @@ def test_redis_conf_has_every_required_directive_for_the_pod_paths() -> None:
         "include": "/etc/redis-secret/auth.conf",
         "cluster-allow-reads-when-down": "no",
         "logfile": '""',
+        # A big key's DEL must not stall the thread that answers the cluster bus.
+        "lazyfree-lazy-user-del": "yes",
+        "lazyfree-lazy-server-del": "yes",
+        "lazyfree-lazy-expire": "yes",
+        "lazyfree-lazy-eviction": "yes",
+        "lazyfree-lazy-user-flush": "yes",
+        "replica-lazy-flush": "yes",
     }
     for name, value in expected.items():
         assert directives.get(name) == [value], f"{name}: {directives.get(name)}"
