@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 import pytest
 import redis
 import yaml
+from redis.crc import key_slot
 
 from cluster_logic.credentials import MONITORING_USER, monitoring_password
 from cluster_logic.model import SLOTS, parse_cluster_nodes
@@ -48,6 +49,9 @@ def alert_metric_names() -> set[str]:
 
 # Series only a replica has.
 REPLICA_ONLY = {"redis_master_link_up"}
+# Series a node has only once it refused something (INFO errorstats lists the errors that
+# happened): test_a_write_refused_for_want_of_a_replica_shows_in_the_scrape makes one.
+AFTER_AN_ERROR = {"redis_errors_total"}
 
 
 @dataclass
@@ -187,7 +191,9 @@ def scrape_problems(pod: str, metrics: Metrics, info: Optional[dict], cluster_no
     else:
         expect("redis_connected_slaves", 0)
         expect("redis_master_link_up", 1, master_host=str(info["master_host"]), master_port=str(info["master_port"]))
-    missing = alert_metric_names() - metrics.names() - (REPLICA_ONLY if info["role"] == "master" else set())
+    missing = (
+        alert_metric_names() - metrics.names() - AFTER_AN_ERROR - (REPLICA_ONLY if info["role"] == "master" else set())
+    )
     if missing:
         problems.append(f"{pod}: series the alerts use are missing: {sorted(missing)}")
     return problems
@@ -238,7 +244,7 @@ def test_the_exporters_show_the_series_the_alerts_use_without_a_refused_command(
     scrapes = plain.scrape()
     # Every series an alert reads exists on some node; the ones an alert reads on every
     # node (all but the replica link) exist on every node.
-    assert alert_metric_names() <= set().union(*(m.names() for m in scrapes.values()))
+    assert alert_metric_names() - AFTER_AN_ERROR <= set().union(*(m.names() for m in scrapes.values()))
     roles = sorted((m.labels("redis_instance_info") or {}).get("role", "?") for m in scrapes.values())
     assert roles == ["master"] * SHARDS + ["slave"] * SHARDS
     # Least privilege without a failed command: the node refused the monitoring user
@@ -280,6 +286,32 @@ def test_slots_left_open_show_in_the_scrapes_of_the_nodes_that_mark_them(plain: 
             client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
             client.close()
     wait_until(lambda: cluster_scrape_problems(plain), 30, "every exporter shows no open slot again")
+    assert plain.monitoring_denials() == {pod: [] for pod in plain.exporters}
+
+
+def test_a_write_refused_for_want_of_a_replica_shows_in_the_scrape(plain: Monitored) -> None:
+    """RedisWritesRefusedWithoutReplica reads the refusals a bounded master counts: one
+    asked for more replicas in sync than it has refuses a write with NOREPLICAS, and its
+    exporter reports it."""
+    wait_until(lambda: cluster_scrape_problems(plain), 30, "every exporter shows the healthy cluster")
+    infos = {pod: plain.node_info(pod) for pod in plain.exporters}
+    master = sorted(pod for pod, info in infos.items() if info["role"] == "master")[0]
+    state = plain.state()
+    client = node_client(state, record_of(state, master))
+    try:
+        myself = next(e for e in parse_cluster_nodes(client.execute_command("CLUSTER", "NODES")) if e.myself)
+        slot = myself.slots[0][0]
+        key = next(f"refused:{n}" for n in range(10**6) if key_slot(f"refused:{n}".encode()) == slot)
+        # As `durability: bounded` does with 1, but more than its one replica: every write refused.
+        client.config_set("min-replicas-max-lag", "1")
+        client.config_set("min-replicas-to-write", "2")
+        with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+            client.set(key, "x")
+    finally:
+        client.config_set("min-replicas-to-write", "0")
+        client.close()
+    refused = plain.exporters[master].scrape().value("redis_errors_total", err="NOREPLICAS")
+    assert refused is not None and refused >= 1, refused
     assert plain.monitoring_denials() == {pod: [] for pod in plain.exporters}
 
 
