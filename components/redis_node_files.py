@@ -74,6 +74,13 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "pre-stop.sh",
 )
 
+# How old a replica's data (the time its link to its master had been down) may be for it to
+# fail over on its own: node timeout x cluster-replica-validity-factor + the replica ping
+# period (10 s, repl-ping-replica-period), which is 60 s at the engines' factor (10) and a
+# 5000 ms node timeout.
+REPLICA_MAX_DATA_AGE_SECONDS = 60
+REPLICA_PING_PERIOD_SECONDS = 10
+ENGINE_VALIDITY_FACTOR = 10
 # durability = bounded: how old (in whole seconds, as the engines count it) the last
 # acknowledgement of a replica may be before its master refuses writes.
 MIN_REPLICAS_MAX_LAG_SECONDS = 1
@@ -124,6 +131,12 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         "cluster-enabled yes",
         f"cluster-config-file {paths.data_dir}/{NODES_CONF_FILE}",
         f"cluster-node-timeout {settings.node_timeout_ms}",
+        "# A replica whose link to its master was down longer than node timeout x this factor",
+        "# (+ repl-ping-replica-period, 10 s) before the master failed does not fail over on its",
+        f"# own. The factor holds that age at {REPLICA_MAX_DATA_AGE_SECONDS} s (the engines' 10 at a 5000 ms node timeout) whatever",
+        "# the timeout: a short one detects a failure sooner, and should not also leave a shard",
+        "# without failover after a shorter loss of its replica's link.",
+        f"cluster-replica-validity-factor {replica_validity_factor(settings.node_timeout_ms)}",
         "# Shards that are up keep serving while another shard has lost its master and replicas.",
         "cluster-require-full-coverage no",
         "# A node of a failed shard refuses reads too, rather than serving data it cannot update.",
@@ -168,6 +181,13 @@ def render_redis_conf(settings: StackSettings, paths: NodePaths = POD_PATHS, bin
         f"include {paths.secret_dir}/{AUTH_CONF_FILE}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def replica_validity_factor(node_timeout_ms: int) -> int:
+    """cluster-replica-validity-factor for a node timeout: the engines' 10, or more for a
+    shorter timeout, so that a replica stays eligible for REPLICA_MAX_DATA_AGE_SECONDS."""
+    window_ms = (REPLICA_MAX_DATA_AGE_SECONDS - REPLICA_PING_PERIOD_SECONDS) * 1000
+    return max(ENGINE_VALIDITY_FACTOR, -(-window_ms // node_timeout_ms))
 
 
 def _durability_lines(settings: StackSettings) -> list[str]:

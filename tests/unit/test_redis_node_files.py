@@ -62,6 +62,7 @@ def test_redis_conf_has_every_required_directive_for_the_pod_paths() -> None:
         "cluster-enabled": "yes",
         "cluster-config-file": "/data/nodes.conf",
         "cluster-node-timeout": "7000",
+        "cluster-replica-validity-factor": "10",
         "cluster-require-full-coverage": "no",
         "cluster-migration-barrier": "1",
         "appendonly": "yes",
@@ -106,6 +107,14 @@ def test_durability_cache_acknowledges_without_replicas_and_bounded_needs_one_wi
     # The engines count the lag in whole seconds and 0 turns the check off: 1 is the tightest.
     assert bounded["min-replicas-max-lag"] == ["1"]
     assert [name for name, values in bounded.items() if len(values) > 1] == []
+
+
+@pytest.mark.parametrize(("timeout_ms", "factor"), [(1000, 50), (1500, 34), (2000, 25), (5000, 10), (15000, 10)])
+def test_a_replica_stays_eligible_for_failover_a_minute_whatever_the_node_timeout(timeout_ms, factor) -> None:
+    directives = _directives(render_redis_conf(parse_settings({"nodeTimeoutMs": str(timeout_ms)})))
+    assert directives["cluster-replica-validity-factor"] == [str(factor)]
+    # The engines allow node timeout x factor + the replica ping period (10 s) of data age.
+    assert timeout_ms * factor / 1000 + 10 >= 60
 
 
 def test_bounded_durability_needs_replicas_and_warns_with_a_single_one() -> None:
