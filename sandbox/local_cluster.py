@@ -19,6 +19,7 @@ from them: a backup is a folder of every pod's data directory with a manifest
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -38,6 +39,7 @@ from cryptography import x509
 
 from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_cluster_nodes
 from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.scale_in import shrink
 from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
@@ -96,6 +98,12 @@ class SandboxState:
     # TLS only, with the CA certificate clients verify the nodes with (<root>/tls/ca.crt).
     tls: bool = False
     tls_ca_file: Optional[str] = None
+    # Node ID -> pod, as the last `up` found them: what the bootstrap's outputs record, so
+    # that a pod back under a new ID (a lost volume) can be told apart from a stranger.
+    node_ids: dict[str, str] = field(default_factory=dict)
+    # Pod -> data directory of the pods a scale-in removed: kept, as the StatefulSet keeps
+    # the claims of the pods it removes (whenScaled: Retain).
+    retained: dict[str, str] = field(default_factory=dict)
 
     def binaries(self) -> EngineBinaries:
         if self.bin_dir is not None:
@@ -113,6 +121,8 @@ class SandboxState:
             "password": self.password,
             "tls": self.tls,
             "tls_ca_file": self.tls_ca_file,
+            "node_ids": self.node_ids,
+            "retained": self.retained,
             "nodes": [
                 {
                     "pod": n.pod,
@@ -175,6 +185,8 @@ class Sandbox:
             # A state from before TLS ran without it.
             tls=raw.get("tls", False),
             tls_ca_file=raw.get("tls_ca_file"),
+            node_ids=raw.get("node_ids", {}),
+            retained=raw.get("retained", {}),
         )
 
     def save(self, state: SandboxState) -> None:
@@ -297,15 +309,20 @@ class Sandbox:
                 f"`down --purge` and `up --engine {self.engine}` for a new one"
             )
         elif shards < state.shards or replicas_per_shard < state.replicas_per_shard:
-            raise SandboxError(
-                f"the sandbox runs {state.shards} shards with {state.replicas_per_shard} replica(s) each; "
-                "scaling in is not supported (it would have to drain slots first): `down --purge` and `up` again"
-            )
+            if shards > state.shards or replicas_per_shard > state.replicas_per_shard:
+                raise SandboxError(
+                    f"the sandbox runs {state.shards} shards with {state.replicas_per_shard} replica(s) each: scale "
+                    f"in and out in separate runs, not to {shards} shards with {replicas_per_shard} at once"
+                )
+            return self._scale_in(state, shards, replicas_per_shard, timeout)
         state.shards, state.replicas_per_shard = shards, replicas_per_shard
         # A shape the settings refuse changes nothing: judged before anything is written.
         self.settings(state)
         count = shards * (1 + replicas_per_shard)
         for ordinal in range(len(state.nodes), count):
+            # A pod a scale-in removed comes back on its retained data directory, as a pod on its
+            # retained claim; its entrypoint sets aside data of a node the cluster forgot.
+            state.retained.pop(f"{STATEFUL_SET}-{ordinal}", None)
             state.nodes.append(
                 NodeRecord(
                     pod=f"{STATEFUL_SET}-{ordinal}",
@@ -327,10 +344,49 @@ class Sandbox:
             if not is_server(record.pid):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
+        return self._converge(state, timeout)
+
+    def _converge(self, state: SandboxState, timeout: float) -> dict[str, Any]:
+        """The bootstrap's update over the pods of `state`, with the node IDs the last one
+        found, which it records for the next."""
         with self._transport(state) as transport:
-            topology = ensure_cluster(transport, shards, replicas_per_shard, timeout, mode="update")
+            topology = ensure_cluster(
+                transport, state.shards, state.replicas_per_shard, timeout, mode="update", known_pods=state.node_ids
+            )
+        state.node_ids = dict(topology.get("node_ids") or {})
+        self.save(state)
         self._record_roles(state)
+        topology["retained_volumes"] = dict(state.retained)
         return topology
+
+    def _scale_in(self, state: SandboxState, shards: int, replicas_per_shard: int, timeout: float) -> dict[str, Any]:
+        """As one `pulumi up` scales in: the scale-in step empties and forgets the pods with
+        the highest ordinals (`cluster_logic.scale_in.shrink`, refused with nothing changed
+        when the masters that stay cannot take the keys), then the StatefulSet removes them
+        (preStop, SIGTERM; their data directories stay, as the claims do), then the bootstrap
+        converges the pods that stay."""
+        # A shape the settings refuse changes nothing.
+        self.settings(dataclasses.replace(state, shards=shards, replicas_per_shard=replicas_per_shard))
+        for record in state.nodes:
+            if not is_server(record.pid):
+                record.pid = self.local_node(state, record).start()
+                self.save(state)
+        count = shards * (1 + replicas_per_shard)
+        with self._transport(state) as transport:
+            shrink(transport, len(state.nodes), shards, replicas_per_shard, timeout)
+        going = [record for record in state.nodes if int(record.pod.rsplit("-", 1)[1]) >= count]
+        with ThreadPoolExecutor(max_workers=max(1, len(going))) as pool:
+            list(pool.map(lambda r: self._stop(state, r, prestop=True), going))
+        for record in going:
+            state.retained[record.pod] = str(self._data_dir(record))
+        state.nodes = [record for record in state.nodes if record not in going]
+        state.shards, state.replicas_per_shard = shards, replicas_per_shard
+        self.save(state)
+        self._write_hosts(state)
+        # The peers file shrinks with the StatefulSet (the headless Service lists fewer pods).
+        for record in state.nodes:
+            self.local_node(state, record).write_files()
+        return self._converge(state, timeout)
 
     def status(self) -> list[dict[str, Any]]:
         """Each node's address, role, master, slots, replication link and keys."""
