@@ -481,6 +481,25 @@ def _parse(values: Mapping[str, Any]) -> tuple[StackSettings, list[str], set[str
                 "e.g. rancher.io/local-path on kind or ebs.csi.aws.com on an EKS made elsewhere",
             )
         )
+    if (
+        parsed.get("platform") == "existing"
+        and parsed.get("monitoring")
+        and "prometheusOperatorCrds" not in values
+        and "prometheusOperatorCrds" not in bad
+    ):
+        # On a cluster made elsewhere, either default is a guess: `install` fails with
+        # AlreadyExists where a Prometheus Operator brought the CRDs (pulumi-kubernetes does not
+        # adopt), and `existing` leaves the ServiceMonitor without its kind where none did.
+        problems.append(
+            _fail(
+                "prometheusOperatorCrds",
+                None,
+                "platform=existing with monitoring = true needs it set: 'existing' if the cluster runs a "
+                "Prometheus Operator (kube-prometheus-stack brings the ServiceMonitor and PrometheusRule "
+                "CRDs; `kubectl get crd servicemonitors.monitoring.coreos.com` finds them), 'install' if it "
+                "runs none and the stack should install the CRDs",
+            )
+        )
     settings = StackSettings(**parsed)
     found, warnings = _relation_problems(settings, values, bad)
     problems.extend(found)
