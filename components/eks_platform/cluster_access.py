@@ -118,7 +118,8 @@ def eks_cluster(
                 else None
             ),
             # EKS refuses to delete a protected cluster (InvalidRequestException) until a
-            # `pulumi up` turns this off again: a destroy run by mistake stops there.
+            # `pulumi up` turns this off again. A destroy reaches the cluster last, after the
+            # nodes and every Kubernetes object (docs/operations.md, "Destroying a stack").
             deletion_protection=settings.deletion_protection,
             # Leave standard support only on purpose: extended support costs extra.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
