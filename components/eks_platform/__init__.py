@@ -24,6 +24,7 @@ from components.eks_platform import addons, cluster_access, nodes, storage
 from components.eks_platform.aws_account import current_account
 from components.eks_platform.backups import snapshot_backups
 from components.eks_platform.network import network
+from components.eks_platform.running_cluster import RunningCluster, read_running_cluster, running_cluster_problems
 from components.platform_change_guard import PlatformChangeGuard
 from components.stack_settings import EBS_PROVISIONER, SettingsError, StackSettings
 
@@ -96,18 +97,25 @@ class RunningPlatform:
 
     cluster_exists: bool
     node_groups: nodes.NodeGroups
+    # What AWS reports of the cluster, when it exists.
+    cluster: Optional[RunningCluster] = None
 
 
 def running_platform(name: str, settings: StackSettings, parent: Optional[pulumi.Resource]) -> RunningPlatform:
     """The stack's cluster and node groups as AWS lists them, and every problem the settings
     have with them or with EKS's add-on builds, raised together (plain invokes: known at
-    preview, on the first run too)."""
+    preview, on the first run too). What would replace the running cluster, its node group or
+    its volumes' key is judged here against AWS's answer, not only by PlatformChangeGuard
+    against its record, which a stack from before the guard does not have on its first run."""
     exists = cluster_access.cluster_exists(name, parent=parent)
     groups = nodes.existing_node_groups(name, exists, parent=parent)
+    cluster = read_running_cluster(name, settings, groups, parent) if exists else None
     problems = addons.pinned_build_problems(settings, parent=parent) + nodes.node_group_problems(name, settings, groups)
+    if cluster is not None:
+        problems += running_cluster_problems(settings, cluster, guarded_settings(settings))
     if problems:
         raise SettingsError(problems)
-    return RunningPlatform(exists, groups)
+    return RunningPlatform(exists, groups, cluster)
 
 
 class EksPlatform(pulumi.ComponentResource):

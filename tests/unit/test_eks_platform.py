@@ -1048,3 +1048,142 @@ def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_remov
 def test_moving_needs_a_group_to_move_from():
     with pytest.raises(SettingsError, match="no node group with its instance type on the group"):
         build_stack("dev", nodeGroupForm="moving")
+
+
+# --- The first run after the guard came: judged against what AWS reports ------------------
+
+RUNNING_SUBNETS = [f"subnet-0000000000000000{i}" for i in range(3)]
+OTHER_VPC = "vpc-0fedcba9876543210"
+VOLUME_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+OTHER_KEY = "arn:aws:kms:eu-west-1:111122223333:key/9876abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@contextmanager
+def aws_reports(
+    version: str = "1.35",
+    vpc: str = "vpc-0123456789abcdef0",
+    vpc_tags: Optional[dict] = None,
+    subnets: Optional[list[str]] = None,
+    volumes: Optional[dict[str, str]] = None,
+):
+    """The fake cloud with the dev stack's cluster running as AWS would describe it: its
+    control plane's version and VPC (tagged as the stack's own unless `vpc_tags` says
+    otherwise), the subnets of its launch-template node group, and its attached Redis volumes
+    (volume ID -> KMS key ARN). Records the volume queries."""
+    answer = render_manifests._FakeCloud.call
+    tags = {"Name": "redis-eks-dev-vpc"} if vpc_tags is None else vpc_tags
+    subnets = RUNNING_SUBNETS if subnets is None else subnets
+    volumes = volumes or {}
+    asked: list[dict] = []
+
+    def call(self, args):
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": ["redis-eks-dev"], "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {
+                "id": "redis-eks-dev",
+                "name": "redis-eks-dev",
+                "tags": {},
+                "version": version,
+                "vpcConfig": {"vpcId": vpc, "subnetIds": subnets},
+            }
+        if args.token == "aws:ec2/getVpc:getVpc":
+            assert args.args["id"] == vpc
+            return {"id": vpc, "tags": tags}
+        if args.token == "aws:eks/getNodeGroups:getNodeGroups":
+            return {"id": "redis-eks-dev", "clusterName": "redis-eks-dev", "names": ["redis-eks-dev-nodes"]}
+        if args.token == "aws:eks/getNodeGroup:getNodeGroup":
+            name = args.args["nodeGroupName"]
+            return {"id": name, "nodeGroupName": name, "instanceTypes": [], "subnetIds": subnets}
+        if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
+            asked.append(dict(args.args))
+            return {"id": REGION, "ids": sorted(volumes)}
+        if args.token == "aws:ebs/getVolume:getVolume":
+            (volume_id,) = args.args["filters"][0]["values"]
+            return {"id": volume_id, "volumeId": volume_id, "kmsKeyId": volumes[volume_id], "encrypted": True}
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield asked
+
+
+def dev_config(**overrides: Optional[str]) -> dict[str, str]:
+    """The dev stack file with these settings (None: left out)."""
+    config = load_stack_config("dev") | {f"redis-eks:{key}": value for key, value in overrides.items()}
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def refused(**overrides: Optional[str]) -> str:
+    """The refusal of a dev stack run with these settings: raised before anything registers."""
+    run = render_manifests.ProgramRun()
+    with pytest.raises(SettingsError) as raised:
+        render_manifests.run_program(dev_config(**overrides), stack="dev", run=run)
+    assert run.resources == [], "a refused run registers nothing, not even the guard"
+    return str(raised.value)
+
+
+def test_the_first_run_after_the_guard_came_judges_against_what_aws_reports():
+    """A stack deployed before PlatformChangeGuard gets one on its next run, with no record to
+    compare with: the guard lets that run's changes through. What AWS reports of the running
+    cluster needs no record: an older clusterVersion is refused all the same, at preview."""
+    from components.platform_change_guard import platform_change_failures
+
+    assert platform_change_failures({}, {"cluster_version": "1.35"}) == []  # the guard's first run
+    with aws_reports(version="1.36"):
+        message = refused(clusterVersion="1.35")
+    assert "redis-eks:clusterVersion = '1.35' is refused on this running stack" in message
+    assert "the cluster runs Kubernetes 1.36, and EKS cannot downgrade a cluster" in message
+    # What runs, as it runs: nothing to refuse; the upgrade to the next version goes ahead.
+    with aws_reports(version="1.35"):
+        assert build_stack("dev").one(EKS_CLUSTER).inputs["version"] == "1.35"
+        assert build_stack("dev", clusterVersion="1.36").one(EKS_CLUSTER).inputs["version"] == "1.36"
+
+
+def test_a_vpc_the_cluster_does_not_run_in_is_refused_whichever_way():
+    given = {"vpcId": OTHER_VPC, "privateSubnetIds": json.dumps(RUNNING_SUBNETS), "natGateways": None}
+    # The stack made its VPC; now it would be given another one: node group and cluster replaced.
+    with aws_reports():
+        message = refused(**given)
+    assert f"redis-eks:vpcId = '{OTHER_VPC}' is refused on this running stack" in message
+    # The cluster runs in a VPC the stack was given; unset, a new one would be made.
+    with aws_reports(vpc=OTHER_VPC, vpc_tags={"Name": "shared-network"}):
+        assert "redis-eks:vpcId = '' is refused on this running stack" in refused()
+        # The same VPC and subnets, listed in another order: nothing to refuse.
+        shuffled = {**given, "privateSubnetIds": json.dumps(list(reversed(RUNNING_SUBNETS)))}
+        run = render_manifests.run_program(dev_config(**shuffled), stack="dev")
+        assert run.one(NODE_GROUP).inputs["subnetIds"] == list(reversed(RUNNING_SUBNETS))
+        # Other subnets of it: the node group would be replaced.
+        other = json.dumps(["subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"])
+        assert "redis-eks:privateSubnetIds" in refused(**{**given, "privateSubnetIds": other})
+
+
+def test_the_zone_count_of_the_stacks_own_vpc_is_the_node_groups_subnets():
+    with aws_reports():
+        assert "redis-eks:availabilityZoneCount = 2 is refused on this running stack" in refused(
+            availabilityZoneCount="2", nodeMinSize="2", nodeDesiredSize="2", acceptRisks='["zoneMajority"]'
+        )
+
+
+def test_another_key_than_the_one_the_volumes_are_encrypted_with_is_refused():
+    with aws_reports(volumes={"vol-0a": VOLUME_KEY, "vol-0b": VOLUME_KEY}) as asked:
+        message = refused(storageKmsKeyArn=OTHER_KEY)
+        assert f"redis-eks:storageKmsKeyArn = '{OTHER_KEY}' is refused on this running stack" in message
+        assert "could no longer be attached" in message
+        assert build_stack("dev", storageKmsKeyArn=VOLUME_KEY).one(STORAGE_CLASS)
+    # This cluster's Redis volumes, attached: not the volumes a destroyed stack of the same name left.
+    assert asked[0]["filters"] == [
+        {"name": f"tag:{CLUSTER_TAG_KEY}", "values": ["redis-eks-dev"]},
+        {"name": "status", "values": ["in-use"]},
+    ]
+    # No volume attached yet (a first run that stopped before the pods): nothing to compare.
+    with aws_reports():
+        assert build_stack("dev", storageKmsKeyArn=OTHER_KEY).one(STORAGE_CLASS)
+
+
+def test_every_refusal_against_what_runs_comes_in_one_message():
+    with aws_reports(version="1.36", volumes={"vol-0a": VOLUME_KEY}):
+        message = refused(clusterVersion="1.35", storageKmsKeyArn=OTHER_KEY, availabilityZoneCount="4")
+    assert message.startswith("3 stack settings are not valid:")
+    for setting in ("clusterVersion", "storageKmsKeyArn", "availabilityZoneCount"):
+        assert f"redis-eks:{setting} = " in message, setting
