@@ -13,8 +13,8 @@ under the name it has always had, so the layout changes no URN of a running stac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -99,6 +99,9 @@ class RunningPlatform:
     node_groups: nodes.NodeGroups
     # What AWS reports of the cluster, when it exists.
     cluster: Optional[RunningCluster] = None
+    # Add-on -> its build as decided at preview (addons.build_plan), None: EKS's answer for the
+    # version the control plane reports.
+    addon_builds: Mapping[str, Optional[str]] = field(default_factory=dict)
 
 
 def running_platform(name: str, settings: StackSettings, parent: Optional[pulumi.Resource]) -> RunningPlatform:
@@ -110,12 +113,18 @@ def running_platform(name: str, settings: StackSettings, parent: Optional[pulumi
     exists = cluster_access.cluster_exists(name, parent=parent)
     groups = nodes.existing_node_groups(name, exists, parent=parent)
     cluster = read_running_cluster(name, settings, groups, parent) if exists else None
-    problems = addons.pinned_build_problems(settings, parent=parent) + nodes.node_group_problems(name, settings, groups)
+    builds, problems = addons.build_plan(
+        settings,
+        cluster.version if cluster else None,
+        addons.running_builds(name, parent) if exists else {},
+        parent,
+    )
+    problems += nodes.node_group_problems(name, settings, groups)
     if cluster is not None:
         problems += running_cluster_problems(settings, cluster, guarded_settings(settings))
     if problems:
         raise SettingsError(problems)
-    return RunningPlatform(exists, groups, cluster)
+    return RunningPlatform(exists, groups, cluster, builds)
 
 
 class EksPlatform(pulumi.ComponentResource):
@@ -220,7 +229,8 @@ class EksPlatform(pulumi.ComponentResource):
         creator = cluster_access.cluster_creator(name, exists, parent=self)
         self.cluster_creator_arn = creator.arn
         self.cluster_admin_arns_left_out = cluster_access.left_out_admins(settings, creator)
-        cluster = cluster_access.eks_cluster(name, settings, subnets, account, creator, child)
+        builds = running.addon_builds
+        cluster = cluster_access.eks_cluster(name, settings, builds, subnets, account, creator, child)
         control_plane_version = cluster_access.control_plane_version(cluster)
         node_groups = nodes.node_groups(
             name,
@@ -238,9 +248,9 @@ class EksPlatform(pulumi.ComponentResource):
             name, account, ebs_csi_role.arn, parent=self, guard=self.guard
         )
         ebs_csi_driver = addons.ebs_csi_driver(
-            name, settings, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
+            name, builds, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
         )
-        coredns = addons.coredns(name, settings, cluster, node_groups, control_plane_version, parent=self)
+        coredns = addons.coredns(name, builds, cluster, node_groups, control_plane_version, parent=self)
         if settings.backup_schedule is not None:
             # The very tag `storage_parameters` has the driver put on every volume.
             backups = snapshot_backups(

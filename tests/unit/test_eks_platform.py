@@ -4,6 +4,7 @@ import json
 from contextlib import contextmanager
 from typing import Optional
 
+import grpc
 import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
@@ -1058,6 +1059,21 @@ VOLUME_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-123
 OTHER_KEY = "arn:aws:kms:eu-west-1:111122223333:key/9876abcd-12ab-34cd-56ef-1234567890ab"
 
 
+class EngineInvokeError(grpc.RpcError):
+    """How the engine answers an invoke whose provider failed: a gRPC error with the provider's
+    message (pulumi/pulumi pkg/resource/deploy/source_eval.go, resmon.Invoke)."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
 @contextmanager
 def aws_reports(
     version: str = "1.35",
@@ -1065,11 +1081,14 @@ def aws_reports(
     vpc_tags: Optional[dict] = None,
     subnets: Optional[list[str]] = None,
     volumes: Optional[dict[str, str]] = None,
+    addons: Optional[dict[str, str]] = None,
 ):
     """The fake cloud with the dev stack's cluster running as AWS would describe it: its
     control plane's version and VPC (tagged as the stack's own unless `vpc_tags` says
-    otherwise), the subnets of its launch-template node group, and its attached Redis volumes
-    (volume ID -> KMS key ARN). Records the volume queries."""
+    otherwise), the subnets of its launch-template node group, its attached Redis volumes
+    (volume ID -> KMS key ARN) and, given `addons`, the add-ons EKS runs on it (name -> build;
+    DescribeAddon fails for any other, as for an add-on not on the cluster). Records the
+    volume queries."""
     answer = render_manifests._FakeCloud.call
     tags = {"Name": "redis-eks-dev-vpc"} if vpc_tags is None else vpc_tags
     subnets = RUNNING_SUBNETS if subnets is None else subnets
@@ -1095,6 +1114,14 @@ def aws_reports(
         if args.token == "aws:eks/getNodeGroup:getNodeGroup":
             name = args.args["nodeGroupName"]
             return {"id": name, "nodeGroupName": name, "instanceTypes": [], "subnetIds": subnets}
+        if args.token == "aws:eks/getAddon:getAddon" and addons is not None:
+            addon = args.args["addonName"]
+            if addon not in addons:
+                raise EngineInvokeError(
+                    f"invocation of aws:eks/getAddon:getAddon returned an error: reading EKS Add-On "
+                    f"(redis-eks-dev:{addon}): couldn't find resource"
+                )
+            return {"id": f"redis-eks-dev:{addon}", "addonName": addon, "addonVersion": addons[addon]}
         if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
             asked.append(dict(args.args))
             return {"id": REGION, "ids": sorted(volumes)}
@@ -1187,3 +1214,77 @@ def test_every_refusal_against_what_runs_comes_in_one_message():
     assert message.startswith("3 stack settings are not valid:")
     for setting in ("clusterVersion", "storageKmsKeyArn", "availabilityZoneCount"):
         assert f"redis-eks:{setting} = " in message, setting
+
+
+# --- Add-on builds on a running cluster: kept, never moved back --------------------------------
+
+RUNNING_BUILDS = {
+    "aws-ebs-csi-driver": "v1.67.0-eksbuild.1",
+    "coredns": "v1.12.2-eksbuild.1",
+    "kube-proxy": "v1.35.1-eksbuild.1",
+    "vpc-cni": "v1.20.3-eksbuild.1",
+}
+
+
+def builds_of(run) -> dict[str, Optional[str]]:
+    cluster = run.one(EKS_CLUSTER).inputs
+    return {
+        "aws-ebs-csi-driver": named(run, ADDON, "-ebs-csi-driver").inputs["addonVersion"],
+        "coredns": named(run, ADDON, "-coredns").inputs["addonVersion"],
+        "kube-proxy": (cluster.get("kubeProxyAddonOptions") or {}).get("version"),
+        "vpc-cni": cluster["vpcCniOptions"].get("addonVersion"),
+    }
+
+
+def test_an_unpinned_add_on_keeps_the_build_that_runs():
+    """AWS naming a new default or newest build is no reason to update an add-on on some
+    unrelated `pulumi up` (EKS itself never does): while clusterVersion is what the control
+    plane runs, each add-on stays at the build EKS reports for it, pulumi-eks's two included
+    (which would otherwise ask EKS for the newest on every run). Here EKS's answers (the fake
+    cloud's) differ from every running build."""
+    assert all(render_manifests.FAKE_ADDON_BUILDS[addon][0] != build for addon, build in RUNNING_BUILDS.items())
+    with aws_reports(addons=RUNNING_BUILDS):
+        run = build_stack("dev")
+    assert builds_of(run) == RUNNING_BUILDS
+    # Removing a pin keeps the pinned build too: it is what runs.
+    with aws_reports(addons={**RUNNING_BUILDS, "coredns": "v1.12.4-eksbuild.1"}):
+        assert builds_of(build_stack("dev"))["coredns"] == "v1.12.4-eksbuild.1"
+
+
+def test_an_add_on_not_on_the_cluster_yet_takes_the_build_eks_names():
+    """A first run that stopped before the add-ons: DescribeAddon fails for them, and they are
+    created at EKS's answer, as on a new cluster."""
+    with aws_reports(addons={"kube-proxy": "v1.35.1-eksbuild.1", "vpc-cni": "v1.20.3-eksbuild.1"}):
+        builds = builds_of(build_stack("dev"))
+    assert builds["aws-ebs-csi-driver"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
+    assert builds["coredns"] == render_manifests.FAKE_ADDON_BUILDS["coredns"][0]
+    assert builds["kube-proxy"] == "v1.35.1-eksbuild.1" and builds["vpc-cni"] == "v1.20.3-eksbuild.1"
+
+
+def test_a_new_cluster_version_moves_the_add_ons_but_never_to_an_older_build():
+    """With a new clusterVersion each unpinned add-on takes EKS's answer for the version the
+    control plane reports once upgraded; if that answer for the new version is older than what
+    runs, the preview refuses it and says what to pin."""
+    older = {**RUNNING_BUILDS, "aws-ebs-csi-driver": "v1.65.0-eksbuild.1", "coredns": "v1.12.0-eksbuild.1"}
+    older |= {"kube-proxy": "v1.35.0-eksbuild.1", "vpc-cni": "v1.20.0-eksbuild.1"}
+    with aws_reports(addons=older):
+        builds = builds_of(build_stack("dev", clusterVersion="1.36"))
+    assert builds["aws-ebs-csi-driver"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
+    # pulumi-eks asks EKS itself, for the version its control plane reports.
+    assert builds["kube-proxy"] is None and builds["vpc-cni"] is None
+    # EKS names v1.66.0-eksbuild.1 for the driver (the fake cloud), older than v1.67.0 that runs.
+    with aws_reports(addons=RUNNING_BUILDS):
+        message = refused(clusterVersion="1.36")
+    assert "redis-eks:ebsCsiDriverVersion is not set, and the aws-ebs-csi-driver build EKS names for " in message
+    assert "Kubernetes 1.36, v1.66.0-eksbuild.1, is older than v1.67.0-eksbuild.1, which runs" in message
+    assert "Pin v1.67.0-eksbuild.1 if EKS offers it for 1.36" in message
+    assert "coredns" in message  # v1.12.1-eksbuild.2 for 1.36 is older than v1.12.2-eksbuild.1 too
+
+
+def test_a_pin_older_than_the_build_that_runs_is_refused():
+    with aws_reports(addons=RUNNING_BUILDS):
+        message = refused(ebsCsiDriverVersion="v1.66.0-eksbuild.1")
+        assert "redis-eks:ebsCsiDriverVersion = 'v1.66.0-eksbuild.1' is refused on this running stack" in message
+        assert "aws-ebs-csi-driver runs v1.67.0-eksbuild.1" in message
+        for pin in ("v1.67.0-eksbuild.1", "v1.68.0-eksbuild.1"):
+            assert builds_of(build_stack("dev", ebsCsiDriverVersion=pin))["aws-ebs-csi-driver"] == pin
