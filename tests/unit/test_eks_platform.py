@@ -1023,6 +1023,8 @@ def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_remov
     assert groups["redis-eks-dev-node-group"]["instanceTypes"] == ["t3.large"]
     (old,) = [g for g in moving.of_type(NODE_GROUP) if g.name == "redis-eks-dev-node-group"]
     assert old.ignore_changes == ["instanceTypes"], "whatever EKS reports, the old group keeps its types"
+    # Both groups wait for a roll of their nodes (a clusterVersion upgrade rolls both).
+    assert {g.custom_timeouts[1] for g in moving.of_type(NODE_GROUP)} == {f"{15 * 60 + 3 * 20 * 60}s"}
     assert "instanceTypes" not in groups["redis-eks-dev-nodes"]
     assert templates_of(moving)["redis-eks-dev-node-template"]["instanceType"] == "m6i.large"
     assert "instanceType" not in templates_of(moving)["redis-eks-dev-nodes"]
