@@ -2,9 +2,11 @@
 nodes (the node groups' update await) and of one `pulumi up` that does both, from the pods' own
 bounds, EKS's limits and the stack's size.
 
-A roll replaces one pod at a time (RollingUpdate, the PodDisruptionBudget's maxUnavailable 1),
-and the next starts only once this one is Ready again; a replica is Ready only once its full
-sync is done (probe-readiness.sh). So a roll takes about the sum of its pods' turns, and a
+A roll replaces one pod at a time: the StatefulSet's RollingUpdate deletes the next pod only
+once the one before is Running and Ready again (Kubernetes' StatefulSet documentation, "Rolling
+Updates"; podManagementPolicy Parallel changes only scaling, and the PodDisruptionBudget only
+evictions, as in a node drain, not this roll); a replica is Ready only once its full sync is
+done (probe-readiness.sh). So a roll takes about the sum of its pods' turns, and a
 fixed await (the 30 minutes this replaced) stops waiting half way through a large cluster:
 `pulumi up` then fails while the roll goes on in the cluster. One pod's turn is bounded by:
 

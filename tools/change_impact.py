@@ -813,8 +813,8 @@ def _outcome(item: Impact) -> str:
     return {
         NOTHING: "nothing changes",
         IN_PLACE: "in place",
-        ROLLS_PODS: "**rolls the Redis pods** one at a time (PDB)",
-        ROLLS_NODES: "**rolls the nodes** one at a time (PDB)",
+        ROLLS_PODS: "**rolls the Redis pods** one at a time (StatefulSet RollingUpdate)",
+        ROLLS_NODES: "**rolls the nodes** one at a time (each drain through the PDB)",
         CREATED: "adds resources",
         DELETED: "removes resources",
         KEPT: "resources leave the stack, kept",
