@@ -3,6 +3,8 @@ stack, rendered by tools/change_impact.py from the program under mocks, before a
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from components import platform_change_guard
@@ -130,3 +132,33 @@ def test_changed_paths_reach_into_objects_and_lists():
     assert ci.changed_paths(old, new) == ["spec.template.containers[].image"]
     assert ci.changed_paths({"a": [1]}, {"a": [1, 2]}) == ["a"]
     assert ci.changed_paths({"a": 1}, {"b": 1}) == ["a", "b"]
+
+
+# pulumi-eks's inputs that become its own aws.eks.Addon resources (kube-proxy, the VPC CNI), not
+# the aws.eks.Cluster whose endpoint and CA make the kubeconfig (nodejs/eks/cluster/cluster.ts).
+PULUMI_EKS_ADDON_INPUTS = ("kubeProxyAddonOptions", "vpcCniOptions")
+CLUSTER_IDENTIFIER_UPGRADE = "## Upgrading a stack from before clusterIdentifier"
+
+
+def held_back_on_the_upgrade_run() -> set[str]:
+    """The settings docs/operations.md's first step of that upgrade keeps as the cluster runs them."""
+    text = (ci.PROJECT_DIR / "docs" / "operations.md").read_text()
+    section = text[text.index(CLUSTER_IDENTIFIER_UPGRADE) :]
+    step = section[section.index("\n1. ") : section.index("\n2. ")]
+    return {word for word in re.findall(r"`(\w+)`", step) if word in KNOWN_KEYS}
+
+
+def test_the_upgrade_to_cluster_identifier_holds_back_every_setting_that_updates_the_eks_cluster(impacts):
+    """The run that adds the Kubernetes provider's clusterIdentifier to a stack from before is
+    judged by the kubeconfig alone, which the EKS cluster's endpoint and CA make: the runbook
+    has that run change nothing of the cluster. Its list is every setting whose change (not
+    refused at preview) updates the cluster itself, and nothing else."""
+    updates_the_cluster = {
+        item.sample.setting
+        for item in impacts
+        if not item.refused
+        for change in item.changes
+        if change.type == ci.EKS_CLUSTER and any(not path.startswith(PULUMI_EKS_ADDON_INPUTS) for path in change.paths)
+    }
+    assert updates_the_cluster == {"clusterVersion", "deletionProtection", "endpointPublicAccess", "publicAccessCidrs"}
+    assert held_back_on_the_upgrade_run() == updates_the_cluster
