@@ -69,12 +69,16 @@ def cluster_identifier(settings: StackSettings, name: str) -> pulumi.Input[str]:
     """Which cluster the Kubernetes provider talks to, as its `clusterIdentifier`: the EKS
     cluster's name, or the API server of a cluster made elsewhere.
 
-    With it, pulumi-kubernetes replaces the provider (and with it every Kubernetes object of the
-    stack) only when the identifier changes, not whenever the kubeconfig's active cluster does
-    or is unknown at preview, as it is while the EKS cluster itself updates (a clusterVersion
-    upgrade: pulumi/pulumi-eks#352). A change of server is then a replacement of every object,
-    which PlatformChangeGuard refuses; a new CA of the same server, or a refreshed token, is an
-    update of the provider (docs/change-impact.md)."""
+    Without it, pulumi-kubernetes replaces the provider, and with it every Kubernetes object of
+    the stack, whenever the kubeconfig's active cluster changes or the kubeconfig is unknown at
+    preview (provider/pkg/provider/provider.go, DiffConfig): pulumi/pulumi-eks#338 and #764 show
+    it after a kubeconfig change, #762 along an update of the EKS cluster. With it
+    (pulumi/pulumi-kubernetes#2745, added by #3068 in v4.16.0), only another identifier replaces
+    the provider, and an unchanged one makes any kubeconfig change an update. A change of server
+    is then a replacement of every object, which PlatformChangeGuard refuses; a new CA of the
+    same server, or a refreshed token, is an update of the provider (docs/change-impact.md). The
+    run that adds the identifier is still judged by the kubeconfig (docs/operations.md,
+    "Upgrading a stack from before clusterIdentifier")."""
     if settings.platform == "eks":
         return name
     return pulumi.Output.secret(
