@@ -1210,6 +1210,24 @@ def test_another_key_than_the_one_the_volumes_are_encrypted_with_is_refused():
         assert build_stack("dev", storageKmsKeyArn=OTHER_KEY).one(STORAGE_CLASS)
 
 
+def test_a_stack_that_named_its_key_by_an_alias_moves_to_the_key_arn_of_the_same_key():
+    """Before the key ARN form was required, storageKmsKeyArn took an alias ARN (which no IAM
+    policy's Resource matches). Such a stack is refused at preview with where to find the key
+    ARN; the key ARN of the key its volumes report goes through, on that run (the guard has no
+    record yet: AWS's answer judges it) and on the next (the guard's record holds it)."""
+    from components.platform_change_guard import platform_change_failures
+
+    alias = "arn:aws:kms:eu-west-1:111122223333:alias/redis-volumes"
+    with aws_reports(volumes={"vol-0a": VOLUME_KEY}):
+        message = refused(storageKmsKeyArn=alias)
+        assert f"redis-eks:storageKmsKeyArn = {alias!r} is not valid" in message
+        assert "aws kms describe-key --key-id alias/<name>" in message
+        run = build_stack("dev", storageKmsKeyArn=VOLUME_KEY)
+    assert run.one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == VOLUME_KEY
+    recorded = run.one("pulumi-python:dynamic/redis:PlatformChangeGuard").inputs
+    assert platform_change_failures(recorded, recorded) == []
+
+
 def test_every_refusal_against_what_runs_comes_in_one_message():
     with aws_reports(version="1.36", volumes={"vol-0a": VOLUME_KEY}):
         message = refused(clusterVersion="1.35", storageKmsKeyArn=OTHER_KEY, availabilityZoneCount="4")
