@@ -162,3 +162,45 @@ def test_the_upgrade_to_cluster_identifier_holds_back_every_setting_that_updates
     }
     assert updates_the_cluster == {"clusterVersion", "deletionProtection", "endpointPublicAccess", "publicAccessCidrs"}
     assert held_back_on_the_upgrade_run() == updates_the_cluster
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def sdk_has_input(resource_type: str, path: str) -> bool:
+    """Whether the installed pulumi-aws SDK takes this property path as an input of the resource
+    type (`launchTemplate.version`, list items as `[]`), walking its *Args classes."""
+    import inspect
+
+    import pulumi_aws
+
+    module = getattr(pulumi_aws, resource_type.split(":")[1].split("/")[0])
+    args = getattr(module, resource_type.rsplit(":", 1)[1] + "Args")
+    for i, segment in enumerate(path.split(".")):
+        parameters = inspect.signature(args.__init__).parameters
+        name = _snake(segment.replace("[]", ""))
+        if name not in parameters:
+            return False
+        if i < len(path.split(".")) - 1:
+            nested = re.findall(r"(\w+Args)\b", str(parameters[name].annotation))
+            if not nested:
+                return False
+            args = getattr(module, nested[0])
+    return True
+
+
+def test_every_rule_names_inputs_the_installed_sdk_has():
+    """The rules were read in stored copies of the Terraform provider's files, not in the version
+    pulumi-aws 7.51.1 bundles (which could not be determined): each property they name must still
+    be an input of the installed SDK's resource, or the copy read is stale for it."""
+    assert sdk_has_input("aws:eks/nodeGroup:NodeGroup", "launchTemplate.version")
+    assert not sdk_has_input("aws:eks/nodeGroup:NodeGroup", "launchTemplate.bogus")
+    assert not sdk_has_input("aws:kms/key:Key", "bogusSpec")
+    missing = [
+        (resource_type, path)
+        for resource_type, rules in ci.REPLACE_FORCING.items()
+        for path in rules.replace + rules.rolls_nodes + rules.in_place
+        if not sdk_has_input(resource_type, path)
+    ]
+    assert missing == []
