@@ -215,9 +215,17 @@ def read_memory(transport: NodeTransport, cluster: Cluster, pods: Sequence[str])
     return datasets, limits
 
 
-def observe(transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, deadline: Deadline):
-    """The cluster on the `count` pods that run now, refreshed, and the plan to the new shape."""
-    nodes = wait_ready(transport, count, deadline)
+def observe(
+    transport: NodeTransport,
+    count: int,
+    shards: int,
+    replicas_per_shard: int,
+    deadline: Deadline,
+    ready_by: Optional[Deadline] = None,
+):
+    """The cluster on the `count` pods that run now, refreshed, and the plan to the new shape
+    (the pods ready by `ready_by`, or the whole `deadline`)."""
+    nodes = wait_ready(transport, count, ready_by or deadline)
     cluster = Cluster(transport, nodes)
     cluster.refresh()
     staying = [n.pod for n in nodes if n.ordinal < shards * (1 + replicas_per_shard)]
@@ -237,6 +245,20 @@ def observe(transport: NodeTransport, count: int, shards: int, replicas_per_shar
 
 def _id_of(cluster: Cluster, pod: str) -> str:
     return next((v.myid for v in cluster.views if v.node.pod == pod), "")
+
+
+def preview(
+    transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, timeout: float
+) -> tuple[ScaleInPlan, Optional[str]]:
+    """What `shrink` would do now, and why it would refuse (None: it would not), without
+    changing anything: the plan a preview shows."""
+    deadline = Deadline(timeout)
+    # A preview does not wait for pods: not ready now, the update plans when it runs.
+    cluster, plan = observe(transport, count, shards, replicas_per_shard, deadline, ready_by=Deadline(0))
+    if plan.empty():
+        return plan, None
+    datasets, limits = read_memory(transport, cluster, cluster.live_layout().masters)
+    return plan, memory_refusal(datasets, {**limits, **_limits_of_heirs(plan, limits, cluster)}, plan.keep)
 
 
 def shrink(transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, timeout: float) -> ScaleInPlan:

@@ -296,16 +296,10 @@ def accepted_changes(news: Mapping[str, Any]) -> set[str]:
 
 def scale_in_message(current: int, wanted: int, what: str) -> str:
     return (
-        f"{what} cannot go from {current} to {wanted}: scaling in is not automated because the "
-        "pods that go away must first hand over every key. Supported procedure (with valkey-cli "
-        "in place of redis-cli on Valkey): (1) move all "
-        "slots off the masters that will be removed, e.g. `redis-cli --cluster rebalance "
-        "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
-        "pods with the highest ordinals (they are removed first) hold no slots, failing over "
-        "with `CLUSTER FAILOVER` where needed; (3) remove them with `redis-cli --cluster "
-        f"del-node`; (4) set {what} to {wanted} together with `redis-eks:acceptManualChange "
-        f"{what}={wanted}` and run `pulumi up`: the StatefulSet shrinks and the bootstrap adopts "
-        "the smaller cluster; (5) remove acceptManualChange again."
+        f"{what} is {wanted}, but {current} masters hold slots: the scale-in step (ClusterScaleIn, before the "
+        "StatefulSet) empties the pods that go before they go, and has not done so here (its `pulumi up` failed, "
+        "or the pods were changed by hand since). Run `pulumi up` again: it plans from what the nodes say now "
+        "(docs/operations.md, Scale in)"
     )
 
 
@@ -321,19 +315,6 @@ def operator_message(error: BootstrapError) -> str:
     if isinstance(error, UnexpectedCluster):
         return f"{error}. Set shards/replicasPerShard to match it, or reshape it by hand first"
     return str(error)
-
-
-def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
-    failures = []
-    accepted = accepted_changes(news)
-    for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
-        old, new = unwrap(olds.get(key)), unwrap(news.get(key))
-        if is_unknown(old) or is_unknown(new) or _whole(old) is None or _whole(new) is None:
-            continue
-        # Only the very shape named: a value left set cannot let a later scale-in through.
-        if _whole(new) < _whole(old) and f"{label}={_whole(new)}" not in accepted:
-            failures.append((key, scale_in_message(_whole(old), _whole(new), label)))
-    return failures
 
 
 @contextmanager
@@ -530,13 +511,10 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         inputs = dict(news)
         if inputs.get("ready_timeout_seconds") is None:
             inputs["ready_timeout_seconds"] = DEFAULT_READY_TIMEOUT
-        failures = validate(inputs) + scale_in_failures(olds or {}, inputs)
+        failures = validate(inputs)
         return CheckResult(inputs, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        refused = scale_in_failures(olds, news)
-        if refused:
-            raise ValueError(refused[0][1])
         changed = []
         for key in INPUT_FIELDS:
             if key == "accept_manual_change":
@@ -565,9 +543,6 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return CreateResult(resource_id(spec), _outputs(props, topology))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        refused = scale_in_failures(olds, news)
-        if refused:
-            raise BootstrapError(refused[0][1])
         spec = BootstrapSpec.from_props(news)
         started = time.monotonic()
         previous = previous_passwords(olds, spec)
@@ -759,8 +734,7 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
     older line of it, another namespace, TLS switched, a new storage size or another signer of
     the nodes' certificate. (A new password is rotated, see `CredentialRotation`.)"""
-    failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
-    failures += namespace_change_failures(olds, news)
+    failures = engine_change_failures(olds, news) + namespace_change_failures(olds, news)
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
