@@ -49,10 +49,10 @@ from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
-# 127.0.<octet>.0/24 per test; this suite owns 79..89.
+# 127.0.<octet>.0/24 per test; this suite owns 79..91.
 SCALE_OUT_KILL, MOVE_TARGET_KILLED, MOVE_SOURCE_KILLED, MOVE_TARGET_FROZEN, MOVE_SOURCE_FROZEN = range(80, 85)
 IDENTITY_EMPTY, IDENTITY_TRUNCATED, IDENTITY_CORRUPT, VOLUME_LOST, VOLUME_FULL = range(85, 90)
-STRAY_NODE = 79
+STRAY_NODE, REPLICA_VOLUME_LOST, TWO_VOLUMES_LOST = 79, 90, 91
 
 # Enough keys that a quarter of them take a measurable time to reach a new replica.
 LOADED_KEYS = 100_000
@@ -512,3 +512,45 @@ def test_a_node_met_at_a_masters_address_under_another_id_shows_in_the_exporter(
     finally:
         exporter.stop()
         kill_and_reap(stray, "the stray server")
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Lost volumes healed by the pods themselves, without `up`.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "octet"), [("a replica", REPLICA_VOLUME_LOST), ("two masters at once", TWO_VOLUMES_LOST)]
+)
+def test_pods_that_lose_their_volumes_rejoin_by_themselves(make_sandbox, who, octet):
+    sb = make_sandbox(octet).sandbox
+    sb.up()
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 5_000)
+    before = snapshot(sb)
+    owners = sorted(masters(sb))
+    replicas = sorted(p for p, f in before.items() if f.role == "slave")
+    victims = [replicas[0]] if who == "a replica" else owners[:2]
+    with Writer(cluster_client(sb), "durable", mode="wait") as durable:
+        durable.wait_acknowledged(50, durable=True)
+        started = time.monotonic()
+        # Rescheduled on new, empty volumes; no `up` after: the pods' scripts do the rest.
+        sb.restart(victims, lose_volume=True, timeout=120)
+        healed = time.monotonic() - started
+        durable.wait_acknowledged(50, after=time.monotonic(), durable=True)
+    print(f"{who}: the cluster was ok again {healed:.1f}s after the restart began")
+    after = snapshot(sb)
+    assert all(after[pod].role == "slave" and after[pod].id != before[pod].id for pod in victims), after
+    # Every master has its replica again: two pods never pick the same master.
+    followed = sorted(f.master_id for f in after.values() if f.role == "slave")
+    assert followed == sorted(f.id for f in after.values() if f.role == "master" and f.slots), after
+    gone = {before[pod].id for pod in victims}
+    state = sb.load()
+    for record in state.nodes:
+        client = node_client(state, record)
+        try:
+            assert not gone & {line.split()[0] for line in client.execute_command("CLUSTER", "NODES").splitlines()}
+        finally:
+            client.close()
+    _assert_nothing_lost(sb, keys, "keys")
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")
