@@ -44,7 +44,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from redis.crc import key_slot
 
@@ -312,23 +312,45 @@ def scale_once(
         return ScaleRun(seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds)
 
 
-def bench_scale(
-    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
+def bench_movers(
+    title: str,
+    once: Callable[[LoopbackAddresses, EngineBinaries, int, bool, bool], ScaleRun],
+    labels: tuple[str, str],
+    loopback: LoopbackAddresses,
+    engines: Mapping[str, EngineBinaries],
+    total: int,
+    tls: bool = False,
 ) -> dict[str, dict[str, ScaleRun]]:
-    print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==", flush=True)
+    """`once` per engine with the product's mover, then with the engine's CLI (`labels`: how
+    each is named; `{cli}` is the engine's CLI), each on a fresh, identical setup."""
+    print(f"\n== {title} ==", flush=True)
     results: dict[str, dict[str, ScaleRun]] = {}
     for name, binaries in engines.items():
         results[name] = {}
         for mover, use_bootstrap in (("bootstrap", True), ("cli", False)):
-            run = scale_once(loopback, binaries, total, use_bootstrap, tls)
+            run = once(loopback, binaries, total, use_bootstrap, tls)
             results[name][mover] = run
-            label = "bootstrap" if use_bootstrap else f"{binaries.engine.cli} rebalance"
+            label = labels[0] if use_bootstrap else labels[1].format(cli=binaries.engine.cli)
             print(
                 f"  {name}: {label}: {run.seconds:.2f}s for {run.slots} slots; keys after {run.keys_after:,}; "
                 f"load took {run.load_seconds:.1f}s",
                 flush=True,
             )
     return results
+
+
+def bench_scale(
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
+) -> dict[str, dict[str, ScaleRun]]:
+    return bench_movers(
+        f"Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master",
+        scale_once,
+        ("bootstrap", "{cli} rebalance"),
+        loopback,
+        engines,
+        total,
+        tls,
+    )
 
 
 def scale_cell(run: ScaleRun, total: int) -> str:
@@ -394,20 +416,15 @@ def scale_in_once(
 def bench_scale_in(
     loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
 ) -> dict[str, dict[str, ScaleRun]]:
-    print(f"\n== Scale in 4 -> 3 shards with {total:,} keys: emptying and removing two pods ==", flush=True)
-    results: dict[str, dict[str, ScaleRun]] = {}
-    for name, binaries in engines.items():
-        results[name] = {}
-        for mover, use_bootstrap in (("bootstrap", True), ("cli", False)):
-            run = scale_in_once(loopback, binaries, total, use_bootstrap, tls)
-            results[name][mover] = run
-            label = "scale-in step" if use_bootstrap else f"{binaries.engine.cli} rebalance + del-node"
-            print(
-                f"  {name}: {label}: {run.seconds:.2f}s for {run.slots} slots; keys on the nodes that stay "
-                f"{run.keys_after:,}; load took {run.load_seconds:.1f}s",
-                flush=True,
-            )
-    return results
+    return bench_movers(
+        f"Scale in 4 -> 3 shards with {total:,} keys: emptying and removing two pods",
+        scale_in_once,
+        ("scale-in step", "{cli} rebalance + del-node"),
+        loopback,
+        engines,
+        total,
+        tls,
+    )
 
 
 def scale_in_rows(

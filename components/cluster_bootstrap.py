@@ -600,6 +600,29 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return None
 
 
+def reach_props(args: ClusterBootstrapArgs) -> dict[str, Any]:
+    """The inputs that say which pods hold the cluster and how to reach them (the shape, the
+    transport, the admin password and the kubeconfig as secrets): what every provider that
+    talks to the nodes takes."""
+    return {
+        "shards": args.shards,
+        "replicas_per_shard": args.replicas_per_shard,
+        "password": pulumi.Output.secret(args.password),
+        "transport": args.transport,
+        "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
+        "namespace": args.namespace,
+        "stateful_set_name": args.stateful_set_name,
+        "pod_selector": args.pod_selector,
+        "nodes": args.nodes
+        if args.nodes is None or isinstance(args.nodes, pulumi.Output)
+        else [dict(n) for n in args.nodes],
+        "ready_timeout_seconds": args.ready_timeout_seconds,
+        "engine": args.engine,
+        "tls_ca": args.tls_ca,
+        "tls_secret": args.tls_secret,
+    }
+
+
 class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBootstrap"):
     """Forms the Redis Cluster once the StatefulSet's pods are ready, and keeps it in the
     configured shape (scale out on update, drift on refresh)."""
@@ -619,23 +642,9 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props: dict[str, Any] = {
-            "shards": args.shards,
-            "replicas_per_shard": args.replicas_per_shard,
-            "password": pulumi.Output.secret(args.password),
-            "transport": args.transport,
-            "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
-            "namespace": args.namespace,
-            "stateful_set_name": args.stateful_set_name,
-            "pod_selector": args.pod_selector,
-            "nodes": args.nodes
-            if args.nodes is None or isinstance(args.nodes, pulumi.Output)
-            else [dict(n) for n in args.nodes],
-            "ready_timeout_seconds": args.ready_timeout_seconds,
+            **reach_props(args),
             "accept_manual_change": list(args.accept_manual_change),
-            "engine": args.engine,
             "credentials": None if args.credentials is None else pulumi.Output.secret(args.credentials),
-            "tls_ca": args.tls_ca,
-            "tls_secret": args.tls_secret,
             "rotation_grace_seconds": args.rotation_grace_seconds,
         }
         props.update({key: None for key in OUTPUT_FIELDS})

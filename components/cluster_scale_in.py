@@ -20,6 +20,7 @@ from components.cluster_bootstrap import (
     _whole,
     is_unknown,
     open_transport,
+    reach_props,
     reported,
     secrets_of,
     unwrap,
@@ -137,24 +138,6 @@ class ClusterScaleIn(pulumi.dynamic.Resource, module="redis", name="ClusterScale
     def __init__(
         self, resource_name: str, args: ClusterBootstrapArgs, opts: Optional[pulumi.ResourceOptions] = None
     ) -> None:
-        props: dict[str, Any] = {
-            "shards": args.shards,
-            "replicas_per_shard": args.replicas_per_shard,
-            "password": pulumi.Output.secret(args.password),
-            "transport": args.transport,
-            "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
-            "namespace": args.namespace,
-            "stateful_set_name": args.stateful_set_name,
-            "pod_selector": args.pod_selector,
-            "nodes": args.nodes
-            if args.nodes is None or isinstance(args.nodes, pulumi.Output)
-            else [dict(n) for n in args.nodes],
-            "ready_timeout_seconds": args.ready_timeout_seconds,
-            "engine": args.engine,
-            "tls_ca": args.tls_ca,
-            "tls_secret": args.tls_secret,
-            "plan": None,
-            "retained_claims": None,
-        }
+        props: dict[str, Any] = {**reach_props(args), "plan": None, "retained_claims": None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_FIELDS)))
         super().__init__(ClusterScaleInProvider(), resource_name, props, opts)
