@@ -89,14 +89,10 @@ def test_status_kill_and_down_work_on_the_recorded_pids(root, engine):
     assert not root.exists()
 
 
-def test_unknown_pod_and_scale_in_get_clear_errors(root, engine):
+def test_an_unknown_pod_gets_a_clear_error(root, engine):
     sandbox(root, "up", "--engine", engine.engine.name)
     unknown = sandbox(root, "kill", "redis-cluster-9", check=False)
     assert unknown.returncode == 1 and "no pod 'redis-cluster-9'" in unknown.stderr
-    smaller = sandbox(
-        root, "up", "--engine", engine.engine.name, "--shards", "3", "--replicas-per-shard", "0", check=False
-    )
-    assert smaller.returncode == 1 and "scaling in is not supported" in smaller.stderr
 
 
 def test_commands_without_a_sandbox_say_how_to_start_one(root):
