@@ -146,27 +146,40 @@ def plan_scale_in(
     plan.drained = sorted((m for m in masters if m not in plan.keep), key=pod_ordinal)
     slots_now = {m: list(owned.get(_was(m, layout), ())) for m in masters}
     plan.moves = plan_drain(slots_now, plan.keep)
-    # Replicas: those that stay with a kept master keep it (up to the new count); every other
-    # staying pod is placed as a new one would be, out of its master's zone where it can.
-    current = {r: m for m, rs in layout.replicas.items() for r in rs}
-    # After a failover the old master's replicas follow the heir.
+    # After a failover the old master's replicas follow the heir; a drained master follows
+    # someone afterwards, whom the plan names.
     heirs = {_was(m, layout): m for m in masters}
+    current = {r: heirs.get(m, m) for m, rs in layout.replicas.items() for r in rs}
+    plan.replicate = plan_followers(current, zones, stay, plan.keep, replicas_per_shard, moving=set(plan.drained))
+    plan.forget = sorted((p for p in zones if p not in stay), key=pod_ordinal)
+    return plan
+
+
+def plan_followers(
+    current: Mapping[str, str],
+    zones: Mapping[str, str],
+    staying: Sequence[str] | set[str],
+    keep: Sequence[str],
+    replicas_per_shard: int,
+    moving: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, str]:
+    """Staying pod -> the kept master it must follow, where that is not the one it follows
+    now (`current`: replica -> master). Replicas that stay with a kept master keep it, up to
+    the new count; every other staying pod (and those in `moving`) is placed as a new one
+    would be, out of its master's zone where it can."""
+    stay = set(staying)
     attached: dict[str, str] = {}
-    for master in plan.keep:
+    for master in keep:
         followers = sorted(
-            (r for r, m in current.items() if heirs.get(m, m) == master and r in stay and r != master),
+            (r for r, m in current.items() if m == master and r in stay and r not in keep and r not in moving),
             key=pod_ordinal,
         )
         for replica in followers[:replicas_per_shard]:
             attached[replica] = master
     target = plan_layout(
-        {p: zones.get(p, "") for p in stay}, shards, replicas_per_shard, masters=plan.keep, attached=attached
+        {p: zones.get(p, "") for p in stay}, len(keep), replicas_per_shard, masters=list(keep), attached=attached
     )
-    for replica, master in target.master_of().items():
-        if heirs.get(current.get(replica, ""), current.get(replica)) != master or replica in plan.drained:
-            plan.replicate[replica] = master
-    plan.forget = sorted((p for p in zones if p not in stay), key=pod_ordinal)
-    return plan
+    return {r: m for r, m in target.master_of().items() if current.get(r) != m or r in moving}
 
 
 def _was(pod: str, layout: Layout) -> str:
@@ -215,9 +228,17 @@ def read_memory(transport: NodeTransport, cluster: Cluster, pods: Sequence[str])
     return datasets, limits
 
 
-def observe(transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, deadline: Deadline):
-    """The cluster on the `count` pods that run now, refreshed, and the plan to the new shape."""
-    nodes = wait_ready(transport, count, deadline)
+def observe(
+    transport: NodeTransport,
+    count: int,
+    shards: int,
+    replicas_per_shard: int,
+    deadline: Deadline,
+    ready_by: Optional[Deadline] = None,
+):
+    """The cluster on the `count` pods that run now, refreshed, and the plan to the new shape
+    (the pods ready by `ready_by`, or the whole `deadline`)."""
+    nodes = wait_ready(transport, count, ready_by or deadline)
     cluster = Cluster(transport, nodes)
     cluster.refresh()
     staying = [n.pod for n in nodes if n.ordinal < shards * (1 + replicas_per_shard)]
@@ -237,6 +258,20 @@ def observe(transport: NodeTransport, count: int, shards: int, replicas_per_shar
 
 def _id_of(cluster: Cluster, pod: str) -> str:
     return next((v.myid for v in cluster.views if v.node.pod == pod), "")
+
+
+def preview(
+    transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, timeout: float
+) -> tuple[ScaleInPlan, Optional[str]]:
+    """What `shrink` would do now, and why it would refuse (None: it would not), without
+    changing anything: the plan a preview shows."""
+    deadline = Deadline(timeout)
+    # A preview does not wait for pods: not ready now, the update plans when it runs.
+    cluster, plan = observe(transport, count, shards, replicas_per_shard, deadline, ready_by=Deadline(0))
+    if plan.empty():
+        return plan, None
+    datasets, limits = read_memory(transport, cluster, cluster.live_layout().masters)
+    return plan, memory_refusal(datasets, {**limits, **_limits_of_heirs(plan, limits, cluster)}, plan.keep)
 
 
 def shrink(transport: NodeTransport, count: int, shards: int, replicas_per_shard: int, timeout: float) -> ScaleInPlan:
@@ -272,7 +307,14 @@ def shrink(transport: NodeTransport, count: int, shards: int, replicas_per_shard
         finally:
             transport.release_idle()
         log.info("moved %d keys off %s", mover.moved_keys, ", ".join(plan.drained))
-    wait_converged(cluster, deadline, None, None, what="slots to leave the masters that go")
+    _wait_drained(cluster, plan.drained, deadline)
+    # A master that gave its last slot away already follows the master that took it: the
+    # followers are planned again from what the nodes say now, so that none syncs twice.
+    layout = cluster.live_layout()
+    current = {r: m for m, rs in layout.replicas.items() for r in rs}
+    plan.replicate = plan_followers(
+        current, cluster.zones, [p for p in by_pod if p not in plan.forget], plan.keep, replicas_per_shard
+    )
     ids = cluster.ids_by_pod()
     for pod, master in sorted(plan.replicate.items(), key=_by_ordinal):
         send_once(transport, by_pod[pod], [("CLUSTER", "REPLICATE", ids[master])])
@@ -301,6 +343,39 @@ def _wait_master(cluster: Cluster, pod: str, deadline: Deadline) -> None:
         return "master" if view.me is not None and view.me.is_master and view.me.slots else "replica"
 
     poll_until(role, lambda r: r == "master", deadline, waiting_for=lambda r: f"{pod} to take over its master's slots")
+
+
+def _wait_drained(cluster: Cluster, drained: Sequence[str], deadline: Deadline) -> None:
+    """Until every node agrees the drained masters hold no slot and no slot is open (their
+    replicas' syncs are not waited for here: the final wait covers those)."""
+    ids = set()
+
+    def holding() -> list[str]:
+        cluster.refresh()
+        pods = cluster.pod_of_id()
+        ids.clear()
+        ids.update(i for i, p in pods.items() if p in drained)
+        found = [
+            f"{v.node.pod} sees {pods.get(e.id, e.id)} holding slots"
+            for v in cluster.views
+            if v.reachable
+            for e in v.entries
+            if e.id in ids and e.slots
+        ]
+        found += [
+            f"{v.node.pod}: open slots"
+            for v in cluster.views
+            if v.me is not None and (v.me.migrating or v.me.importing)
+        ]
+        return found
+
+    poll_until(
+        holding,
+        lambda found: not found,
+        deadline,
+        waiting_for=lambda found: "slots to leave the masters that go: " + "; ".join(found[:5]),
+        interval=cluster.poll_interval,
+    )
 
 
 def _wait_following(cluster: Cluster, masters: Mapping[str, str], deadline: Deadline) -> None:

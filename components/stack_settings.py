@@ -381,7 +381,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "backupRetentionCount": ("backup_retention_count", as_int(1, MAX_BACKUP_RETENTION_COUNT)),
     "backupCopyRegion": ("backup_copy_region", aws_region),
     "backupCopyRetentionDays": ("backup_copy_retention_days", as_int(1, 3650)),
-    "acceptManualChange": ("accept_manual_change", as_string_list(manual_change, '["shards=3"]')),
+    "acceptManualChange": ("accept_manual_change", as_string_list(manual_change, '["namespace=cache"]')),
     "acceptRisks": ("accept_risks", as_string_list(_risk, '["noReplicas"]')),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
     "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(PROMETHEUS_OPERATOR_CRD_MODES)),

@@ -26,6 +26,8 @@ import secrets
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,13 +46,20 @@ from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
 from components.redis_node_files import REDIS_PORT, TLS_CA_FILE, announced_hostname
-from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings, read_stack_config
+from components.stack_settings import (
+    NAMESPACE,
+    PROJECT_DIR,
+    StackSettings,
+    load_stack_config,
+    parse_settings,
+    read_stack_config,
+)
 from sandbox import backups
 from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.name_resolution import nss_wrapper_library, write_hosts
-from sandbox.processes import is_server, kill_session, stop_like_the_kubelet, wait_gone
+from sandbox.processes import alive, is_server, kill_session, stop_like_the_kubelet, wait_gone
 
 DEFAULT_ROOT = Path(".sandbox")
 STATE_FILE = "cluster.json"
@@ -62,6 +71,10 @@ BACKUPS_DIR = "backups"
 # Where a restore moves the data directories it replaces, as the StorageClass retains the old volumes.
 REPLACED_DIR = "replaced"
 NODES_DIR = "nodes"
+# Where `restart --lose-volume` moves a pod's data directory: a volume no pod can use again.
+LOST_VOLUMES_DIR = "lost-volumes"
+# The CLI's command for a pod the kubelet starts again after its back-off (`kill`).
+RESTART_COMMAND = "start-after"
 # Pods spread over zones as the StatefulSet's topology spread does; the bootstrap keeps
 # every replica out of its master's zone.
 ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
@@ -81,6 +94,11 @@ class NodeRecord:
     zone: str
     pid: Optional[int] = None
     role: str = "unknown"
+    # Set by `kill` when the kubelet is to restart the pod after its back-off: the restart
+    # happens only while this is still the pod's latest token; `down` clears it and stops
+    # the waiting process (`restart_pid`).
+    restart_token: Optional[str] = None
+    restart_pid: Optional[int] = None
 
 
 @dataclass
@@ -131,6 +149,8 @@ class SandboxState:
                     "zone": n.zone,
                     "pid": n.pid,
                     "role": n.role,
+                    "restart_token": n.restart_token,
+                    "restart_pid": n.restart_pid,
                     "data_dir": str((root / NODES_DIR / n.pod / "data").resolve()),
                 }
                 for n in self.nodes
@@ -481,15 +501,46 @@ class Sandbox:
         with self._transport(state) as transport:
             return read_topology(transport, state.shards, state.replicas_per_shard)
 
-    def kill(self, pod: str) -> None:
-        """SIGKILL, like a crashed container: no preStop, no shutdown."""
+    def kill(self, pod: str, restart_after: Optional[float] = None) -> None:
+        """SIGKILL, like a crashed container: no preStop, no shutdown. With `restart_after`,
+        the pod starts again that many seconds later, in a process of its own, as the kubelet
+        restarts a crashed container after its back-off (unless something started it first);
+        without, it stays down until `up` or `restart`."""
         state = self._require_state()
         record = self._record(state, pod)
         if is_server(record.pid):
             kill_session(record.pid)
             wait_gone(record.pid, 10)
         record.pid = None
+        record.restart_token = secrets.token_hex(8) if restart_after is not None else None
         self.save(state)
+        if restart_after is not None:
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "sandbox", "--root", str(self.root), "--stack", self.stack]
+                + ["--third-octet", str(self.third_octet), RESTART_COMMAND, pod, "--after", str(restart_after)]
+                + ["--token", record.restart_token],
+                cwd=PROJECT_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            record.restart_pid = waiting.pid
+            self.save(state)
+
+    def start_after(self, pod: str, seconds: float, token: str) -> bool:
+        """The kubelet's restart of a crashed container: after `seconds`, starts the pod if it
+        is still down and nothing since (`down`, another kill) took `token` back. Returns
+        whether it started it."""
+        time.sleep(seconds)
+        state = self._require_state()
+        record = self._record(state, pod)
+        if is_server(record.pid) or record.restart_token != token:
+            return False
+        record.restart_token = record.restart_pid = None
+        record.pid = self.local_node(state, record).start()
+        self.save(state)
+        return True
 
     def restart(
         self,
@@ -497,13 +548,23 @@ class Sandbox:
         new_ip: bool = False,
         wait: bool = True,
         timeout: float = 120.0,
+        lose_volume: bool = False,
     ) -> None:
         """Like rescheduled pods: preStop, SIGTERM, then start through the entrypoint again
-        (on a new address with `new_ip`). `pods=None` restarts every pod at once."""
+        (on a new address with `new_ip`). `pods=None` restarts every pod at once.
+        `lose_volume`: each pod comes back on a new, empty volume (and a new address, as a pod
+        rescheduled with a new claim): its data directory is moved to `<root>/lost-volumes/`,
+        as an EBS volume that can no longer be attached."""
         state = self._require_state()
         records = state.nodes if pods is None else [self._record(state, pod) for pod in pods]
         with ThreadPoolExecutor(max_workers=len(records)) as pool:
             list(pool.map(lambda r: self._stop(state, r, prestop=True), records))
+        if lose_volume:
+            new_ip = True
+            for record in records:
+                lost = _unused(self.root / LOST_VOLUMES_DIR / f"{record.pod}-{_utc_stamp()}")
+                lost.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._data_dir(record), lost)
         if new_ip:
             # Never hand a pod the address another pod just left: a peer that still dials
             # it would meet the wrong node and mark the right one noaddr. peer-recovery.sh
@@ -563,6 +624,11 @@ class Sandbox:
         state = self.load()
         if state is not None:
             self._stop_all(state)
+            for record in state.nodes:
+                if record.restart_pid is not None and alive(record.restart_pid):
+                    kill_session(record.restart_pid)
+                    wait_gone(record.restart_pid, 10)
+                record.restart_token = record.restart_pid = None
             self.save(state)
         if purge and self.root.exists():
             kept = self.backups_dir

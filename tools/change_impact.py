@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 from unittest import mock
 
-from components import cluster_bootstrap, credential_rotation, platform_change_guard
+from components import cluster_bootstrap, cluster_scale_in, credential_rotation, platform_change_guard
 from components.eks_platform import kubeconfig_server
 from components.eks_platform.cluster_access import CREATOR_TAG_KEY
 from components.stack_settings import NAMESPACE, PROJECT_DIR, SettingsError, load_stack_config
@@ -243,6 +243,7 @@ K8S_METADATA_REPLACE = ("metadata.name", "metadata.namespace")
 DYNAMIC_PROVIDERS = {
     "pulumi-python:dynamic/redis:ClusterBootstrap": cluster_bootstrap.ClusterBootstrapProvider,
     "pulumi-python:dynamic/redis:ClusterChangeGuard": cluster_bootstrap.ClusterChangeGuardProvider,
+    "pulumi-python:dynamic/redis:ClusterScaleIn": cluster_scale_in.ClusterScaleInProvider,
     "pulumi-python:dynamic/redis:CredentialRotation": credential_rotation.CredentialRotationProvider,
     "pulumi-python:dynamic/redis:PlatformChangeGuard": platform_change_guard.PlatformChangeGuardProvider,
 }
@@ -556,7 +557,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("clientPodLabels", "dev", {"clientPodLabels": '{"redis-client": "yes"}'}),
     Sample("clientNamespaceLabels", "dev", {"clientNamespaceLabels": '{"team": "cache"}'}),
     Sample("bootstrapTimeoutSeconds", "dev", {"bootstrapTimeoutSeconds": "900"}),
-    Sample("acceptManualChange", "dev", {"acceptManualChange": '["shards=3"]'}),
+    Sample("acceptManualChange", "dev", {"acceptManualChange": '["image=redis:8.10.1-trixie"]'}),
     # A risk is named only while the stack takes it, and must be while it does.
     Sample(
         "acceptRisks",
@@ -715,6 +716,7 @@ def _dynamic_effect(resource_type: str, olds: dict, news: dict) -> Optional[Effe
 GUARDS = (
     "pulumi-python:dynamic/redis:PlatformChangeGuard",
     "pulumi-python:dynamic/redis:ClusterChangeGuard",
+    "pulumi-python:dynamic/redis:ClusterScaleIn",
     "pulumi-python:dynamic/redis:ClusterBootstrap",
 )
 

@@ -13,6 +13,9 @@ What is proven:
   nothing.
 * a scale-in cut short (the `up` process dies after the first slots moved) is finished by
   the next `up`, nothing lost.
+* the scale-in step's provider, served by `python -m pulumi.dynamic` and called over gRPC as
+  the engine calls it: its check shows the plan (the preview), its update runs it and names
+  the claims the StatefulSet keeps.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import pytest
 
 from cluster_logic.errors import BootstrapError
 from cluster_logic.migration import SlotMover
-from testkit.sandbox_support import cluster_client, masters, node_client, snapshot, wait_healthy
+from testkit.provider_server import ProviderServer, secret, serialized_scale_in
+from testkit.sandbox_support import cluster_client, masters, node_client, snapshot, stop_pod, wait_healthy
 from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; this suite owns 74..78.
-SCALE_IN_OUT, REPLICAS_IN, MEMORY_REFUSED, SCALE_IN_CUT = range(74, 78)
+SCALE_IN_OUT, REPLICAS_IN, MEMORY_REFUSED, SCALE_IN_CUT, OVER_GRPC = range(74, 79)
 
 
 def _assert_nothing_lost(sandbox, expected: dict[str, str], what: str) -> None:
@@ -181,3 +185,64 @@ def test_a_scale_in_cut_short_is_finished_by_the_next_up(make_sandbox, monkeypat
     assert len(masters(sb)) == 3
     _assert_nothing_lost(sb, keys, "keys")
     _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
+
+
+def test_the_scale_in_provider_over_grpc_shows_the_plan_then_runs_it(make_sandbox, engine):
+    sb = make_sandbox(OVER_GRPC).sandbox
+    sb.up(shards=4)
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 20_000)
+    state = sb.load()
+    # The pods as the direct transport takes them: all eight still run while the step runs.
+    nodes = [{"pod": r.pod, "host": r.host, "port": r.port, "zone": r.zone} for r in state.nodes]
+
+    def props(shards: int) -> dict:
+        return {
+            "__provider": serialized_scale_in(),
+            "engine": engine.engine.name,
+            "shards": shards,
+            "replicas_per_shard": 1,
+            "password": secret(state.password),
+            "transport": "direct",
+            "nodes": nodes,
+            "stateful_set_name": "redis-cluster",
+            "ready_timeout_seconds": 120,
+        }
+
+    with ProviderServer() as server:
+        created = ProviderServer.from_struct(server.create(props(4)).properties)
+        checked = server.check(created, props(3))
+        assert not checked.failures, checked.failures
+        news = ProviderServer.from_struct(checked.inputs)
+        plan = news["plan"]
+        print("\n".join(plan))
+        assert plan[-1] == "forget redis-cluster-6, redis-cluster-7"
+        assert any(line.startswith("move ") for line in plan) or any("fail over" in line for line in plan)
+        assert server.diff("cluster-scale-in", created, news).changes == 2  # DIFF_SOME
+        updated = ProviderServer.from_struct(server.update("cluster-scale-in", created, news).properties, unwrap=True)
+    assert updated["retained_claims"] == ["data-redis-cluster-6", "data-redis-cluster-7"]
+    # What the StatefulSet then does: the two pods go.
+    for record in state.nodes[6:]:
+        stop_pod(sb, record.pod, prestop=True)
+    stayed = {r.pod for r in state.nodes[:6]}
+    facts = {p: f for p, f in snapshot(sb).items() if p in stayed}
+    owners = [f for f in facts.values() if f.role == "master" and f.slots]
+    assert len(owners) == 3 and sum(b - a + 1 for f in owners for a, b in f.slots) == 16384
+    gone_ids = {f.id for p, f in snapshot(sb).items() if p not in stayed}
+    assert not gone_ids & _ids_everyone_knows_of(sb, stayed)
+    with cluster_client(sb) as client:
+        assert not lost_keys(client, keys)
+
+
+def _ids_everyone_knows_of(sandbox, pods: set[str]) -> set[str]:
+    state = sandbox.load()
+    known = set()
+    for record in state.nodes:
+        if record.pod not in pods:
+            continue
+        client = node_client(state, record)
+        try:
+            known |= {line.split()[0] for line in client.execute_command("CLUSTER", "NODES").splitlines()}
+        finally:
+            client.close()
+    return known

@@ -498,7 +498,9 @@ ROWS: list[Bad] = [
     Bad("backupCopyRegion", "us-gov-west-1", ("a region of the stack's partition",)),
     Bad("backupCopyRegion", "eu-central-1", ("only with a redis-eks:backupSchedule",), more={"backupSchedule": "off"}),
     # --- the manual-change opt-in -------------------------------------------------------------
-    Bad("acceptManualChange", '["shards"]', ("shards=<n>",)),
+    Bad("acceptManualChange", '["shards"]', ("image=<image>",)),
+    Bad("acceptManualChange", '["shards=3"]', ("no longer needed", "scaled in by `pulumi up` itself")),
+    Bad("acceptManualChange", '["replicasPerShard=1"]', ("no longer needed",)),
     Bad("acceptManualChange", '["password"]', ("no longer needed",)),
     Bad("acceptManualChange", '["shards=3\\n"]'),
     Bad("acceptManualChange", '["namespace=Bad_NS"]', ("no DNS-1123 label",)),

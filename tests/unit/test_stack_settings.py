@@ -58,7 +58,7 @@ def test_an_add_on_build_is_eks_s_answer_unless_pinned():
 
 BAD_VALUES = [
     # (settings, fragments the message must contain)
-    ({"acceptManualChange": '["shards"]'}, ["redis-eks:acceptManualChange", "shards=<n>", "image=<image>"]),
+    ({"acceptManualChange": '["shards"]'}, ["redis-eks:acceptManualChange", "namespace=<namespace>", "image=<image>"]),
     (
         {"acceptManualChange": '["password"]'},
         ["redis-eks:acceptManualChange", "no longer needed", "Rotating credentials"],
