@@ -90,6 +90,7 @@ render: setup
 bench: setup
 	$(PY) -m benchmarks.bootstrap_benchmark
 	$(PY) -m benchmarks.reliability_benchmark
+	$(PY) -m benchmarks.fault_benchmark
 
 # The auditor's Kubernetes scanner (checkov, pinned, in .venv-scan) on every golden render: a
 # finding not fixed or carried as a `checkov.io/skipN: CKV_K8S_XX=<reason>` annotation fails

@@ -52,3 +52,6 @@ pulumi.export(
 pulumi.export("redisClientService", redis_cluster.client_service_name)
 pulumi.export("redisClusterState", redis_cluster.bootstrap.state)
 pulumi.export("redisTopology", redis_cluster.bootstrap.placement)
+# The claims of pods a scale-in removed: the StatefulSet keeps them (whenScaled: Retain), with
+# whatever they held; delete them on purpose once they are no longer wanted.
+pulumi.export("retainedClaims", redis_cluster.retained_claims)

@@ -12,6 +12,10 @@ own CLI (`redis-cli`, `valkey-cli`, from .engines/: never the one on PATH by nam
    joined (same code for both), moving a quarter of the slots onto the new master with
    the bootstrap's `rebalance` vs `<engine>-cli --cluster rebalance --cluster-use-empty-masters`
    with its defaults, each on a fresh, identical setup; keys counted after.
+3. Scale in 4 -> 3 shards with 1,000,000 keys, until the six nodes that stay are converged:
+   the scale-in step (`cluster_logic.scale_in.shrink`) vs what a user does by hand with the
+   engine's CLI: `--cluster rebalance --cluster-weight <master>=0` for the masters the
+   scale-in plan drains, then `--cluster del-node` for each node that goes.
 
 The nodes are the tests' (`testkit.redis_nodes`): the stack's config for the engine (AOF on,
 as in a pod) with a 2 s node timeout, started through the entrypoint. The runs alternate
@@ -23,7 +27,7 @@ bus), the bootstrap and the CLI speaking TLS to them.
 
 Run from the project root:
   .venv/bin/python -m benchmarks.bootstrap_benchmark [--engines redis valkey] [--keys N]
-      [--repeats N] [--node-counts 6 30] [--skip-bootstrap] [--skip-scale] [--tls]
+      [--repeats N] [--node-counts 6 30] [--skip-bootstrap] [--skip-scale] [--skip-scale-in] [--tls]
 Loopback only (locked addresses in 127.0.30.0/24 - 127.0.39.0/24); every server is
 stopped by pid.
 """
@@ -40,7 +44,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from redis.crc import key_slot
 
@@ -53,7 +57,7 @@ from benchmarks.side_by_side import (
     median,
     seconds_with_runs,
 )
-from cluster_logic import formation, health
+from cluster_logic import formation, health, scale_in
 from cluster_logic.cluster import Cluster
 from cluster_logic.deadline import Deadline
 from cluster_logic.model import SLOTS
@@ -205,10 +209,11 @@ def bootstrap_rows(results: dict[int, dict[str, BootstrapRuns]], engines: Mappin
 # ---------------------------------------------------------------------------------------
 
 
-def load_keys(nodes: LocalNodes, total: int) -> float:
-    """Loads `total` keys with MSETs grouped by slot, one pipeline thread per master."""
-    with nodes.transport(nodes.nodes[:6]) as transport:
-        cluster = Cluster(transport, transport.nodes[:6])
+def load_keys(nodes: LocalNodes, total: int, count: int = 6) -> float:
+    """Loads `total` keys into the cluster of the first `count` nodes with MSETs grouped by
+    slot, one pipeline thread per master."""
+    with nodes.transport(nodes.nodes[:count]) as transport:
+        cluster = Cluster(transport, transport.nodes[:count])
         cluster.refresh()
         owner = {}
         by_id = {v.myid: v.node for v in cluster.views if v.myid}
@@ -307,23 +312,45 @@ def scale_once(
         return ScaleRun(seconds, count_keys(nodes.nodes), new_master_slots(nodes), load_seconds)
 
 
-def bench_scale(
-    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
+def bench_movers(
+    title: str,
+    once: Callable[[LoopbackAddresses, EngineBinaries, int, bool, bool], ScaleRun],
+    labels: tuple[str, str],
+    loopback: LoopbackAddresses,
+    engines: Mapping[str, EngineBinaries],
+    total: int,
+    tls: bool = False,
 ) -> dict[str, dict[str, ScaleRun]]:
-    print(f"\n== Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master ==", flush=True)
+    """`once` per engine with the product's mover, then with the engine's CLI (`labels`: how
+    each is named; `{cli}` is the engine's CLI), each on a fresh, identical setup."""
+    print(f"\n== {title} ==", flush=True)
     results: dict[str, dict[str, ScaleRun]] = {}
     for name, binaries in engines.items():
         results[name] = {}
         for mover, use_bootstrap in (("bootstrap", True), ("cli", False)):
-            run = scale_once(loopback, binaries, total, use_bootstrap, tls)
+            run = once(loopback, binaries, total, use_bootstrap, tls)
             results[name][mover] = run
-            label = "bootstrap" if use_bootstrap else f"{binaries.engine.cli} rebalance"
+            label = labels[0] if use_bootstrap else labels[1].format(cli=binaries.engine.cli)
             print(
                 f"  {name}: {label}: {run.seconds:.2f}s for {run.slots} slots; keys after {run.keys_after:,}; "
                 f"load took {run.load_seconds:.1f}s",
                 flush=True,
             )
     return results
+
+
+def bench_scale(
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
+) -> dict[str, dict[str, ScaleRun]]:
+    return bench_movers(
+        f"Scale out 3 -> 4 shards with {total:,} keys: moving slots onto the new master",
+        scale_once,
+        ("bootstrap", "{cli} rebalance"),
+        loopback,
+        engines,
+        total,
+        tls,
+    )
 
 
 def scale_cell(run: ScaleRun, total: int) -> str:
@@ -352,6 +379,76 @@ def scale_rows(results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, En
     ]
 
 
+# ---------------------------------------------------------------------------------------
+# 3. Scale in 4 -> 3 shards.
+# ---------------------------------------------------------------------------------------
+
+
+def scale_in_once(
+    loopback: LoopbackAddresses, binaries: EngineBinaries, total: int, use_bootstrap: bool, tls: bool = False
+) -> ScaleRun:
+    with started_nodes(loopback, binaries, 8, tls) as nodes:
+        with nodes.transport() as transport:
+            ensure_cluster(transport, 4, 1, 120, mode="create")
+        load_seconds = load_keys(nodes, total, count=8)
+        if count_keys(nodes.nodes) != total:
+            raise RuntimeError(f"{count_keys(nodes.nodes):,} keys after loading {total:,}")
+        with nodes.transport() as transport:
+            _, plan = scale_in.observe(transport, 8, 3, 1, Deadline(60))
+        started = time.monotonic()
+        if use_bootstrap:
+            with nodes.transport() as transport:
+                scale_in.shrink(transport, 8, 3, 1, 600)
+        else:
+            ids = {node.pod: node.client().execute_command("CLUSTER", "MYID") for node in nodes.nodes}
+            seed = f"{nodes.nodes[0].ip}:6379"
+            weights = [arg for pod in plan.drained for arg in ("--cluster-weight", f"{ids[pod]}=0")]
+            engine_cli(binaries, nodes, "--cluster", "rebalance", seed, *weights)
+            for pod in plan.forget:
+                engine_cli(binaries, nodes, "--cluster", "del-node", seed, ids[pod])
+            with nodes.transport(nodes.nodes[:6]) as transport:
+                health.wait_converged(Cluster(transport, transport.nodes), Deadline(300), 3)
+        seconds = time.monotonic() - started
+        moved = sum(len(slots) for _, _, slots in plan.moves)
+        return ScaleRun(seconds, count_keys(nodes.nodes[:6]), moved, load_seconds)
+
+
+def bench_scale_in(
+    loopback: LoopbackAddresses, engines: Mapping[str, EngineBinaries], total: int, tls: bool = False
+) -> dict[str, dict[str, ScaleRun]]:
+    return bench_movers(
+        f"Scale in 4 -> 3 shards with {total:,} keys: emptying and removing two pods",
+        scale_in_once,
+        ("scale-in step", "{cli} rebalance + del-node"),
+        loopback,
+        engines,
+        total,
+        tls,
+    )
+
+
+def scale_in_rows(
+    results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, EngineBinaries], total: int
+) -> list[Row]:
+    title = f"scale-in 4 → 3 shards, {total:,} keys"
+    return [
+        Row(
+            f"{title}: the scale-in step",
+            {name: scale_cell(r["bootstrap"], total) for name, r in results.items()},
+            {name: r["bootstrap"].seconds for name, r in results.items()},
+        ),
+        Row(
+            f"{title}: the engine's CLI `--cluster rebalance --cluster-weight <id>=0` + `del-node`",
+            {name: f"`{engines[name].engine.cli}`: {scale_cell(r['cli'], total)}" for name, r in results.items()},
+            {name: r["cli"].seconds for name, r in results.items()},
+        ),
+        Row(
+            f"{title}: speed-up of the scale-in step over the CLI (target ≥ 4x on Redis)",
+            {name: f"{r['cli'].seconds / r['bootstrap'].seconds:.2f}x faster" for name, r in results.items()},
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_engines_argument(parser)
@@ -360,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-counts", type=int, nargs="+", default=[6, 30], help="bootstrap sizes (even)")
     parser.add_argument("--skip-bootstrap", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-scale-in", action="store_true")
     parser.add_argument("--tls", action="store_true", help="the nodes speak TLS only, as with the stack's `tls`")
     args = parser.parse_args(argv)
     if any(count < 6 or count % 2 for count in args.node_counts):
@@ -377,7 +475,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         if not args.skip_scale:
             rows += scale_rows(bench_scale(loopback, engines, args.keys, args.tls), engines, args.keys)
-    print(f"\nBootstrap and scale-out per engine (bootstrap: median of {args.repeats}):\n")
+        if not args.skip_scale_in:
+            rows += scale_in_rows(bench_scale_in(loopback, engines, args.keys, args.tls), engines, args.keys)
+    print(f"\nBootstrap, scale-out and scale-in per engine (bootstrap: median of {args.repeats}):\n")
     print("\n".join(markdown_table(engines, rows)))
     print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
 

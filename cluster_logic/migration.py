@@ -267,7 +267,13 @@ class SlotMover:
             # there with MOVED; then the source; then everyone else (gossip would get
             # there too, but slower).
             pipeline(dst, [("CLUSTER", "SETSLOT", s, "NODE", dst_id) for s in slots])
-            pipeline(src, [("CLUSTER", "SETSLOT", s, "NODE", dst_id) for s in slots])
+            replies = pipeline(src, [("CLUSTER", "SETSLOT", s, "NODE", dst_id) for s in slots], raise_on_error=False)
+            refused = [r for r in replies if isinstance(r, redis.ResponseError)]
+            # A master that gave its last slot away (the target's claim reached it by gossip
+            # first) turns into the target's replica (cluster-allow-replica-migration), and a
+            # replica refuses SETSLOT: its part is done.
+            if refused and not (all("only with masters" in str(r) for r in refused) and self._is_replica(source)):
+                raise refused[0]
         except redis.RedisError as error:
             raise BootstrapError(
                 f"moving {where} failed: {short_error(error)}; the slots are left open and the next update resumes them"
@@ -282,6 +288,10 @@ class SlotMover:
                     self._silent.add(other)
                 except redis.RedisError:
                     pass
+
+    def _is_replica(self, node: NodeAddress) -> bool:
+        (role,) = pipeline(self.transport.client(node), [("ROLE",)])
+        return bool(role) and (role[0].decode() if isinstance(role[0], bytes) else str(role[0])) in ("slave", "replica")
 
     def _drain(self, slots: Sequence[int], source: NodeAddress, target: NodeAddress) -> None:
         """MIGRATEs keys until the source holds none in `slots`."""

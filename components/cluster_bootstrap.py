@@ -296,16 +296,10 @@ def accepted_changes(news: Mapping[str, Any]) -> set[str]:
 
 def scale_in_message(current: int, wanted: int, what: str) -> str:
     return (
-        f"{what} cannot go from {current} to {wanted}: scaling in is not automated because the "
-        "pods that go away must first hand over every key. Supported procedure (with valkey-cli "
-        "in place of redis-cli on Valkey): (1) move all "
-        "slots off the masters that will be removed, e.g. `redis-cli --cluster rebalance "
-        "<node> --cluster-weight <id>=0 ...` or `redis-cli --cluster reshard`; (2) make sure the "
-        "pods with the highest ordinals (they are removed first) hold no slots, failing over "
-        "with `CLUSTER FAILOVER` where needed; (3) remove them with `redis-cli --cluster "
-        f"del-node`; (4) set {what} to {wanted} together with `redis-eks:acceptManualChange "
-        f"{what}={wanted}` and run `pulumi up`: the StatefulSet shrinks and the bootstrap adopts "
-        "the smaller cluster; (5) remove acceptManualChange again."
+        f"{what} is {wanted}, but {current} masters hold slots: the scale-in step (ClusterScaleIn, before the "
+        "StatefulSet) empties the pods that go before they go, and has not done so here (its `pulumi up` failed, "
+        "or the pods were changed by hand since). Run `pulumi up` again: it plans from what the nodes say now "
+        "(docs/operations.md, Scale in)"
     )
 
 
@@ -321,19 +315,6 @@ def operator_message(error: BootstrapError) -> str:
     if isinstance(error, UnexpectedCluster):
         return f"{error}. Set shards/replicasPerShard to match it, or reshape it by hand first"
     return str(error)
-
-
-def scale_in_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
-    failures = []
-    accepted = accepted_changes(news)
-    for key, label in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
-        old, new = unwrap(olds.get(key)), unwrap(news.get(key))
-        if is_unknown(old) or is_unknown(new) or _whole(old) is None or _whole(new) is None:
-            continue
-        # Only the very shape named: a value left set cannot let a later scale-in through.
-        if _whole(new) < _whole(old) and f"{label}={_whole(new)}" not in accepted:
-            failures.append((key, scale_in_message(_whole(old), _whole(new), label)))
-    return failures
 
 
 @contextmanager
@@ -530,13 +511,10 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         inputs = dict(news)
         if inputs.get("ready_timeout_seconds") is None:
             inputs["ready_timeout_seconds"] = DEFAULT_READY_TIMEOUT
-        failures = validate(inputs) + scale_in_failures(olds or {}, inputs)
+        failures = validate(inputs)
         return CheckResult(inputs, [CheckFailure(p, r) for p, r in failures])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        refused = scale_in_failures(olds, news)
-        if refused:
-            raise ValueError(refused[0][1])
         changed = []
         for key in INPUT_FIELDS:
             if key == "accept_manual_change":
@@ -565,9 +543,6 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return CreateResult(resource_id(spec), _outputs(props, topology))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        refused = scale_in_failures(olds, news)
-        if refused:
-            raise BootstrapError(refused[0][1])
         spec = BootstrapSpec.from_props(news)
         started = time.monotonic()
         previous = previous_passwords(olds, spec)
@@ -625,6 +600,29 @@ class ClusterBootstrapProvider(pulumi.dynamic.ResourceProvider):
         return None
 
 
+def reach_props(args: ClusterBootstrapArgs) -> dict[str, Any]:
+    """The inputs that say which pods hold the cluster and how to reach them (the shape, the
+    transport, the admin password and the kubeconfig as secrets): what every provider that
+    talks to the nodes takes."""
+    return {
+        "shards": args.shards,
+        "replicas_per_shard": args.replicas_per_shard,
+        "password": pulumi.Output.secret(args.password),
+        "transport": args.transport,
+        "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
+        "namespace": args.namespace,
+        "stateful_set_name": args.stateful_set_name,
+        "pod_selector": args.pod_selector,
+        "nodes": args.nodes
+        if args.nodes is None or isinstance(args.nodes, pulumi.Output)
+        else [dict(n) for n in args.nodes],
+        "ready_timeout_seconds": args.ready_timeout_seconds,
+        "engine": args.engine,
+        "tls_ca": args.tls_ca,
+        "tls_secret": args.tls_secret,
+    }
+
+
 class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBootstrap"):
     """Forms the Redis Cluster once the StatefulSet's pods are ready, and keeps it in the
     configured shape (scale out on update, drift on refresh)."""
@@ -644,23 +642,9 @@ class ClusterBootstrap(pulumi.dynamic.Resource, module="redis", name="ClusterBoo
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> None:
         props: dict[str, Any] = {
-            "shards": args.shards,
-            "replicas_per_shard": args.replicas_per_shard,
-            "password": pulumi.Output.secret(args.password),
-            "transport": args.transport,
-            "kubeconfig": None if args.kubeconfig is None else pulumi.Output.secret(args.kubeconfig),
-            "namespace": args.namespace,
-            "stateful_set_name": args.stateful_set_name,
-            "pod_selector": args.pod_selector,
-            "nodes": args.nodes
-            if args.nodes is None or isinstance(args.nodes, pulumi.Output)
-            else [dict(n) for n in args.nodes],
-            "ready_timeout_seconds": args.ready_timeout_seconds,
+            **reach_props(args),
             "accept_manual_change": list(args.accept_manual_change),
-            "engine": args.engine,
             "credentials": None if args.credentials is None else pulumi.Output.secret(args.credentials),
-            "tls_ca": args.tls_ca,
-            "tls_secret": args.tls_secret,
             "rotation_grace_seconds": args.rotation_grace_seconds,
         }
         props.update({key: None for key in OUTPUT_FIELDS})
@@ -759,8 +743,7 @@ def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
     older line of it, another namespace, TLS switched, a new storage size or another signer of
     the nodes' certificate. (A new password is rotated, see `CredentialRotation`.)"""
-    failures = scale_in_failures(olds, news) + engine_change_failures(olds, news)
-    failures += namespace_change_failures(olds, news)
+    failures = engine_change_failures(olds, news) + namespace_change_failures(olds, news)
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):

@@ -21,6 +21,7 @@ from components import redis_node_files as files
 from components import roll_budget as roll
 from components.cluster_bootstrap import ClusterBootstrap, ClusterBootstrapArgs, ClusterChangeGuard, credentials_props
 from components.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
+from components.cluster_scale_in import ClusterScaleIn
 from components.credential_rotation import CredentialRotation
 from components.monitoring_crds import INSTALL
 from components.node_certificates import NodeCertificates, NodeCertificatesArgs
@@ -180,6 +181,20 @@ class RedisCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[guard, *([certificates] if certificates else [])]),
         )
 
+        # A smaller shape empties and forgets the pods it removes before the StatefulSet does.
+        scale_in = ClusterScaleIn(
+            f"{resource_name}-scale-in",
+            ClusterBootstrapArgs(
+                shards=settings.shards,
+                replicas_per_shard=settings.replicas_per_shard,
+                password=self.password,
+                ready_timeout_seconds=settings.bootstrap_timeout_seconds,
+                **reach,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[guard, rotation]),
+        )
+        self.retained_claims = scale_in.retained_claims
+
         secret = k8s.core.v1.Secret(
             f"{resource_name}-auth",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=names.secret, namespace=ns, labels=labels),
@@ -295,7 +310,15 @@ class RedisCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=args.provider,
-                depends_on=[guard, config_map, peers_map, secret, headless, *([certificates] if certificates else [])],
+                depends_on=[
+                    guard,
+                    scale_in,
+                    config_map,
+                    peers_map,
+                    secret,
+                    headless,
+                    *([certificates] if certificates else []),
+                ],
                 # The bootstrap decides when the cluster is formed; Pulumi need not wait for
                 # every pod to be Ready itself (a fresh pod is Ready anyway). A roll goes pod
                 # by pod: its await grows with the pods (components/roll_budget.py).
@@ -350,6 +373,7 @@ class RedisCluster(pulumi.ComponentResource):
                 "password": self.password,
                 "user_passwords": self.user_passwords,
                 "ca_certificate": self.ca_certificate,
+                "retained_claims": self.retained_claims,
             }
         )
 

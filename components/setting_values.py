@@ -226,14 +226,15 @@ def as_string_list(item_check, example: str = '["a", "b"]'):
 
 
 _MANUAL_CHANGE = re.compile(
-    r"shards=(?:0|[1-9][0-9]{0,2})|replicasPerShard=[0-9]|image=\S{1,300}|namespace=\S{1,63}"
+    r"image=\S{1,300}|namespace=\S{1,63}"
     r"|nodeGroupDrained=[A-Za-z0-9][A-Za-z0-9_-]{0,62}|storageSize=\S{1,30}"
     r"|storageIops=[1-9][0-9]{0,5}|storageThroughput=[1-9][0-9]{0,4}"
 )
 MANUAL_CHANGES = (
-    "shards=<n>, replicasPerShard=<n>, image=<image>, namespace=<namespace>, nodeGroupDrained=<node group>, "
+    "image=<image>, namespace=<namespace>, nodeGroupDrained=<node group>, "
     "storageSize=<size>, storageIops=<n> or storageThroughput=<n>"
 )
+_SCALE_IN_ITEM = re.compile(r"(?:shards|replicasPerShard)=\S*")
 
 
 def manual_change(item: str) -> None:
@@ -241,6 +242,11 @@ def manual_change(item: str) -> None:
         raise ValueError(
             f"a list of {MANUAL_CHANGES}; 'password' is no longer needed: "
             "a changed password is rotated by `pulumi up` itself (docs/operations.md, Rotating credentials)"
+        )
+    if _SCALE_IN_ITEM.fullmatch(item):
+        raise ValueError(
+            f"a list of {MANUAL_CHANGES}; {item!r} is no longer needed: a smaller shards or replicasPerShard is "
+            "scaled in by `pulumi up` itself (docs/operations.md, Scale in)"
         )
     if not _MANUAL_CHANGE.fullmatch(item):
         raise ValueError(f"a list of {MANUAL_CHANGES}; {item!r} is not one")

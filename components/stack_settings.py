@@ -389,7 +389,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "backupRetentionCount": ("backup_retention_count", as_int(1, MAX_BACKUP_RETENTION_COUNT)),
     "backupCopyRegion": ("backup_copy_region", aws_region),
     "backupCopyRetentionDays": ("backup_copy_retention_days", as_int(1, 3650)),
-    "acceptManualChange": ("accept_manual_change", as_string_list(manual_change, '["shards=3"]')),
+    "acceptManualChange": ("accept_manual_change", as_string_list(manual_change, '["namespace=cache"]')),
     "acceptRisks": ("accept_risks", as_string_list(_risk, '["noReplicas"]')),
     "clusterAdminArns": ("cluster_admin_arns", as_principal_list),
     "prometheusOperatorCrds": ("prometheus_operator_crds", one_of(PROMETHEUS_OPERATOR_CRD_MODES)),
@@ -487,6 +487,25 @@ def _parse(values: Mapping[str, Any]) -> tuple[StackSettings, list[str], set[str
                 None,
                 "platform=existing needs the provisioner of the cluster's CSI driver, "
                 "e.g. rancher.io/local-path on kind or ebs.csi.aws.com on an EKS made elsewhere",
+            )
+        )
+    if (
+        parsed.get("platform") == "existing"
+        and parsed.get("monitoring")
+        and "prometheusOperatorCrds" not in values
+        and "prometheusOperatorCrds" not in bad
+    ):
+        # On a cluster made elsewhere, either default is a guess: `install` fails with
+        # AlreadyExists where a Prometheus Operator brought the CRDs (pulumi-kubernetes does not
+        # adopt), and `existing` leaves the ServiceMonitor without its kind where none did.
+        problems.append(
+            _fail(
+                "prometheusOperatorCrds",
+                None,
+                "platform=existing with monitoring = true needs it set: 'existing' if the cluster runs a "
+                "Prometheus Operator (kube-prometheus-stack brings the ServiceMonitor and PrometheusRule "
+                "CRDs; `kubectl get crd servicemonitors.monitoring.coreos.com` finds them), 'install' if it "
+                "runs none and the stack should install the CRDs",
             )
         )
     settings = StackSettings(**parsed)

@@ -1,11 +1,12 @@
 """python -m sandbox <command>: the stack's Redis Cluster as local processes.
 
 up [--engine redis|valkey] [--binaries DIR] [--shards 3] [--replicas-per-shard 1] [--tls]
-                                           start the pods and form (or adopt, or scale out) the cluster
+                                           start the pods and form (or adopt, or scale out or in) the cluster
 status                                     each node's address, role, master, slots, link and keys
 renew-cert                                 TLS: a new certificate for every node, loaded without a restart
-kill <pod>                                 SIGKILL one pod, like a crashed container
-restart <pod> | --all [--new-ip]           preStop + SIGTERM, then start again (on a new address)
+kill <pod> [--stay-down]                   SIGKILL one pod, like a crashed container: back after the kubelet's 10 s back-off
+restart <pod> | --all [--new-ip] [--lose-volume]
+                                           preStop + SIGTERM, then start again (on a new address; on a new, empty volume)
 roll [--binaries DIR]                      a rolling update, pod by pod, onto the engine's .engines/ release (or DIR's)
 backup [--to DIR]                          stop the cluster, copy every pod's data directory, start it again
 restore DIR                                a cluster from a backup's copies, on new addresses (sandbox down or absent)
@@ -26,8 +27,11 @@ from components.engines import ENGINES
 from components.stack_settings import SettingsError
 from sandbox.backups import BackupError
 from sandbox.engine_binaries import EngineBinaries, EngineNotFound
-from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, Sandbox, SandboxError
+from sandbox.local_cluster import DEFAULT_ROOT, DEFAULT_THIRD_OCTET, RESTART_COMMAND, Sandbox, SandboxError
 from sandbox.local_nodes import NodeStartError
+
+# The kubelet's first back-off before it restarts a crashed container.
+KUBELET_BACKOFF_SECONDS = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = commands.add_parser("status", help="the state of every node")
     status.add_argument("--json", action="store_true")
-    kill = commands.add_parser("kill", help="SIGKILL a pod")
+    kill = commands.add_parser("kill", help="SIGKILL a pod; it comes back after the kubelet's back-off")
     kill.add_argument("pod")
+    kill.add_argument("--stay-down", action="store_true", help="no restart: the pod stays down until up or restart")
+    # What `kill` starts in the background: the kubelet's restart after its back-off.
+    start_after = commands.add_parser(RESTART_COMMAND, help="(kill's kubelet: starts a pod again after its back-off)")
+    start_after.add_argument("pod")
+    start_after.add_argument("--after", type=float, required=True)
+    start_after.add_argument("--token", required=True)
     restart = commands.add_parser("restart", help="restart a pod (or all) through preStop and the entrypoint")
     which = restart.add_mutually_exclusive_group(required=True)
     which.add_argument("pod", nargs="?")
     which.add_argument("--all", action="store_true")
     restart.add_argument("--new-ip", action="store_true", help="come back on a new loopback address")
+    restart.add_argument(
+        "--lose-volume",
+        action="store_true",
+        help="come back on a new, empty volume and a new address (the data directory moves to lost-volumes/)",
+    )
     roll = commands.add_parser("roll", help="a rolling update of every pod, as the StatefulSet runs one")
     roll.add_argument(
         "--binaries",
@@ -152,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             print(sandbox.tls_summary())
             print(f"cluster {topology['state']}: {topology['node_count']} nodes")
             print_status(sandbox.status())
+            for pod, data_dir in sorted(topology.get("retained_volumes", {}).items()):
+                print(f"retained: {pod}'s data directory {data_dir} (a scale-in removed the pod; its claim stays)")
             print("\nconnect:")
             for line in sandbox.connection_lines():
                 print("  " + line)
@@ -174,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
             if not all(r["reloaded"] for r in results.values() if r["state"] == "up"):
                 return 1
         elif options.command == "kill":
-            sandbox.kill(options.pod)
-            print(f"killed {options.pod}")
+            sandbox.kill(options.pod, restart_after=None if options.stay_down else KUBELET_BACKOFF_SECONDS)
+            after = "it stays down" if options.stay_down else f"it starts again in {KUBELET_BACKOFF_SECONDS:g}s"
+            print(f"killed {options.pod}; {after}")
+        elif options.command == RESTART_COMMAND:
+            sandbox.start_after(options.pod, options.after, options.token)
         elif options.command == "restart":
-            sandbox.restart(None if options.all else [options.pod], new_ip=options.new_ip)
+            sandbox.restart(
+                None if options.all else [options.pod], new_ip=options.new_ip, lose_volume=options.lose_volume
+            )
             print_status(sandbox.status())
         elif options.command == "roll":
             state_engine = sandbox.binaries().engine

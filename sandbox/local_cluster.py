@@ -19,12 +19,15 @@ from them: a backup is a folder of every pod's data directory with a manifest
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,17 +41,25 @@ from cryptography import x509
 
 from cluster_logic.model import NodeAddress, NodeEntry, format_ranges, parse_cluster_nodes
 from cluster_logic.reconcile import ensure_cluster, read_topology
+from cluster_logic.scale_in import shrink
 from cluster_logic.transports.base import TlsOptions
 from cluster_logic.transports.direct import DirectTransport
 from components.engines import DEFAULT_ENGINE, ENGINES, change_refusal, format_version
 from components.redis_node_files import BUS_PORT, REDIS_PORT, TLS_CA_FILE, announced_hostname
-from components.stack_settings import NAMESPACE, StackSettings, load_stack_config, parse_settings, read_stack_config
+from components.stack_settings import (
+    NAMESPACE,
+    PROJECT_DIR,
+    StackSettings,
+    load_stack_config,
+    parse_settings,
+    read_stack_config,
+)
 from sandbox import backups, partitions
 from sandbox.certificates import HEADLESS_SERVICE, STATEFUL_SET, CertificateAuthority, TlsFiles, issue_node_files
 from sandbox.engine_binaries import EngineBinaries, find_binaries
 from sandbox.local_nodes import LocalNode, ports_free
 from sandbox.name_resolution import nss_wrapper_library, write_hosts
-from sandbox.processes import is_server, kill_session, stop_like_the_kubelet, wait_gone
+from sandbox.processes import alive, is_server, kill_session, stop_like_the_kubelet, wait_gone
 
 DEFAULT_ROOT = Path(".sandbox")
 STATE_FILE = "cluster.json"
@@ -60,6 +71,10 @@ BACKUPS_DIR = "backups"
 # Where a restore moves the data directories it replaces, as the StorageClass retains the old volumes.
 REPLACED_DIR = "replaced"
 NODES_DIR = "nodes"
+# Where `restart --lose-volume` moves a pod's data directory: a volume no pod can use again.
+LOST_VOLUMES_DIR = "lost-volumes"
+# The CLI's command for a pod the kubelet starts again after its back-off (`kill`).
+RESTART_COMMAND = "start-after"
 # Pods spread over zones as the StatefulSet's topology spread does; the bootstrap keeps
 # every replica out of its master's zone.
 ZONES = ("sandbox-a", "sandbox-b", "sandbox-c")
@@ -81,6 +96,11 @@ class NodeRecord:
     zone: str
     pid: Optional[int] = None
     role: str = "unknown"
+    # Set by `kill` when the kubelet is to restart the pod after its back-off: the restart
+    # happens only while this is still the pod's latest token; `down` clears it and stops
+    # the waiting process (`restart_pid`).
+    restart_token: Optional[str] = None
+    restart_pid: Optional[int] = None
 
 
 @dataclass
@@ -98,6 +118,12 @@ class SandboxState:
     # TLS only, with the CA certificate clients verify the nodes with (<root>/tls/ca.crt).
     tls: bool = False
     tls_ca_file: Optional[str] = None
+    # Node ID -> pod, as the last `up` found them: what the bootstrap's outputs record, so
+    # that a pod back under a new ID (a lost volume) can be told apart from a stranger.
+    node_ids: dict[str, str] = field(default_factory=dict)
+    # Pod -> data directory of the pods a scale-in removed: kept, as the StatefulSet keeps
+    # the claims of the pods it removes (whenScaled: Retain).
+    retained: dict[str, str] = field(default_factory=dict)
 
     def binaries(self) -> EngineBinaries:
         if self.bin_dir is not None:
@@ -115,6 +141,8 @@ class SandboxState:
             "password": self.password,
             "tls": self.tls,
             "tls_ca_file": self.tls_ca_file,
+            "node_ids": self.node_ids,
+            "retained": self.retained,
             "nodes": [
                 {
                     "pod": n.pod,
@@ -123,6 +151,8 @@ class SandboxState:
                     "zone": n.zone,
                     "pid": n.pid,
                     "role": n.role,
+                    "restart_token": n.restart_token,
+                    "restart_pid": n.restart_pid,
                     "data_dir": str((root / NODES_DIR / n.pod / "data").resolve()),
                 }
                 for n in self.nodes
@@ -177,6 +207,8 @@ class Sandbox:
             # A state from before TLS ran without it.
             tls=raw.get("tls", False),
             tls_ca_file=raw.get("tls_ca_file"),
+            node_ids=raw.get("node_ids", {}),
+            retained=raw.get("retained", {}),
         )
 
     def save(self, state: SandboxState) -> None:
@@ -299,15 +331,20 @@ class Sandbox:
                 f"`down --purge` and `up --engine {self.engine}` for a new one"
             )
         elif shards < state.shards or replicas_per_shard < state.replicas_per_shard:
-            raise SandboxError(
-                f"the sandbox runs {state.shards} shards with {state.replicas_per_shard} replica(s) each; "
-                "scaling in is not supported (it would have to drain slots first): `down --purge` and `up` again"
-            )
+            if shards > state.shards or replicas_per_shard > state.replicas_per_shard:
+                raise SandboxError(
+                    f"the sandbox runs {state.shards} shards with {state.replicas_per_shard} replica(s) each: scale "
+                    f"in and out in separate runs, not to {shards} shards with {replicas_per_shard} at once"
+                )
+            return self._scale_in(state, shards, replicas_per_shard, timeout)
         state.shards, state.replicas_per_shard = shards, replicas_per_shard
         # A shape the settings refuse changes nothing: judged before anything is written.
         self.settings(state)
         count = shards * (1 + replicas_per_shard)
         for ordinal in range(len(state.nodes), count):
+            # A pod a scale-in removed comes back on its retained data directory, as a pod on its
+            # retained claim; its entrypoint sets aside data of a node the cluster forgot.
+            state.retained.pop(f"{STATEFUL_SET}-{ordinal}", None)
             state.nodes.append(
                 NodeRecord(
                     pod=f"{STATEFUL_SET}-{ordinal}",
@@ -329,10 +366,49 @@ class Sandbox:
             if not is_server(record.pid):
                 record.pid = self.local_node(state, record).start()
                 self.save(state)
+        return self._converge(state, timeout)
+
+    def _converge(self, state: SandboxState, timeout: float) -> dict[str, Any]:
+        """The bootstrap's update over the pods of `state`, with the node IDs the last one
+        found, which it records for the next."""
         with self._transport(state) as transport:
-            topology = ensure_cluster(transport, shards, replicas_per_shard, timeout, mode="update")
+            topology = ensure_cluster(
+                transport, state.shards, state.replicas_per_shard, timeout, mode="update", known_pods=state.node_ids
+            )
+        state.node_ids = dict(topology.get("node_ids") or {})
+        self.save(state)
         self._record_roles(state)
+        topology["retained_volumes"] = dict(state.retained)
         return topology
+
+    def _scale_in(self, state: SandboxState, shards: int, replicas_per_shard: int, timeout: float) -> dict[str, Any]:
+        """As one `pulumi up` scales in: the scale-in step empties and forgets the pods with
+        the highest ordinals (`cluster_logic.scale_in.shrink`, refused with nothing changed
+        when the masters that stay cannot take the keys), then the StatefulSet removes them
+        (preStop, SIGTERM; their data directories stay, as the claims do), then the bootstrap
+        converges the pods that stay."""
+        # A shape the settings refuse changes nothing.
+        self.settings(dataclasses.replace(state, shards=shards, replicas_per_shard=replicas_per_shard))
+        for record in state.nodes:
+            if not is_server(record.pid):
+                record.pid = self.local_node(state, record).start()
+                self.save(state)
+        count = shards * (1 + replicas_per_shard)
+        with self._transport(state) as transport:
+            shrink(transport, len(state.nodes), shards, replicas_per_shard, timeout)
+        going = [record for record in state.nodes if int(record.pod.rsplit("-", 1)[1]) >= count]
+        with ThreadPoolExecutor(max_workers=max(1, len(going))) as pool:
+            list(pool.map(lambda r: self._stop(state, r, prestop=True), going))
+        for record in going:
+            state.retained[record.pod] = str(self._data_dir(record))
+        state.nodes = [record for record in state.nodes if record not in going]
+        state.shards, state.replicas_per_shard = shards, replicas_per_shard
+        self.save(state)
+        self._write_hosts(state)
+        # The peers file shrinks with the StatefulSet (the headless Service lists fewer pods).
+        for record in state.nodes:
+            self.local_node(state, record).write_files()
+        return self._converge(state, timeout)
 
     def status(self) -> list[dict[str, Any]]:
         """Each node's address, role, master, slots, replication link and keys."""
@@ -427,15 +503,46 @@ class Sandbox:
         with self._transport(state) as transport:
             return read_topology(transport, state.shards, state.replicas_per_shard)
 
-    def kill(self, pod: str) -> None:
-        """SIGKILL, like a crashed container: no preStop, no shutdown."""
+    def kill(self, pod: str, restart_after: Optional[float] = None) -> None:
+        """SIGKILL, like a crashed container: no preStop, no shutdown. With `restart_after`,
+        the pod starts again that many seconds later, in a process of its own, as the kubelet
+        restarts a crashed container after its back-off (unless something started it first);
+        without, it stays down until `up` or `restart`."""
         state = self._require_state()
         record = self._record(state, pod)
         if is_server(record.pid):
             kill_session(record.pid)
             wait_gone(record.pid, 10)
         record.pid = None
+        record.restart_token = secrets.token_hex(8) if restart_after is not None else None
         self.save(state)
+        if restart_after is not None:
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "sandbox", "--root", str(self.root), "--stack", self.stack]
+                + ["--third-octet", str(self.third_octet), RESTART_COMMAND, pod, "--after", str(restart_after)]
+                + ["--token", record.restart_token],
+                cwd=PROJECT_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            record.restart_pid = waiting.pid
+            self.save(state)
+
+    def start_after(self, pod: str, seconds: float, token: str) -> bool:
+        """The kubelet's restart of a crashed container: after `seconds`, starts the pod if it
+        is still down and nothing since (`down`, another kill) took `token` back. Returns
+        whether it started it."""
+        time.sleep(seconds)
+        state = self._require_state()
+        record = self._record(state, pod)
+        if is_server(record.pid) or record.restart_token != token:
+            return False
+        record.restart_token = record.restart_pid = None
+        record.pid = self.local_node(state, record).start()
+        self.save(state)
+        return True
 
     def restart(
         self,
@@ -443,13 +550,23 @@ class Sandbox:
         new_ip: bool = False,
         wait: bool = True,
         timeout: float = 120.0,
+        lose_volume: bool = False,
     ) -> None:
         """Like rescheduled pods: preStop, SIGTERM, then start through the entrypoint again
-        (on a new address with `new_ip`). `pods=None` restarts every pod at once."""
+        (on a new address with `new_ip`). `pods=None` restarts every pod at once.
+        `lose_volume`: each pod comes back on a new, empty volume (and a new address, as a pod
+        rescheduled with a new claim): its data directory is moved to `<root>/lost-volumes/`,
+        as an EBS volume that can no longer be attached."""
         state = self._require_state()
         records = state.nodes if pods is None else [self._record(state, pod) for pod in pods]
         with ThreadPoolExecutor(max_workers=len(records)) as pool:
             list(pool.map(lambda r: self._stop(state, r, prestop=True), records))
+        if lose_volume:
+            new_ip = True
+            for record in records:
+                lost = _unused(self.root / LOST_VOLUMES_DIR / f"{record.pod}-{_utc_stamp()}")
+                lost.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._data_dir(record), lost)
         if new_ip:
             # Never hand a pod the address another pod just left: a peer that still dials
             # it would meet the wrong node and mark the right one noaddr. peer-recovery.sh
@@ -513,6 +630,11 @@ class Sandbox:
         finally:
             if state is not None:
                 self._stop_all(state)
+                for record in state.nodes:
+                    if record.restart_pid is not None and alive(record.restart_pid):
+                        kill_session(record.restart_pid)
+                        wait_gone(record.restart_pid, 10)
+                    record.restart_token = record.restart_pid = None
                 self.save(state)
         if purge and self.root.exists():
             kept = self.backups_dir

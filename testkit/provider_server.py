@@ -174,6 +174,15 @@ def serialized_guard() -> str:
     return serialize_provider(ClusterChangeGuardProvider())
 
 
+def serialized_scale_in() -> str:
+    """The scale-in step's provider, serialized the same way."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    from components.cluster_scale_in import ClusterScaleInProvider
+
+    return serialize_provider(ClusterScaleInProvider())
+
+
 def serialized_rotation() -> str:
     """The credential rotation's provider, serialized the same way."""
     from pulumi.dynamic.dynamic import serialize_provider

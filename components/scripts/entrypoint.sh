@@ -27,7 +27,9 @@
 #   there but not who it is. Started as it is, Redis would come up as a one-node cluster at
 #   the old address (with its keys, or refusing to start on a corrupt file). Everything in the
 #   data dir is moved aside, never deleted, to lost-identity/<UTC time>/, and the node goes on
-#   as an empty one whose identity is lost (next point).
+#   as an empty one whose identity is lost (next point). The same for a node the cluster has
+#   forgotten (a scale-in removed its pod, and a scale-out brings the pod back on its
+#   retained volume): its keys are a stale copy, and its old peers would not let it in.
 # * The node has no identity (no nodes.conf: a new volume, or the case above) while the
 #   cluster still lists this pod's host name under an old ID: lost-identity.sh holds the
 #   server back until the peers see that ID failed, so that its replica takes over, and once
@@ -108,11 +110,9 @@ data_files() {
     done
 }
 
-old_id=""
-damage=$(nodes_conf_damage)
-# A new volume (no nodes.conf, nothing else) has nothing to set aside.
-if [ -n "$damage" ] && { [ "$damage" != missing ] || [ -n "$(data_files)" ]; }; then
-    old_id=$(grep -a -o '^[0-9a-f]\{40\} [^ ]* [^ ]*myself' "$nodes_conf" 2>/dev/null | head -n 1 | cut -c1-40)
+# Moves everything in the data dir (but lost+found and what was set aside before) to
+# lost-identity/<UTC time>/: a rename, never a copy or a delete.
+set_aside() {
     aside="$REDIS_DATA_DIR/lost-identity/$(date -u +%Y%m%dT%H%M%SZ)"
     mkdir -p "$aside"
     for entry in $(data_files) "$nodes_conf"; do
@@ -120,7 +120,21 @@ if [ -n "$damage" ] && { [ "$damage" != missing ] || [ -n "$(data_files)" ]; }; 
             mv "$entry" "$aside/"
         fi
     done
-    echo "entrypoint: nodes.conf is $damage beside the node's data: moved it all to $aside (kept, never deleted); this node starts empty${old_id:+ in place of $old_id}" >&2
+    echo "entrypoint: $*: moved it all to $aside (kept, never deleted); this node starts empty" >&2
+}
+
+old_id=""
+damage=$(nodes_conf_damage)
+my_id=$(grep -a -o '^[0-9a-f]\{40\} [^ ]* [^ ]*myself' "$nodes_conf" 2>/dev/null | head -n 1 | cut -c1-40)
+# A new volume (no nodes.conf, nothing else) has nothing to set aside.
+if [ -n "$damage" ] && { [ "$damage" != missing ] || [ -n "$(data_files)" ]; }; then
+    old_id=$my_id
+    set_aside "nodes.conf is $damage beside the node's data${old_id:+ (it was $old_id)}"
+elif [ -z "$damage" ] && [ "$(grep -c '^[0-9a-f]\{40\} ' "$nodes_conf")" -gt 1 ] &&
+    why=$(sh "$REDIS_CONF_DIR/lost-identity.sh" forgotten "$my_id"); then
+    # A node the cluster removed (a scale-in) back on its retained volume: its keys are a
+    # stale copy, and its peers would not let it in.
+    set_aside "$why"
 fi
 
 if [ ! -e "$nodes_conf" ]; then

@@ -12,6 +12,9 @@
 #   lost-identity.sh rejoin          in the background once the server runs: joins it as a
 #                                    replica of a master that lacks one and has every node
 #                                    forget the old ID, then removes the record.
+#   lost-identity.sh forgotten ID    (the entrypoint, for an intact nodes.conf that knows
+#                                    peers) whether the cluster has forgotten ID: says why and
+#                                    returns 0 if so.
 #
 # Why hold: a server that answered at the old address under a new ID would have its peers mark
 # the old ID `noaddr`, and Redis never fails a node without an address: its shard would never
@@ -326,7 +329,25 @@ rejoin() {
     done
 }
 
+# Whether the cluster has forgotten MY_ID (from an intact nodes.conf that knows peers): the
+# first peer that answers as a member knows nodes of this node's nodes.conf, but not this
+# one. Says why and returns 0 if so; returns 1 when it cannot tell, or the cluster knows it.
+forgotten() {
+    mine=$1
+    [ -n "$mine" ] || return 1
+    view=$(first_view "$(member_views first)")
+    [ -n "$view" ] || return 1
+    printf '%s\n' "$view" | grep -q "^$mine " && return 1
+    known=$(grep -o '^[0-9a-f]\{40\}' "$REDIS_DATA_DIR/nodes.conf" | sort -u)
+    shared=$(printf '%s\n' "$view" | cut -c1-40 | sort -u | grep -c -x -F "$known")
+    [ "$shared" -gt 0 ] || return 1
+    echo "the cluster has forgotten this node ($mine): its pod was removed, and is back on its old volume"
+}
+
 case "${1:-}" in
+    forgotten)
+        forgotten "${2:-}"
+        ;;
     hold)
         hold "${2:-}"
         ;;
@@ -334,7 +355,7 @@ case "${1:-}" in
         rejoin
         ;;
     *)
-        echo "usage: lost-identity.sh hold [OLD_ID] | rejoin" >&2
+        echo "usage: lost-identity.sh hold [OLD_ID] | rejoin | forgotten ID" >&2
         exit 64
         ;;
 esac

@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import grpc
@@ -32,9 +31,10 @@ from cluster_logic.observation import wait_ready
 from cluster_logic.reconcile import ensure_cluster, read_topology
 from cluster_logic.transports.base import CliResult
 from cluster_logic.transports.direct import DirectTransport
-from cluster_logic.transports.kubernetes_api import KubernetesTransport
+from cluster_logic.transports.kubernetes_api import REQUEST_TIMEOUT, KubernetesTransport
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
+from testkit.local_core_api import LocalCoreV1
 from testkit.provider_server import (
     ProviderServer,
     local_port_forward,
@@ -285,7 +285,7 @@ def test_a_pod_that_never_gets_ready_times_out_naming_it(
     assert cluster_nodes_snapshot(nodes) == before
 
 
-def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
+def test_scale_out_under_load_and_the_bootstrap_alone_never_shrinks(
     server: ProviderServer, provider_blob: ProviderUnderTest, nodes: LocalNodes
 ) -> None:
     nodes.started(8)
@@ -335,14 +335,12 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
     assert all(client.mget_nonatomic([f"pre:{i}" for i in range(20000)]))
     assert count_keys(nodes.nodes) >= 20000 + len(acked)
 
-    # Scale in: refused by check (so preview fails), diff and update; nothing moves.
+    # Fewer shards pass check: the scale-in step (ClusterScaleIn, before the StatefulSet)
+    # drains the pods that go. The bootstrap alone never shrinks: with the two pods beyond
+    # the smaller StatefulSet still members, holding slots, its update refuses and nothing moves.
     state = ProviderServer.from_struct(updated.properties)
     fewer = props(provider_blob, nodes.inputs(), shards=3)
-    failures = list(server.check(eight, fewer).failures)
-    assert failures and failures[0].property == "shards"
-    assert "redis-cli --cluster" in failures[0].reason and "acceptManualChange" in failures[0].reason
-    with pytest.raises(grpc.RpcError):
-        server.diff(created.id, state, fewer)
+    assert list(server.check(eight, fewer).failures) == []
     # The new replicas may still be loading their first sync, which would change their key
     # counts under the comparison below: nothing moves only once replication has settled.
     wait_replicas_online(nodes.nodes)
@@ -350,13 +348,11 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
     before = cluster_nodes_snapshot(nodes)
     with pytest.raises(grpc.RpcError) as refused:
         server.update(created.id, state, fewer)
-    assert "scaling in is not automated" in refused.value.details()
+    assert "2 node(s) outside this StatefulSet" in refused.value.details()
     assert cluster_nodes_snapshot(nodes) == before
-    replicas_down = props(provider_blob, nodes.inputs(), shards=4, replicas=0)
-    assert [f.property for f in server.check(eight, replicas_down).failures] == ["replicas_per_shard"]
 
-    # The procedure the refusal spells out, by hand: drain the highest-ordinal shard,
-    # del-node its pods, then the smaller shape with the one-off opt-in.
+    # A shard drained and forgotten by hand (the CLI's rebalance and del-node) is adopted
+    # as it stands: the smaller shape is the one asked for.
     leaving = {m["pod"]: m for m in outs["masters"] if m["pod"] in ("redis-cluster-6", "redis-cluster-7")}
     assert len(leaving) == 1, outs["masters"]
     (leaving_master,) = leaving.values()
@@ -374,7 +370,7 @@ def test_scale_out_under_load_then_scale_in_refused_until_done_by_hand(
         assert done.returncode == 0, done.stdout + done.stderr
     for node in nodes.nodes[6:]:
         node.kill()  # the StatefulSet removes the two pods
-    six_again = props(provider_blob, nodes.inputs(nodes.nodes[:6]), shards=3, accept_manual_change=["shards=3"])
+    six_again = props(provider_blob, nodes.inputs(nodes.nodes[:6]), shards=3)
     assert list(server.check(eight, six_again).failures) == []
     shrunk = server.update(created.id, state, six_again)
     final = ProviderServer.from_struct(shrunk.properties, unwrap=True)
@@ -448,37 +444,6 @@ def test_a_pod_that_lost_its_volume_joins_again_on_update(
 # ---------------------------------------------------------------------------------------
 
 
-class FakeCoreV1:
-    def __init__(self, nodes: LocalNodes, namespace: str, not_ready: set[str] = frozenset()) -> None:
-        self.nodes = nodes
-        self.namespace = namespace
-        self.not_ready = set(not_ready)
-        self.calls: list[tuple] = []
-
-    def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> Any:
-        self.calls.append(("list_namespaced_pod", namespace, label_selector))
-        assert namespace == self.namespace
-        items = []
-        for node in self.nodes.nodes:
-            ready = node.pod not in self.not_ready
-            items.append(
-                SimpleNamespace(
-                    metadata=SimpleNamespace(name=node.pod, deletion_timestamp=None),
-                    spec=SimpleNamespace(node_name=f"ip-{self.nodes.zone_of(node)}"),
-                    status=SimpleNamespace(
-                        phase="Running" if ready else "Pending",
-                        pod_ip=node.ip if ready else None,
-                        conditions=[SimpleNamespace(type="Ready", status="True" if ready else "False")],
-                    ),
-                )
-            )
-        return SimpleNamespace(items=items)
-
-    def read_node(self, name: str) -> Any:
-        self.calls.append(("read_node", name))
-        return SimpleNamespace(metadata=SimpleNamespace(labels={"topology.kubernetes.io/zone": name[3:]}))
-
-
 def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward(nodes: LocalNodes) -> None:
     nodes.started(6)
     with tempfile.TemporaryDirectory() as tmp:
@@ -495,7 +460,7 @@ def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward(node
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
             return CliResult(done.returncode, done.stdout, done.stderr)
 
-        api = FakeCoreV1(nodes, "redis")
+        api = LocalCoreV1(nodes, "redis")
         transport = KubernetesTransport(
             core_api=api,
             namespace="redis",
@@ -521,13 +486,13 @@ def test_kubernetes_transport_forms_a_cluster_through_exec_and_port_forward(node
         assert argv[:2] == ["sh", "-c"] and argv[3] == secret_file
         assert "--cluster" in argv and "create" in argv and "--cluster-yes" in argv
         assert all(PASSWORD not in part for part in argv)
-        assert ("list_namespaced_pod", "redis", "app.kubernetes.io/name=redis-cluster") in api.calls
-        assert ("read_node", "ip-zone-a") in api.calls
+        assert ("list_namespaced_pod", "redis", "app.kubernetes.io/name=redis-cluster", REQUEST_TIMEOUT) in api.calls
+        assert ("read_node", "ip-zone-a", REQUEST_TIMEOUT) in api.calls
 
 
 def test_kubernetes_pending_pod_times_out_naming_it(nodes: LocalNodes) -> None:
     nodes.started(6)
-    api = FakeCoreV1(nodes, "redis", not_ready={"redis-cluster-4"})
+    api = LocalCoreV1(nodes, "redis", not_ready={"redis-cluster-4"})
     transport = KubernetesTransport(
         core_api=api,
         namespace="redis",
@@ -655,11 +620,17 @@ def guard_blob() -> str:
     return serialized_guard()
 
 
-def guard_props(blob: str, shards: int = 3, replicas: int = 1, password: str = PASSWORD) -> dict:
-    return {"__provider": blob, "shards": shards, "replicas_per_shard": replicas, "password": secret(password)}
+def guard_props(blob: str, shards: int = 3, replicas: int = 1, password: str = PASSWORD, tls: bool = False) -> dict:
+    return {
+        "__provider": blob,
+        "shards": shards,
+        "replicas_per_shard": replicas,
+        "password": secret(password),
+        "tls": tls,
+    }
 
 
-def test_guard_refuses_scale_in_and_lets_scale_out_and_a_new_password_through(
+def test_guard_lets_scaling_and_a_new_password_through_and_refuses_a_split(
     server: ProviderServer, guard_blob: str
 ) -> None:
     current = guard_props(guard_blob)
@@ -669,17 +640,17 @@ def test_guard_refuses_scale_in_and_lets_scale_out_and_a_new_password_through(
 
     assert list(server.check(state, guard_props(guard_blob, shards=4, replicas=2)).failures) == []
     assert server.diff(created.id, state, guard_props(guard_blob, shards=4)).changes == 2  # DIFF_SOME
-
-    fewer = list(server.check(state, guard_props(guard_blob, shards=3, replicas=0)).failures)
-    assert [f.property for f in fewer] == ["replicas_per_shard"]
-    assert "cannot go from 1 to 0" in fewer[0].reason
-
+    # Fewer shards or replicas: the scale-in step drains them first, so the guard lets them by.
+    assert list(server.check(state, guard_props(guard_blob, shards=2, replicas=0)).failures) == []
     # A new password is rotated (CredentialRotation and the bootstrap), not refused.
     assert list(server.check(state, guard_props(guard_blob, password="Another-Password-0123456789")).failures) == []
 
+    # TLS switched on a running stack would split the cluster half way through the roll.
+    split = list(server.check(state, guard_props(guard_blob, tls=True)).failures)
+    assert [f.property for f in split] == ["tls"]
     with pytest.raises(grpc.RpcError) as refused:
-        server.update(created.id, state, guard_props(guard_blob, shards=3, replicas=0))
-    assert "cannot go from 1 to 0" in refused.value.details()
+        server.update(created.id, state, guard_props(guard_blob, tls=True))
+    assert "redis-eks:tls cannot change on a running stack" in refused.value.details()
 
 
 def _meet_and_wait(first: LocalNode, second: LocalNode) -> None:

@@ -16,11 +16,7 @@ What is proven:
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -29,11 +25,11 @@ import redis
 
 from cluster_logic.credentials import monitoring_password
 from cluster_logic.errors import BootstrapError
-from cluster_logic.migration import SlotMover
 from cluster_logic.model import parse_cluster_nodes
 from cluster_logic.transports.base import COMMAND_TIMEOUT_SECONDS
 from sandbox.processes import kill_and_reap, wait_gone
 from testkit.exporter import LocalExporter
+from testkit.faults import CutMidMove, damage, wait_failed_over, wait_promoted
 from testkit.redis_nodes import key_in_slots
 from testkit.sandbox_support import (
     cluster_client,
@@ -49,10 +45,10 @@ from testkit.writers import Writer, lost_keys, write_keys
 
 pytestmark = pytest.mark.integration
 
-# 127.0.<octet>.0/24 per test; this suite owns 79..89.
+# 127.0.<octet>.0/24 per test; this suite owns 79..91.
 SCALE_OUT_KILL, MOVE_TARGET_KILLED, MOVE_SOURCE_KILLED, MOVE_TARGET_FROZEN, MOVE_SOURCE_FROZEN = range(80, 85)
 IDENTITY_EMPTY, IDENTITY_TRUNCATED, IDENTITY_CORRUPT, VOLUME_LOST, VOLUME_FULL = range(85, 90)
-STRAY_NODE = 79
+STRAY_NODE, REPLICA_VOLUME_LOST, TWO_VOLUMES_LOST = 79, 90, 91
 
 # Enough keys that a quarter of them take a measurable time to reach a new replica.
 LOADED_KEYS = 100_000
@@ -104,74 +100,16 @@ def test_killing_a_new_master_the_moment_scale_out_returns_loses_no_key(make_san
 
     # Its replica takes over (the killed pod stays down until then: back at once, it would
     # bring its keys back from its own AOF); then `up` brings the pod back as a replica.
-    heir = _wait_promoted(sb, list(offsets), facts.slots)
+    heir = wait_promoted(sb, list(offsets), facts.slots)
     sb.up()
     wait_healthy(sb)
     assert heir in masters(sb) and new_master not in masters(sb)
     _assert_nothing_lost(sb, keys, "keys")
 
 
-def _wait_promoted(sandbox, candidates: list[str], slots, timeout: float = 60.0) -> str:
-    """The first of `candidates` that serves `slots` as a master."""
-    deadline = time.monotonic() + timeout
-    while True:
-        owners = {p: f for p, f in masters(sandbox).items() if p in candidates and f.slots == slots}
-        if owners:
-            return next(iter(owners))
-        assert time.monotonic() < deadline, f"none of {candidates} took over {slots} within {timeout:.0f}s"
-        time.sleep(0.2)
-
-
 # ---------------------------------------------------------------------------------------
 # 2. A scale-out cut short by the death of a move's target or source.
 # ---------------------------------------------------------------------------------------
-
-
-class _CutMidMove:
-    """Lets the mover finish one unit of work (a round of slots moved key by key, or one
-    atomic migration job), then SIGKILLs (`how="kill"`) or SIGSTOPs (`how="freeze"`) the
-    target or the source of the next unit once it is under way: on the key-by-key path after
-    its slots were marked open, on the atomic path as its job starts. The victim owns slots
-    by then, so its replica takes over once the node timeout has passed."""
-
-    def __init__(self, sandbox, monkeypatch, victim: str, how: str) -> None:
-        self.sandbox, self.victim, self.how = sandbox, victim, how
-        self.pod, self.node_id, self.pid = "", "", 0
-        self._first_taken = False
-        self._first_done = threading.Event()
-        self._lock = threading.Lock()
-        drain, atomic = SlotMover._drain, SlotMover.move_atomically
-
-        def unit(original, mover, slots, source, target):
-            with self._lock:
-                first, self._first_taken = not self._first_taken, True
-            if first:
-                try:
-                    return original(mover, slots, source, target)
-                finally:
-                    self._first_done.set()
-            self._first_done.wait(60)
-            self._cut(source if victim == "source" else target)
-            return original(mover, slots, source, target)
-
-        monkeypatch.setattr(SlotMover, "_drain", lambda m, slots, s, t: unit(drain, m, slots, s, t))
-        monkeypatch.setattr(SlotMover, "move_atomically", lambda m, slots, s, t: unit(atomic, m, slots, s, t))
-
-    def _cut(self, node) -> None:
-        with self._lock:
-            if self.pod:
-                return
-            self.node_id = snapshot(self.sandbox)[node.pod].id
-            if self.how == "kill":
-                self.sandbox.kill(node.pod)
-            else:
-                self.pid = record_of(self.sandbox.load(), node.pod).pid
-                os.kill(self.pid, signal.SIGSTOP)
-            self.pod = node.pod
-
-    def thaw(self) -> None:
-        if self.pid:
-            os.kill(self.pid, signal.SIGCONT)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +121,7 @@ class _CutMidMove:
         ("freeze", "source", MOVE_SOURCE_FROZEN),
     ],
 )
-def test_a_scale_out_cut_short_by_a_lost_peer_is_finished_by_the_next_up(make_sandbox, monkeypatch, how, victim, octet):
+def test_a_scale_out_cut_short_by_a_lost_peer_is_finished_by_the_next_up(make_sandbox, how, victim, octet):
     sb = make_sandbox(octet).sandbox
     sb.up()
     with cluster_client(sb) as client:
@@ -193,12 +131,11 @@ def test_a_scale_out_cut_short_by_a_lost_peer_is_finished_by_the_next_up(make_sa
     cut = None
     try:
         plain.wait_acknowledged(50)
-        cut = _CutMidMove(sb, monkeypatch, victim, how)
+        cut = CutMidMove(sb, victim, how)
         started = time.monotonic()
-        with pytest.raises(BootstrapError) as failed:
+        with cut, pytest.raises(BootstrapError) as failed:
             sb.up(shards=4)
         gave_up = time.monotonic() - started
-        monkeypatch.undo()
         assert cut.pod, "the move finished before a peer could be cut off"
         print(f"{victim} {cut.pod} {how} mid-move; up gave up after {gave_up:.1f}s: {failed.value}")
         # Fails fast. A lost peer used to hold the run for a minute and more (redis-py's ten
@@ -209,7 +146,7 @@ def test_a_scale_out_cut_short_by_a_lost_peer_is_finished_by_the_next_up(make_sa
             assert "the next update resumes" in str(failed.value)
         # The victim's replica takes over its slots before the pod is back (a pod back at
         # once returns as the master it was, and no failover is needed at all).
-        _wait_failed_over(sb, cut.node_id, cut.pod)
+        wait_failed_over(sb, cut.node_id, cut.pod)
         cut.thaw()
         topology = sb.up()
         assert topology["state"] == "ok", topology["problems"]
@@ -231,49 +168,9 @@ def test_a_scale_out_cut_short_by_a_lost_peer_is_finished_by_the_next_up(make_sa
         print(f"plain acknowledged writes lost: {len(lost_keys(client, plain.acknowledged()))}")
 
 
-def _wait_failed_over(sandbox, node_id: str, pod: str, timeout: float = 60.0) -> None:
-    """Until every running node lists `node_id` as failed and most of them as holding no
-    slot: its replica was promoted and took its slots. (A node importing slots from it
-    keeps it as their owner: Redis does not update the owner of a slot it imports.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        views = []
-        state = sandbox.load()
-        for record in state.nodes:
-            if record.pid is None or record.pod == pod:
-                continue
-            client = node_client(state, record)
-            try:
-                views.append(parse_cluster_nodes(client.execute_command("CLUSTER", "NODES")))
-            finally:
-                client.close()
-        entries = [e for view in views for e in view if e.id == node_id]
-        if entries and all("fail" in e.flags for e in entries) and sum(not e.slots for e in entries) > len(entries) / 2:
-            return
-        assert time.monotonic() < deadline, f"{node_id}'s slots were not taken over within {timeout:.0f}s: {entries}"
-        time.sleep(0.2)
-
-
 # ---------------------------------------------------------------------------------------
 # 3. A node that lost its cluster identity (nodes.conf gone or damaged) or its whole volume.
 # ---------------------------------------------------------------------------------------
-
-
-def _damage(data_dir: Path, how: str) -> None:
-    nodes_conf = data_dir / "nodes.conf"
-    if how == "empty":
-        nodes_conf.write_text("")
-    elif how == "truncated":
-        text = nodes_conf.read_text()
-        nodes_conf.write_text(text[: len(text) // 2])
-    elif how == "corrupt":
-        nodes_conf.write_bytes(b"\x00\x17garbage written by a failing disk\n" + nodes_conf.read_bytes()[7:])
-    elif how == "volume lost":
-        # A new, empty EBS volume in place of the lost one.
-        for entry in data_dir.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    else:
-        raise ValueError(how)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +196,7 @@ def test_a_master_back_without_its_identity_never_serves_alone_and_rejoins_as_a_
         plain.wait_acknowledged(50)
         durable.wait_acknowledged(50, durable=True)
         sb.kill(victim)
-        _damage(data_dir, how)
+        damage(data_dir, how)
         # As the kubelet restarts the container: the entrypoint sets the data aside, holds the
         # server back until the peers see the old ID failed, and the pod rejoins by itself.
         sb.restart([victim], timeout=120)
@@ -512,3 +409,45 @@ def test_a_node_met_at_a_masters_address_under_another_id_shows_in_the_exporter(
     finally:
         exporter.stop()
         kill_and_reap(stray, "the stray server")
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Lost volumes healed by the pods themselves, without `up`.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "octet"), [("a replica", REPLICA_VOLUME_LOST), ("two masters at once", TWO_VOLUMES_LOST)]
+)
+def test_pods_that_lose_their_volumes_rejoin_by_themselves(make_sandbox, who, octet):
+    sb = make_sandbox(octet).sandbox
+    sb.up()
+    with cluster_client(sb) as client:
+        keys = write_keys(client, "k", 5_000)
+    before = snapshot(sb)
+    owners = sorted(masters(sb))
+    replicas = sorted(p for p, f in before.items() if f.role == "slave")
+    victims = [replicas[0]] if who == "a replica" else owners[:2]
+    with Writer(cluster_client(sb), "durable", mode="wait") as durable:
+        durable.wait_acknowledged(50, durable=True)
+        started = time.monotonic()
+        # Rescheduled on new, empty volumes; no `up` after: the pods' scripts do the rest.
+        sb.restart(victims, lose_volume=True, timeout=120)
+        healed = time.monotonic() - started
+        durable.wait_acknowledged(50, after=time.monotonic(), durable=True)
+    print(f"{who}: the cluster was ok again {healed:.1f}s after the restart began")
+    after = snapshot(sb)
+    assert all(after[pod].role == "slave" and after[pod].id != before[pod].id for pod in victims), after
+    # Every master has its replica again: two pods never pick the same master.
+    followed = sorted(f.master_id for f in after.values() if f.role == "slave")
+    assert followed == sorted(f.id for f in after.values() if f.role == "master" and f.slots), after
+    gone = {before[pod].id for pod in victims}
+    state = sb.load()
+    for record in state.nodes:
+        client = node_client(state, record)
+        try:
+            assert not gone & {line.split()[0] for line in client.execute_command("CLUSTER", "NODES").splitlines()}
+        finally:
+            client.close()
+    _assert_nothing_lost(sb, keys, "keys")
+    _assert_nothing_lost(sb, durable.durable(), "WAIT-acknowledged writes")

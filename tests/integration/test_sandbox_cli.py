@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,10 @@ def test_status_kill_and_down_work_on_the_recorded_pids(root, engine):
     assert not root.exists()
 
 
-def test_unknown_pod_and_scale_in_get_clear_errors(root, engine):
+def test_an_unknown_pod_gets_a_clear_error(root, engine):
     sandbox(root, "up", "--engine", engine.engine.name)
     unknown = sandbox(root, "kill", "redis-cluster-9", check=False)
     assert unknown.returncode == 1 and "no pod 'redis-cluster-9'" in unknown.stderr
-    smaller = sandbox(
-        root, "up", "--engine", engine.engine.name, "--shards", "3", "--replicas-per-shard", "0", check=False
-    )
-    assert smaller.returncode == 1 and "scaling in is not supported" in smaller.stderr
 
 
 def test_commands_without_a_sandbox_say_how_to_start_one(root):
@@ -154,3 +151,38 @@ def test_a_pod_that_cannot_start_is_an_error_line_not_a_traceback(root, engine):
     assert result.returncode == 1, result
     assert result.stderr.startswith("error:") and "redis-cluster-0" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kill_brings_the_pod_back_after_a_back_off_unless_told_to_stay_down(root, engine):
+    sandbox(root, "up", "--engine", engine.engine.name)
+    killed = sandbox(root, "kill", "redis-cluster-3")
+    assert "starts again in 10s" in killed.stdout
+    first_pid = json.loads((root / "cluster.json").read_text())["nodes"][3]["pid"]
+    assert first_pid is None
+    deadline = time.monotonic() + 60
+    while not (pid := json.loads((root / "cluster.json").read_text())["nodes"][3]["pid"]):
+        assert time.monotonic() < deadline, "the kubelet never restarted the pod"
+        time.sleep(0.5)
+    assert alive(pid)
+    stayed = sandbox(root, "kill", "redis-cluster-4", "--stay-down")
+    assert "it stays down" in stayed.stdout
+    # A down after a kill takes the pending restart back: its waiting process is stopped, and
+    # nothing starts once everything stopped.
+    sandbox(root, "kill", "redis-cluster-5")
+    waiting = json.loads((root / "cluster.json").read_text())["nodes"][5]["restart_pid"]
+    assert alive(waiting)
+    sandbox(root, "down")
+    assert not alive(waiting)
+    assert not any(n["pid"] for n in json.loads((root / "cluster.json").read_text())["nodes"])
+
+
+def test_restart_with_a_lost_volume_rejoins_by_itself(root, engine):
+    sandbox(root, "up", "--engine", engine.engine.name)
+    before = json.loads(sandbox(root, "status", "--json").stdout)
+    old_id = before[1]["id"]
+    after = sandbox(root, "restart", "redis-cluster-1", "--lose-volume")
+    rows = json.loads(sandbox(root, "status", "--json").stdout)
+    assert rows[1]["id"] != old_id and rows[1]["state"] == "up" and rows[1]["cluster_state"] == "ok", after.stdout
+    assert all(old_id not in json.dumps(row) for row in rows)
+    (lost,) = (root / "lost-volumes").iterdir()
+    assert lost.name.startswith("redis-cluster-1-") and (lost / "nodes.conf").exists()

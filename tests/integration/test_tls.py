@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator, Sequence
 
 import pytest
@@ -50,6 +49,7 @@ from sandbox.certificates import (
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_nodes import LocalNode
 from sandbox.name_resolution import nss_wrapper_library, resolving_environment, write_hosts
+from testkit.local_core_api import LocalCoreV1
 from testkit.provider_server import local_port_forward
 from testkit.redis_nodes import (
     PASSWORD,
@@ -350,29 +350,6 @@ def test_the_bootstrap_forms_a_tls_cluster_over_the_direct_transport(tls_nodes: 
     assert not status.ready, status
 
 
-class _FakeCoreV1:
-    """The Kubernetes API's pod list and node zones for local nodes."""
-
-    def __init__(self, nodes: LocalNodes) -> None:
-        self.nodes = nodes
-
-    def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> Any:
-        running = SimpleNamespace(type="Ready", status="True")
-        return SimpleNamespace(
-            items=[
-                SimpleNamespace(
-                    metadata=SimpleNamespace(name=node.pod, deletion_timestamp=None),
-                    spec=SimpleNamespace(node_name=f"ip-{self.nodes.zone_of(node)}"),
-                    status=SimpleNamespace(phase="Running", pod_ip=node.ip, conditions=[running]),
-                )
-                for node in self.nodes.nodes
-            ]
-        )
-
-    def read_node(self, name: str) -> Any:
-        return SimpleNamespace(metadata=SimpleNamespace(labels={"topology.kubernetes.io/zone": name[3:]}))
-
-
 def test_the_bootstrap_forms_a_tls_cluster_over_the_kubernetes_transport(tls_nodes: LocalNodes) -> None:
     nodes = tls_nodes.started(6)
     by_pod = {node.pod: node for node in nodes}
@@ -388,7 +365,7 @@ def test_the_bootstrap_forms_a_tls_cluster_over_the_kubernetes_transport(tls_nod
         return CliResult(done.returncode, done.stdout, done.stderr)
 
     transport = KubernetesTransport(
-        core_api=_FakeCoreV1(tls_nodes),
+        core_api=LocalCoreV1(tls_nodes),
         namespace="redis",
         stateful_set_name="redis-cluster",
         password=PASSWORD,

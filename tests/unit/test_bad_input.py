@@ -507,7 +507,9 @@ ROWS: list[Bad] = [
     Bad("backupCopyRegion", "us-gov-west-1", ("a region of the stack's partition",)),
     Bad("backupCopyRegion", "eu-central-1", ("only with a redis-eks:backupSchedule",), more={"backupSchedule": "off"}),
     # --- the manual-change opt-in -------------------------------------------------------------
-    Bad("acceptManualChange", '["shards"]', ("shards=<n>",)),
+    Bad("acceptManualChange", '["shards"]', ("image=<image>",)),
+    Bad("acceptManualChange", '["shards=3"]', ("no longer needed", "scaled in by `pulumi up` itself")),
+    Bad("acceptManualChange", '["replicasPerShard=1"]', ("no longer needed",)),
     Bad("acceptManualChange", '["password"]', ("no longer needed",)),
     Bad("acceptManualChange", '["shards=3\\n"]'),
     Bad("acceptManualChange", '["namespace=Bad_NS"]', ("no DNS-1123 label",)),
@@ -591,6 +593,14 @@ ROWS: list[Bad] = [
     Bad("prometheusOperatorCrds", "", more={"monitoring": "true"}),
     _newline("prometheusOperatorCrds", "existing", monitoring="true"),
     Bad("prometheusOperatorCrds", "existing", ("only with redis-eks:monitoring = true",)),
+    # On a cluster made elsewhere, neither value can be assumed: it is asked for, with both ways.
+    Bad(
+        "monitoring",
+        "true",
+        ("platform=existing with monitoring = true needs it set", "'existing' if the cluster runs a Prometheus"),
+        named="redis-eks:prometheusOperatorCrds",
+        stack="existing",
+    ),
     Bad(
         "runbookBaseUrl",
         "http://git.example.com/redis-eks/",

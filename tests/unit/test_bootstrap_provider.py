@@ -55,31 +55,17 @@ def test_unknown_values_are_not_judged_during_preview() -> None:
     assert cb.validate(direct_props(shards=Unknown(), password=Unknown(), nodes=Unknown())) == []
 
 
-def test_check_and_diff_refuse_scale_in_with_the_procedure() -> None:
+def test_a_smaller_shape_passes_the_guard_and_the_bootstrap() -> None:
+    """The scale-in step (ClusterScaleIn, before the StatefulSet) empties the pods that go;
+    neither the guard nor the bootstrap refuses the smaller shape any more."""
     provider = cb.ClusterBootstrapProvider()
     checked = provider.check(direct_props(shards=4, nodes=direct_props()["nodes"] * 2), direct_props())
-    assert [f.property for f in checked.failures] == ["shards"]
-    assert "del-node" in checked.failures[0].reason and "acceptManualChange" in checked.failures[0].reason
-    with pytest.raises(ValueError):
-        provider.diff("id", direct_props(replicas_per_shard=2), direct_props())
-
-
-def test_an_accepted_manual_change_lets_exactly_the_named_shape_through() -> None:
-    provider = cb.ClusterBootstrapProvider()
-    pods = [{"pod": f"redis-cluster-{i}", "host": f"127.0.20.{i + 1}", "port": 6379} for i in range(10)]
-    five = direct_props(shards=5, nodes=pods)
-    four = direct_props(shards=4, nodes=pods[:8])
-    assert list(provider.check(five, {**four, "accept_manual_change": ["shards=4"]}).failures) == []
-    assert provider.diff("id", {**five, "state": "ok"}, {**four, "accept_manual_change": ["shards=4"]}).changes is True
-    # Left set after that change, the same value lets no further scale-in through.
-    still_set = {**direct_props(), "accept_manual_change": ["shards=4"]}
-    assert [f.property for f in provider.check(four, still_set).failures] == ["shards"]
-
+    assert list(checked.failures) == []
+    assert provider.diff("id", direct_props(replicas_per_shard=2), direct_props()).changes is True
     guard = cb.ClusterChangeGuardProvider()
-    olds = {"shards": 4, "replicas_per_shard": 1}
-    assert [f.property for f in guard.check(olds, {"shards": 3, "replicas_per_shard": 1}).failures] == ["shards"]
-    accepted = {"shards": 3, "replicas_per_shard": 1, "accept_manual_change": ["shards=3"]}
-    assert list(guard.check(olds, accepted).failures) == []
+    assert (
+        list(guard.check({"shards": 4, "replicas_per_shard": 1}, {"shards": 3, "replicas_per_shard": 1}).failures) == []
+    )
 
 
 def checked_guard(olds: dict, news: dict) -> tuple[list[str], dict]:
@@ -112,30 +98,34 @@ def test_a_new_namespace_is_refused_unless_named_once() -> None:
 def test_an_opt_in_lets_one_change_through_and_is_then_spent() -> None:
     """The guard records an acceptManualChange item that let a change through; left in the
     stack, it lets no second change through. Removed, it is forgotten and can be given again."""
-    four = {"shards": 4, "replicas_per_shard": 1}
-    accepted = {"shards": 3, "replicas_per_shard": 1, "accept_manual_change": ["shards=3"]}
-    refused, stored = checked_guard(four, accepted)
-    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
+    redis = {"shards": 3, "replicas_per_shard": 1, "namespace": "redis"}
+    accepted = {**redis, "namespace": "cache", "accept_manual_change": ["namespace=cache"]}
+    refused, stored = checked_guard(redis, accepted)
+    assert refused == [] and stored[cb.USED_FIELD] == ["namespace=cache"]
     # The next runs, the item still set: nothing to change, and the record stays.
     refused, stored = checked_guard(stored, accepted)
-    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
-    # Back to 4 shards, then by hand to 3 again: the stale opt-in does not pass it.
-    refused, stored = checked_guard(stored, {**accepted, "shards": 4})
-    assert refused == [] and stored[cb.USED_FIELD] == ["shards=3"]
+    assert refused == [] and stored[cb.USED_FIELD] == ["namespace=cache"]
+    # Back to redis, then to cache again: the stale opt-in does not pass it.
+    refused, stored = checked_guard(
+        stored, {**accepted, "namespace": "redis", "accept_manual_change": ["namespace=cache", "namespace=redis"]}
+    )
+    refused, stored = checked_guard(
+        stored, {**accepted, "namespace": "redis", "accept_manual_change": ["namespace=cache"]}
+    )
     reason = cb.ClusterChangeGuardProvider().check(stored, accepted).failures[0].reason
     assert "used by an earlier `pulumi up`" in reason
     with pytest.raises(ValueError, match="used by an earlier"):
         cb.ClusterChangeGuardProvider().update("guard", stored, accepted)
     # Removed for one run, it is forgotten; given again, it passes this change.
-    refused, stored = checked_guard(stored, {**four, "accept_manual_change": []})
+    refused, stored = checked_guard(stored, {**stored, "accept_manual_change": []})
     assert refused == [] and stored[cb.USED_FIELD] == []
-    assert checked_guard(stored, accepted) == ([], {**accepted, cb.USED_FIELD: ["shards=3"]})
+    assert checked_guard(stored, accepted) == ([], {**accepted, cb.USED_FIELD: ["namespace=cache"]})
 
 
 def test_an_opt_in_that_let_nothing_through_is_not_spent() -> None:
     """Set ahead of the change it is for, an item is not recorded until it is used."""
     olds = {"shards": 3, "replicas_per_shard": 1, "namespace": "redis"}
-    early = {**olds, "accept_manual_change": ["shards=3"]}
+    early = {**olds, "accept_manual_change": ["namespace=cache"]}
     assert checked_guard(olds, early) == ([], {**early, cb.USED_FIELD: []})
 
 
@@ -163,7 +153,7 @@ def test_a_new_password_is_no_refusal_any_more_it_is_rotated() -> None:
 def test_the_opt_in_alone_is_no_change_to_the_cluster() -> None:
     provider = cb.ClusterBootstrapProvider()
     olds = {key: value for key, value in direct_props().items() if key != "accept_manual_change"}
-    news = direct_props(accept_manual_change=["shards=3"])
+    news = direct_props(accept_manual_change=["namespace=cache"])
     assert provider.diff("id", {**olds, "state": "ok"}, news).changes is False
 
 
@@ -336,8 +326,8 @@ def test_a_scale_in_the_nodes_refuse_names_the_procedure(monkeypatch: pytest.Mon
     with pytest.raises(BootstrapError) as refused:
         cb.ClusterBootstrapProvider().update("id", props, props)
     message = str(refused.value)
-    assert message.startswith("shards cannot go from 4 to 3")
-    assert "del-node" in message and "acceptManualChange shards=3" in message
+    assert message.startswith("shards is 3, but 4 masters hold slots")
+    assert "ClusterScaleIn" in message and "Run `pulumi up` again" in message
 
 
 @pytest.mark.parametrize(

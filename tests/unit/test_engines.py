@@ -346,9 +346,9 @@ def test_the_guard_does_not_judge_unknown_values_during_preview() -> None:
 
 
 def test_an_engine_refusal_comes_with_the_other_refusals() -> None:
-    olds = stored_guard(shards=4)
-    news = guard_props(engine="valkey", image=VALKEY.default_image, shards=3)
-    assert sorted(prop for prop, _ in check_failures(olds, news)) == ["engine", "shards"]
+    olds = {**stored_guard(), "tls": False}
+    news = guard_props(engine="valkey", image=VALKEY.default_image, tls=True)
+    assert sorted(prop for prop, _ in check_failures(olds, news)) == ["engine", "tls"]
 
 
 # -- the bootstrap's CLI ----------------------------------------------------------------

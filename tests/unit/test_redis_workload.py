@@ -313,10 +313,25 @@ def test_the_change_guard_comes_before_the_secret_and_the_stateful_set():
     assert guard.inputs["accept_manual_change"] == []
 
 
+def test_the_scale_in_step_runs_after_the_guard_and_the_rotation_and_before_the_stateful_set():
+    """A smaller shape empties the pods that go before the StatefulSet removes them: the step
+    must run first, and reach the same pods the bootstrap reaches, secrets kept secret."""
+    run = build_stack("dev")
+    scale_in = run.one("pulumi-python:dynamic/redis:ClusterScaleIn")
+    assert scale_in.urn in run.one(STATEFUL_SET).dependencies
+    assert run.one("pulumi-python:dynamic/redis:ClusterChangeGuard").urn in scale_in.dependencies
+    assert run.one("pulumi-python:dynamic/redis:CredentialRotation").urn in scale_in.dependencies
+    inputs = scale_in.inputs
+    assert (inputs["shards"], inputs["replicas_per_shard"]) == (3, 1)
+    assert inputs["stateful_set_name"] == "redis-cluster" and inputs["namespace"] == "redis"
+    assert is_secret(inputs["password"]) and is_secret(inputs["kubeconfig"])
+    assert "retainedClaims" in run.outputs
+
+
 def test_the_manual_change_opt_in_reaches_the_guard_and_the_bootstrap():
-    run = build_stack("dev", acceptManualChange='["shards=3", "image=redis:8.10.1-trixie"]')
+    run = build_stack("dev", acceptManualChange='["namespace=cache", "image=redis:8.10.1-trixie"]')
     for token in ("pulumi-python:dynamic/redis:ClusterChangeGuard", "pulumi-python:dynamic/redis:ClusterBootstrap"):
-        assert run.one(token).inputs["accept_manual_change"] == ["shards=3", "image=redis:8.10.1-trixie"]
+        assert run.one(token).inputs["accept_manual_change"] == ["namespace=cache", "image=redis:8.10.1-trixie"]
 
 
 # -- users, rotation and TLS --------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_an_add_on_build_is_eks_s_answer_unless_pinned():
 
 BAD_VALUES = [
     # (settings, fragments the message must contain)
-    ({"acceptManualChange": '["shards"]'}, ["redis-eks:acceptManualChange", "shards=<n>", "image=<image>"]),
+    ({"acceptManualChange": '["shards"]'}, ["redis-eks:acceptManualChange", "namespace=<namespace>", "image=<image>"]),
     (
         {"acceptManualChange": '["password"]'},
         ["redis-eks:acceptManualChange", "no longer needed", "Rotating credentials"],
@@ -294,6 +294,25 @@ def test_an_existing_platform_without_kubeconfig_or_provisioner_names_both():
     ):
         assert fragment in message
     assert len(raised.value.problems) == 4
+
+
+def test_monitoring_on_a_cluster_made_elsewhere_says_which_crds_to_expect():
+    """On platform=existing the stack cannot know whether a Prometheus Operator brought the
+    CRDs: `install` would fail with AlreadyExists where one did, `existing` would leave the
+    objects without their kinds where none did. The setting is asked for, like the
+    provisioner; either value, once given, is taken as it is."""
+    existing = {"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p"}
+    with pytest.raises(SettingsError) as raised:
+        parse_settings({**existing, "monitoring": "true"})
+    (problem,) = raised.value.problems
+    assert problem.startswith("redis-eks:prometheusOperatorCrds = None is not valid: platform=existing")
+    assert "'existing' if the cluster runs a Prometheus Operator" in problem and "'install' if" in problem
+    for crds in ("install", "existing"):
+        settings = parse_settings({**existing, "monitoring": "true", "prometheusOperatorCrds": crds})
+        assert settings.prometheus_operator_crds == crds
+    # Without monitoring there is nothing to ask; on EKS the stack made the cluster and installs them.
+    assert parse_settings(existing).prometheus_operator_crds == "install"
+    assert parse_settings({"monitoring": "true"}).prometheus_operator_crds == "install"
 
 
 def test_a_value_that_does_not_parse_is_not_judged_again_through_its_default():
