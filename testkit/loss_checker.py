@@ -47,15 +47,20 @@ class Losses:
     # acknowledged: how long the cut-off side went on acknowledging what it could not keep
     # (None: nothing acknowledged after the cut was lost).
     window: Optional[float]
+    # When the last plain write before the first refused one after the cut was acknowledged:
+    # how long the cut-off side went on acknowledging, kept or not (None: no write was refused
+    # between the cut and the heal, so it acknowledged all along).
+    acknowledging: Optional[float]
     failures: int  # attempts that failed, plain and durable
     errors: dict[str, int]  # the kinds of failure seen, and how often
 
     def summary(self) -> str:
         window = "-" if self.window is None else f"{self.window:.2f} s"
+        acknowledging = "none" if self.acknowledging is None else f"{self.acknowledging:.2f} s"
         return (
             f"plain: {len(self.acknowledged_lost):,} of {self.acknowledged:,} acknowledged lost "
             f"({self.lost_during_cut:,} of {self.acknowledged_during_cut:,} acknowledged during the cut; the last "
-            f"lost one acknowledged {window} after the cut); WAIT: {len(self.durable_lost):,} of {self.durable:,} "
+            f"lost one acknowledged {window} after the cut; acknowledging until {acknowledging} after it); WAIT: {len(self.durable_lost):,} of {self.durable:,} "
             f"lost; {self.failures:,} attempts failed"
         )
 
@@ -94,7 +99,7 @@ class LossChecker:
 
     def stop(self) -> None:
         for writer in (self.plain, self.durable):
-            if writer._thread.is_alive():
+            if writer.running:
                 writer.stop()
 
     def __enter__(self) -> LossChecker:
@@ -119,6 +124,14 @@ class LossChecker:
         if cut is not None:
             during = [a for a in self.plain.attempts if a.ok and cut <= a.ended <= heal]
         lost_during = [a for a in during if a.key in lost]
+        acknowledging = None
+        if cut is not None:
+            after = sorted(
+                (a for a in self.plain.attempts if a.started >= cut and a.ended <= heal), key=lambda a: a.started
+            )
+            refused = next((a for a in after if not a.ok), None)
+            if refused is not None:
+                acknowledging = max((a.ended - cut for a in after if a.ok and a.ended <= refused.started), default=0.0)
         errors: dict[str, int] = {}
         for attempt in self.plain.failures() + self.durable.failures():
             kind = error_kind(attempt.error)
@@ -131,6 +144,7 @@ class LossChecker:
             acknowledged_during_cut=len(during),
             lost_during_cut=len(lost_during),
             window=max((a.ended - cut for a in lost_during), default=None) if cut is not None else None,
+            acknowledging=acknowledging,
             failures=sum(errors.values()),
             errors=errors,
         )

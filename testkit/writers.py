@@ -106,11 +106,15 @@ class Writer:
             raise RuntimeError(f"writer {self.prefix} crashed: {self._crash!r}") from self._crash
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def __enter__(self) -> Writer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive():
+        if self.running:
             self.stop()
 
     def _keys(self) -> Iterator[tuple[str, str, int]]:

@@ -250,7 +250,10 @@ def test_a_master_cut_off_with_its_clients_loses_no_wait_acknowledged_write(make
         assert losses.lost_during_cut > 0, losses.summary()
         assert majority_during_cut is not None and majority_during_cut < healed, dict(probe.replies())
     else:
+        # It refused plain writes (NOREPLICAS, before the node timeout's CLUSTERDOWN) within the bound.
+        assert losses.acknowledging is not None and losses.acknowledging < BOUNDED_STOP_SECONDS, losses.summary()
         assert losses.window is None or losses.window < BOUNDED_STOP_SECONDS, losses.summary()
+        assert losses.errors.get("ResponseError: NOREPLICAS", 0) > 0, losses.errors
         # Its only replica cut off, the promoted one refuses writes until the heal.
         assert majority_during_cut is None or majority_during_cut > healed, dict(probe.replies())
         assert probe.replies().get("ResponseError: NOREPLICAS", 0) > 0, dict(probe.replies())
