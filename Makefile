@@ -87,10 +87,14 @@ STACK ?= dev
 render: setup
 	$(PY) -m tools.render_manifests --stack $(STACK)
 
+# Figures, not tests (docs/figures.md). The partition benchmark and the soak need root
+# (nftables, cgroups) and take about 35 and 25 minutes.
 bench: setup
 	$(PY) -m benchmarks.bootstrap_benchmark
 	$(PY) -m benchmarks.reliability_benchmark
 	$(PY) -m benchmarks.fault_benchmark
+	$(PY) -m benchmarks.partition_benchmark
+	$(PY) -m benchmarks.soak_benchmark
 
 # The auditor's Kubernetes scanner (checkov, pinned, in .venv-scan) on every golden render: a
 # finding not fixed or carried as a `checkov.io/skipN: CKV_K8S_XX=<reason>` annotation fails
