@@ -4,7 +4,7 @@ Every measure runs once per engine (`--engines redis valkey`, both by default) o
 machine, each sandbox running that engine's server and CLI (sandbox.engine_binaries):
 
 1. Write outage after kill -9 of a master: the product's default cluster-node-timeout
-   (5000 ms, the dev stack) beside the seed's 15000 ms, on the same machine. Outage = time
+   (components.stack_settings, the dev stack) beside the seed's 15000 ms, on the same machine. Outage = time
    from the SIGKILL until the first successful write to a key of the killed master's slots
    (a writer aimed at those slots only, redis-py RedisCluster). Median of --repeats runs,
    each on a fresh sandbox.
@@ -85,6 +85,8 @@ from testkit.sandbox_support import (
 from testkit.writers import Writer, lost_keys, write_keys
 
 SEED_NODE_TIMEOUT_MS = 15000
+# The dev stack sets no nodeTimeoutMs: its sandbox runs the product's default.
+PRODUCT_NODE_TIMEOUT_MS = StackSettings.node_timeout_ms
 OCTET_DEFAULT, OCTET_SEED, OCTET_ROLLING, OCTET_RESTART, OCTET_RESTART_FRESH = 50, 51, 52, 53, 54
 # Acknowledged writes a writer makes before the failure it measures, and after the last one.
 WARM_UP_WRITES = 200
@@ -375,7 +377,7 @@ def bench_failover(
                     work / f"{name}-default-{i}",
                     OCTET_DEFAULT,
                     binaries,
-                    lambda sb, binaries=binaries: failover_outage(sb, binaries, 5000),
+                    lambda sb, binaries=binaries: failover_outage(sb, binaries, PRODUCT_NODE_TIMEOUT_MS),
                     tls=tls,
                 )
             )
@@ -395,7 +397,7 @@ def bench_failover(
             print(line, flush=True)
     rows = [
         Row(
-            "write outage after kill -9 of a master, product default (`cluster-node-timeout` 5000)",
+            f"write outage after kill -9 of a master, product default (`cluster-node-timeout` {PRODUCT_NODE_TIMEOUT_MS})",
             {name: seconds_with_runs(v) for name, v in default.items()},
             {name: median(v) for name, v in default.items()},
         )
