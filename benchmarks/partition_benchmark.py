@@ -20,7 +20,7 @@ Scenarios:
    heal 0.3 to 2.5 s (around the product's node timeout), then healed for good.
 4. a partition during a failover: a master killed (-9); 1 s later, while the cluster
    detects it, its replica is cut off for 10 s, then healed; the killed pod restarts once
-   the shard serves again.
+   its replica is promoted (a `bounded` shard takes writes again only then).
 5. a partition during a slot migration: 200,000 keys, a scale-out to 4 shards (`up
    --shards 4`), and once slots move, the new master cut off for 10 s, then healed; then
    `up --shards 4` again.
@@ -273,8 +273,13 @@ def failover_partition(sb: Sandbox, _cut_seconds: float) -> Outcome:
         time.sleep(FAILOVER_CUT_SECONDS)
         sb.heal()
         healed = checker.mark("heal")
-        served = checker.plain.wait_for_success_after(healed, slots, timeout=180)
+        # The killed pod comes back once its replica took over (as a pod restarts on EKS):
+        # under `bounded` the promoted replica takes no write before it has a replica again.
+        deadline = time.monotonic() + 60
+        while heir not in masters(sb) and time.monotonic() < deadline:
+            time.sleep(0.1)
         sb.restart([victim])
+        served = checker.plain.wait_for_success_after(healed, slots, timeout=180)
         wait_healthy(sb, timeout=120)
         majority = _after(probe, cut)
         losses = checker.report()
