@@ -223,7 +223,7 @@ class StackSettings:
     engine: str = DEFAULT_ENGINE
     # The engine's default image unless `image` names another.
     image: str = ENGINES[DEFAULT_ENGINE].default_image
-    node_timeout_ms: int = 5000
+    node_timeout_ms: int = 2000
     durability: str = DURABILITY_MODES[0]
     maxmemory_policy: str = "noeviction"
     cpu_request: str = "250m"

@@ -1,5 +1,5 @@
 """Reliability of the sandbox cluster under failures, with the product's default settings
-(the dev stack: cluster-node-timeout 5000 ms) and a client writing all along.
+(the dev stack: cluster-node-timeout 2000 ms) and a client writing all along.
 
 Each test builds its own `Sandbox` (the stack's rendered redis.conf and shipped scripts,
 run through entrypoint.sh) on 127.0.4x.0/24 and stops every process it started, by pid,
@@ -124,7 +124,7 @@ def _assert_nothing_lost(sandbox, expected: dict, what: str) -> None:
 def test_kill_9_of_a_master_fails_over_without_losing_wait_acknowledged_writes(make_sandbox):
     sb = make_sandbox(KILL).sandbox
     sb.up()
-    assert sb.settings(sb.load()).node_timeout_ms == 5000, "not the product's default node timeout"
+    assert sb.settings(sb.load()).node_timeout_ms == 2000, "not the product's default node timeout"
     victim, facts = sorted(masters(sb).items())[0]
     killed_slots = slots_of(facts)
     heir = replica_of(sb, victim)

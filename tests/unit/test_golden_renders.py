@@ -69,10 +69,10 @@ def test_render_equals_its_golden_file(stack, name, renders):
 
 def test_a_changed_value_fails_with_the_diff_and_the_hint(renders):
     path = GOLDEN_DIR / "dev" / "redis.conf"
-    edited = path.read_text().replace("cluster-node-timeout 5000", "cluster-node-timeout 15000")
+    edited = path.read_text().replace("cluster-node-timeout 2000", "cluster-node-timeout 15000")
     problem = golden_mismatch(path, renders[path], golden=edited)
     assert problem is not None and HINT in problem
-    assert "-cluster-node-timeout 15000\n+cluster-node-timeout 5000\n" in problem
+    assert "-cluster-node-timeout 15000\n+cluster-node-timeout 2000\n" in problem
 
 
 @pytest.mark.parametrize("stack", GOLDEN_RENDERS)

@@ -25,7 +25,7 @@ def test_defaults_describe_a_small_three_shard_cluster():
     assert settings.namespace == "redis"
     assert settings.storage_size == "5Gi"
     assert (settings.storage_iops, settings.storage_throughput) == (3000, 125)
-    assert settings.node_timeout_ms == 5000
+    assert settings.node_timeout_ms == 2000
     assert settings.maxmemory_policy == "noeviction"
     assert ":latest" not in settings.image and ":" in settings.image
 
