@@ -1,9 +1,12 @@
-"""How long a rolling update of the Redis pods may take: the StatefulSet's update await, and
-what a node drain holds, from the pods' own bounds and the stack's size.
+"""How long a rolling update may take: of the Redis pods (the StatefulSet's update await), of the
+nodes (the node groups' update await) and of one `pulumi up` that does both, from the pods' own
+bounds, EKS's limits and the stack's size.
 
-A roll replaces one pod at a time (RollingUpdate, the PodDisruptionBudget's maxUnavailable 1),
-and the next starts only once this one is Ready again; a replica is Ready only once its full
-sync is done (probe-readiness.sh). So a roll takes about the sum of its pods' turns, and a
+A roll replaces one pod at a time: the StatefulSet's RollingUpdate deletes the next pod only
+once the one before is Running and Ready again (Kubernetes' StatefulSet documentation, "Rolling
+Updates"; podManagementPolicy Parallel changes only scaling, and the PodDisruptionBudget only
+evictions, as in a node drain, not this roll); a replica is Ready only once its full sync is
+done (probe-readiness.sh). So a roll takes about the sum of its pods' turns, and a
 fixed await (the 30 minutes this replaced) stops waiting half way through a large cluster:
 `pulumi up` then fails while the roll goes on in the cluster. One pod's turn is bounded by:
 
@@ -35,6 +38,18 @@ ROLL_START_SECONDS = 600
 # EKS gives up draining a node after this long (AWS's user guide, "Understand each phase of
 # node updates": PodEvictionFailure), unless the update is forced.
 EKS_DRAIN_LIMIT_SECONDS = 15 * 60
+# Per node of a node update, after its drain: its termination, and the launch, join and first
+# Ready of a node in its place (an allowance, like POD_START_SECONDS: nothing here measured EC2).
+NODE_REPLACE_SECONDS = 5 * 60
+# The rest of a node update: its setup, its scale-up (new nodes launched together, up to twice
+# the zones) and its scale-down phases (the same user guide page).
+NODE_UPDATE_PHASES_SECONDS = 15 * 60
+# What the Terraform provider that pulumi-aws bridges waits by default for an update of the
+# EKS cluster (a clusterVersion upgrade) and of an add-on, unless customTimeouts say otherwise:
+# internal/service/eks/cluster.go and addon.go, `Timeouts`. pulumi-eks sets none on the
+# cluster it makes (nodejs/eks/cluster/cluster.ts), so the control plane's is fixed.
+CONTROL_PLANE_UPDATE_SECONDS = 60 * 60
+ADDON_UPDATE_SECONDS = 20 * 60
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,24 @@ class RollBudget:
         """What draining one node takes when the pods spread evenly over `nodes`: its pods go
         one at a time, each through the PodDisruptionBudget, the next once the last is back."""
         return math.ceil(self.pods / max(nodes, 1)) * self.pod_turn_seconds
+
+
+def node_update_seconds(settings: StackSettings) -> int:
+    """The node groups' update await: EKS replaces the nodes one at a time (maxUnavailable 1),
+    each drained within EKS's limit, else the update fails. A roll of three nodes can already
+    outlast a fixed await (Terraform's 60 minutes), which then gives up while EKS goes on."""
+    per_node = EKS_DRAIN_LIMIT_SECONDS + NODE_REPLACE_SECONDS
+    return NODE_UPDATE_PHASES_SECONDS + settings.node_desired_size * per_node
+
+
+def deploy_seconds(settings: StackSettings) -> int:
+    """The longest one `pulumi up` of the stack may wait: on EKS the control plane, then the node
+    groups (whose version is the control plane's output), then the add-ons after them, then the
+    StatefulSet (its StorageClass waits for the add-ons), one after the other."""
+    seconds = roll_budget(settings).update_seconds
+    if settings.platform == "eks":
+        seconds += CONTROL_PLANE_UPDATE_SECONDS + node_update_seconds(settings) + ADDON_UPDATE_SECONDS
+    return seconds
 
 
 def termination_grace_seconds() -> int:

@@ -78,8 +78,18 @@ K8S_PROVIDER = "pulumi:providers:kubernetes"
 EVERY_K8S_OBJECT = "every Kubernetes object"
 PROTECTED = (EKS_CLUSTER, NODE_GROUP, KMS_KEY, STORAGE_CLASS, STATEFUL_SET, NAMESPACE_KIND, EVERY_K8S_OBJECT)
 
+# Where each rule was read. Which terraform-provider-aws commit pulumi-aws 7.51.1 (installed)
+# bundles could not be determined here: npm's newest @pulumi/aws is 7.48.0, the snapshots of the
+# pulumi-aws repository (its `upstream` submodule) and of terraform-provider-aws are over the
+# fetch limit, and the Go module proxy is out of reach. So a rule cites the stored copy of the
+# file it was read in (the code index's), by commit, and every property a rule names is held to
+# the installed SDK's inputs of its resource (tests/unit/test_change_impact.py). pulumi-kubernetes
+# 4.34.2 (installed) is newer than any release in the stored snapshot: its rules are read at
+# v4.32.0, whose cited files are the same at the snapshot's newest commit (9497796, July 2026);
+# pulumi-eks 4.4.0 likewise at v4.3.0 (cluster.ts the same at 7bf0c1b).
 TF_AWS = "hashicorp/terraform-provider-aws"
-PULUMI_K8S = "pulumi/pulumi-kubernetes@94977969"
+PULUMI_K8S = "pulumi/pulumi-kubernetes@v4.32.0"
+PULUMI_EKS = "pulumi/pulumi-eks@v4.3.0"
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,7 @@ REPLACE_FORCING: dict[str, TypeRules] = {
         in_place=("policy",),
     ),
     "aws:dlm/lifecyclePolicy:LifecyclePolicy": TypeRules(
-        f"{TF_AWS} `internal/service/dlm/lifecycle_policy.go` @0148137 (ForceNew within a schedule: `copy_tags`; "
+        f"{TF_AWS} `internal/service/dlm/lifecycle_policy.go` @cc0fff0 (ForceNew within a schedule: `copy_tags`; "
         "`policy_details`, `execution_role_arn`, `state`, `description` are updated)",
         replace=("policyDetails.schedules[].copyTags",),
         in_place=("policyDetails", "executionRoleArn", "state", "description", "tags"),
@@ -166,7 +176,7 @@ REPLACE_FORCING: dict[str, TypeRules] = {
 }
 
 # pulumi-eks's Cluster component: what each input this program sets becomes (its
-# `nodejs/eks/cluster/cluster.ts`, pulumi/pulumi-eks@7bf0c1b), judged by the rules of the
+# `nodejs/eks/cluster/cluster.ts`, pulumi/pulumi-eks@v4.3.0), judged by the rules of the
 # aws.eks.Cluster it makes (internal/service/eks/cluster.go @00555dc: ForceNew `name`,
 # `role_arn`, `bootstrap_self_managed_addons`, `access_config.bootstrap_cluster_creator_admin_
 # permissions`, `kubernetes_network_config.ip_family`/`service_ipv4_cidr`, `remote_network_config`,
@@ -815,8 +825,8 @@ def _outcome(item: Impact) -> str:
     return {
         NOTHING: "nothing changes",
         IN_PLACE: "in place",
-        ROLLS_PODS: "**rolls the Redis pods** one at a time (PDB)",
-        ROLLS_NODES: "**rolls the nodes** one at a time (PDB)",
+        ROLLS_PODS: "**rolls the Redis pods** one at a time (StatefulSet RollingUpdate)",
+        ROLLS_NODES: "**rolls the nodes** one at a time (each drain through the PDB)",
         CREATED: "adds resources",
         DELETED: "removes resources",
         KEPT: "resources leave the stack, kept",
@@ -914,7 +924,7 @@ def rules_text() -> str:
     lines.append(
         f"| `eks:index:Cluster` (pulumi-eks) | {_cell(inputs_of(REPLACED))} | {_cell(inputs_of(ROLLS_NODES))} "
         f"| {_cell(inputs_of(IN_PLACE))}; no change of its own: {_cell(inputs_of(NOTHING))} (with "
-        "skipDefaultSecurityGroups, pulumi-eks passes it through only) | pulumi/pulumi-eks@7bf0c1b "
+        f"skipDefaultSecurityGroups, pulumi-eks passes it through only) | {PULUMI_EKS} "
         f"`nodejs/eks/cluster/cluster.ts` (what each input becomes); {TF_AWS} "
         "`internal/service/eks/cluster.go` @00555dc (ForceNew: `name`, `role_arn`, "
         "`bootstrap_self_managed_addons`, `access_config.bootstrap_cluster_creator_admin_permissions`, "
@@ -942,10 +952,16 @@ LIMITS = """## What the renders cannot show
 - The mocks answer fixed outputs, so what follows from another resource's new outputs is stated
   by rule, not rendered: the node group's `version` after a control-plane upgrade, the subnets
   after a new zone count, awsx's NAT gateways and routes, a launch template's new version.
-- The Terraform sources cited are the versions that were read, at the commit shown; which
-  version pulumi-aws 7.51.1 bundles was not confirmed. Where the versions read differ, the
-  rule says so (the control plane's subnets, ForceNew before EKS could update them;
-  `deletionProtection`, newer than the source read, classified from AWS's user guide).
+- Which terraform-provider-aws commit the installed pulumi-aws 7.51.1 bundles could not be
+  determined here (npm's newest @pulumi/aws is 7.48.0; the snapshots of pulumi-aws, with its
+  `upstream` submodule, and of terraform-provider-aws are too large to fetch). Each rule cites
+  the stored copy of the file it was read in, by commit, and every property a rule names is an
+  input of the installed SDK's resource (tests/unit/test_change_impact.py). Where the copies
+  read differ, the rule says so (the control plane's subnets, ForceNew before EKS could update
+  them; `deletionProtection`, newer than the copy read, classified from AWS's user guide).
+  The installed pulumi-kubernetes 4.34.2 and pulumi-eks 4.4.0 are newer than the stored
+  snapshots: their rules are read at v4.32.0 and v4.3.0, whose cited files are the same at
+  each snapshot's newest commit (pulumi-kubernetes 9497796, pulumi-eks 7bf0c1b).
 - A setting is not the only change: a new default build of an add-on (an update in place,
   docs/operations.md, "Add-on versions"), a new pulumi-eks or awsx version, or drift seen by
   `pulumi refresh` shows up in `pulumi preview --diff`, which is the final word before an

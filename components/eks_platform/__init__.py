@@ -13,8 +13,8 @@ under the name it has always had, so the layout changes no URN of a running stac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -24,6 +24,7 @@ from components.eks_platform import addons, cluster_access, nodes, storage
 from components.eks_platform.aws_account import current_account
 from components.eks_platform.backups import snapshot_backups
 from components.eks_platform.network import network
+from components.eks_platform.running_cluster import RunningCluster, read_running_cluster, running_cluster_problems
 from components.platform_change_guard import PlatformChangeGuard
 from components.stack_settings import EBS_PROVISIONER, SettingsError, StackSettings
 
@@ -68,12 +69,16 @@ def cluster_identifier(settings: StackSettings, name: str) -> pulumi.Input[str]:
     """Which cluster the Kubernetes provider talks to, as its `clusterIdentifier`: the EKS
     cluster's name, or the API server of a cluster made elsewhere.
 
-    With it, pulumi-kubernetes replaces the provider (and with it every Kubernetes object of the
-    stack) only when the identifier changes, not whenever the kubeconfig's active cluster does
-    or is unknown at preview, as it is while the EKS cluster itself updates (a clusterVersion
-    upgrade: pulumi/pulumi-eks#352). A change of server is then a replacement of every object,
-    which PlatformChangeGuard refuses; a new CA of the same server, or a refreshed token, is an
-    update of the provider (docs/change-impact.md)."""
+    Without it, pulumi-kubernetes replaces the provider, and with it every Kubernetes object of
+    the stack, whenever the kubeconfig's active cluster changes or the kubeconfig is unknown at
+    preview (provider/pkg/provider/provider.go, DiffConfig): pulumi/pulumi-eks#338 and #764 show
+    it after a kubeconfig change, #762 along an update of the EKS cluster. With it
+    (pulumi/pulumi-kubernetes#2745, added by #3068 in v4.16.0), only another identifier replaces
+    the provider, and an unchanged one makes any kubeconfig change an update. A change of server
+    is then a replacement of every object, which PlatformChangeGuard refuses; a new CA of the
+    same server, or a refreshed token, is an update of the provider (docs/change-impact.md). The
+    run that adds the identifier is still judged by the kubeconfig (docs/operations.md,
+    "Upgrading a stack from before clusterIdentifier")."""
     if settings.platform == "eks":
         return name
     return pulumi.Output.secret(
@@ -96,18 +101,34 @@ class RunningPlatform:
 
     cluster_exists: bool
     node_groups: nodes.NodeGroups
+    # What AWS reports of the cluster, when it exists.
+    cluster: Optional[RunningCluster] = None
+    # Add-on -> its build as decided at preview (addons.build_plan), None: EKS's answer for the
+    # version the control plane reports.
+    addon_builds: Mapping[str, Optional[str]] = field(default_factory=dict)
 
 
 def running_platform(name: str, settings: StackSettings, parent: Optional[pulumi.Resource]) -> RunningPlatform:
     """The stack's cluster and node groups as AWS lists them, and every problem the settings
     have with them or with EKS's add-on builds, raised together (plain invokes: known at
-    preview, on the first run too)."""
+    preview, on the first run too). What would replace the running cluster, its node group or
+    its volumes' key is judged here against AWS's answer, not only by PlatformChangeGuard
+    against its record, which a stack from before the guard does not have on its first run."""
     exists = cluster_access.cluster_exists(name, parent=parent)
     groups = nodes.existing_node_groups(name, exists, parent=parent)
-    problems = addons.pinned_build_problems(settings, parent=parent) + nodes.node_group_problems(name, settings, groups)
+    cluster = read_running_cluster(name, settings, groups, parent) if exists else None
+    builds, problems = addons.build_plan(
+        settings,
+        cluster.version if cluster else None,
+        addons.running_builds(name, parent) if exists else {},
+        parent,
+    )
+    problems += nodes.node_group_problems(name, settings, groups)
+    if cluster is not None:
+        problems += running_cluster_problems(settings, cluster, guarded_settings(settings))
     if problems:
         raise SettingsError(problems)
-    return RunningPlatform(exists, groups)
+    return RunningPlatform(exists, groups, cluster, builds)
 
 
 class EksPlatform(pulumi.ComponentResource):
@@ -212,7 +233,8 @@ class EksPlatform(pulumi.ComponentResource):
         creator = cluster_access.cluster_creator(name, exists, parent=self)
         self.cluster_creator_arn = creator.arn
         self.cluster_admin_arns_left_out = cluster_access.left_out_admins(settings, creator)
-        cluster = cluster_access.eks_cluster(name, settings, subnets, account, creator, child)
+        builds = running.addon_builds
+        cluster = cluster_access.eks_cluster(name, settings, builds, subnets, account, creator, child)
         control_plane_version = cluster_access.control_plane_version(cluster)
         node_groups = nodes.node_groups(
             name,
@@ -230,9 +252,9 @@ class EksPlatform(pulumi.ComponentResource):
             name, account, ebs_csi_role.arn, parent=self, guard=self.guard
         )
         ebs_csi_driver = addons.ebs_csi_driver(
-            name, settings, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
+            name, builds, cluster, node_groups, control_plane_version, ebs_csi_role, ebs_csi_ec2, volume_key_arn, self
         )
-        coredns = addons.coredns(name, settings, cluster, node_groups, control_plane_version, parent=self)
+        coredns = addons.coredns(name, builds, cluster, node_groups, control_plane_version, parent=self)
         if settings.backup_schedule is not None:
             # The very tag `storage_parameters` has the driver put on every volume.
             backups = snapshot_backups(

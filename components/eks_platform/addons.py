@@ -1,13 +1,13 @@
 """The EKS add-ons the stack runs beside pulumi-eks's own (kube-proxy, VPC CNI): the EBS CSI
 driver, with an IAM role of its own (IRSA) limited to this cluster's volumes, and CoreDNS; and
-the build of every add-on, as EKS names it for the cluster's Kubernetes version or as pinned."""
+the build of every add-on: as it runs, as pinned, or as EKS names it for a new Kubernetes version."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -54,43 +54,109 @@ def build_order(build: str) -> tuple[int, ...]:
     return tuple(int(number) for number in re.findall(r"\d+", build))
 
 
-def pinned_build_problems(settings: StackSettings, parent: Optional[pulumi.Resource]) -> list[str]:
-    """Every pinned add-on build that EKS does not offer for `clusterVersion`.
+def running_builds(name: str, parent: Optional[pulumi.Resource]) -> dict[str, str]:
+    """Add-on -> the build EKS runs on the stack's cluster, which exists (aws.eks.get_addon, the
+    DescribeAddon API): known at preview. An add-on not on the cluster (a first run that
+    stopped before it) is left out: DescribeAddon answers ResourceNotFoundException, which the
+    invoke raises."""
+    running = {}
+    for build in ADDON_BUILDS:
+        try:
+            version = aws.eks.get_addon(
+                addon_name=build.addon, cluster_name=name, opts=pulumi.InvokeOptions(parent=parent)
+            ).addon_version
+        except Exception:  # noqa: BLE001 - the invoke raises a plain Exception for any failure
+            continue
+        if version:
+            running[build.addon] = version
+    return running
 
-    Asked of EKS for the version the settings name (not the one the control plane reports,
-    unknown before the cluster exists), so the answer is there at preview, on the first
-    deploy too, and before an upgrade moves anything. A pin newer than the newest build EKS
-    offers for that version cannot be installed: the add-on would fail, and with it the
-    StorageClass and everything after it. An older pin may still be refused by EKS if it is
-    not offered for the version: the invoke names only the default and the newest build."""
+
+def describe_versions(addon: str, version: str) -> str:
+    return f"`aws eks describe-addon-versions --addon-name {addon} --kubernetes-version {version}` lists them"
+
+
+def build_plan(
+    settings: StackSettings,
+    running_version: Optional[str],
+    running: Mapping[str, str],
+    parent: Optional[pulumi.Resource],
+) -> tuple[dict[str, Optional[str]], list[str]]:
+    """Which build each add-on runs, decided at preview, and every problem with it.
+
+    A pin, checked against what EKS offers for `clusterVersion` (asked of EKS for the version
+    the settings name: the control plane's own is unknown before the cluster exists) and
+    against what runs. Unpinned, the build that runs, while `clusterVersion` is the version the
+    control plane runs: EKS does not move an add-on by itself (AWS's user guide, "Update an
+    Amazon EKS add-on"), and neither does the stack when AWS names a new default or newest
+    build, which would update it on some unrelated `pulumi up`. A new add-on, or a new
+    `clusterVersion`, takes EKS's answer for the version the control plane reports once
+    upgraded (None here: addon_version asks, after the control plane). No add-on moves to an
+    older build than it runs: refused at preview.
+
+    What this cannot see: aws.eks.get_addon_version names the default and the newest build
+    only, not the full list, so a pin older than the newest that EKS does not offer for the
+    version is refused by EKS at `pulumi up` instead (docs/known-limits.md)."""
+    builds: dict[str, Optional[str]] = {}
     problems = []
+    version = settings.cluster_version
+    same_version = running_version is not None and running_version == version
     for build in ADDON_BUILDS:
         pinned = getattr(settings, build.attribute)
-        if pinned is None:
-            continue
-        newest = aws.eks.get_addon_version(
-            addon_name=build.addon,
-            kubernetes_version=settings.cluster_version,
-            most_recent=True,
-            opts=pulumi.InvokeOptions(parent=parent),
-        ).version
-        if build_order(pinned) > build_order(newest):
-            problems.append(
-                f"{NAMESPACE}:{build.setting} = {pinned!r} is not valid: EKS offers {build.addon} builds up to "
-                f"{newest} for Kubernetes {settings.cluster_version} (`aws eks describe-addon-versions "
-                f"--addon-name {build.addon} --kubernetes-version {settings.cluster_version}` lists them); "
-                "pin one of those, or remove the setting to take the build EKS names"
-            )
-    return problems
+        runs = running.get(build.addon)
+        if pinned is not None:
+            newest = eks_build(build.addon, version, most_recent=True, parent=parent)
+            if build_order(pinned) > build_order(newest):
+                problems.append(
+                    f"{NAMESPACE}:{build.setting} = {pinned!r} is not valid: EKS offers {build.addon} builds up to "
+                    f"{newest} for Kubernetes {version} ({describe_versions(build.addon, version)}); "
+                    "pin one of those, or remove the setting to take the build EKS names"
+                )
+            elif runs and build_order(pinned) < build_order(runs):
+                problems.append(
+                    f"{NAMESPACE}:{build.setting} = {pinned!r} is refused on this running stack: {build.addon} runs "
+                    f"{runs}, and the stack does not move an add-on to an older build; pin {runs} or a newer build "
+                    f"EKS offers for Kubernetes {version} ({describe_versions(build.addon, version)}), or remove "
+                    f"the setting to keep {runs}"
+                )
+            builds[build.addon] = pinned
+        elif runs and same_version:
+            builds[build.addon] = runs
+        else:
+            builds[build.addon] = None
+            if runs:
+                # A new clusterVersion: EKS's answer for it must not be older than what runs.
+                target = eks_build(build.addon, version, most_recent=build.most_recent, parent=parent)
+                if build_order(target) < build_order(runs):
+                    problems.append(
+                        f"{NAMESPACE}:{build.setting} is not set, and the {build.addon} build EKS names for "
+                        f"Kubernetes {version}, {target}, is older than {runs}, which runs: the stack does not "
+                        f"move an add-on to an older build. Pin {runs} if EKS offers it for {version}, or a newer "
+                        f"build it offers ({describe_versions(build.addon, version)})"
+                    )
+    return builds, problems
+
+
+def eks_build(addon: str, kubernetes_version: str, most_recent: bool, parent: Optional[pulumi.Resource]) -> str:
+    """EKS's default (or newest) build of an add-on for a Kubernetes version, at preview."""
+    return aws.eks.get_addon_version(
+        addon_name=addon,
+        kubernetes_version=kubernetes_version,
+        most_recent=most_recent,
+        opts=pulumi.InvokeOptions(parent=parent),
+    ).version
 
 
 def addon_build(
-    build: AddonBuild, settings: StackSettings, kubernetes_version: pulumi.Input[Optional[str]], parent: pulumi.Resource
+    build: AddonBuild,
+    chosen: Optional[str],
+    kubernetes_version: pulumi.Input[Optional[str]],
+    parent: pulumi.Resource,
 ) -> pulumi.Input[str]:
-    """The pinned build, or the one EKS names for the version the control plane reports."""
-    pinned = getattr(settings, build.attribute)
-    if pinned is not None:
-        return pinned
+    """The build chosen at preview (build_plan), or the one EKS names for the version the
+    control plane reports."""
+    if chosen is not None:
+        return chosen
     return aws.eks.get_addon_version_output(
         addon_name=build.addon,
         kubernetes_version=kubernetes_version,
@@ -125,7 +191,7 @@ def ebs_csi_role(
 
 def ebs_csi_driver(
     name: str,
-    settings: StackSettings,
+    builds: Mapping[str, Optional[str]],
     cluster: eks.Cluster,
     nodes: list[aws.eks.NodeGroup],
     control_plane_version: pulumi.Input[Optional[str]],
@@ -144,9 +210,9 @@ def ebs_csi_driver(
         f"{name}-ebs-csi-driver",
         cluster_name=name,
         addon_name=EBS_CSI_ADDON,
-        # The build EKS names for the version the control plane reports (or the pinned one),
-        # so a new clusterVersion updates the driver too: after the nodes, as it depends on them.
-        addon_version=addon_build(ADDON_BUILDS[0], settings, control_plane_version, parent),
+        # The build that runs (or the pinned one); with a new clusterVersion, the one EKS names
+        # for the version the control plane reports: after the nodes, as it depends on them.
+        addon_version=addon_build(ADDON_BUILDS[0], builds[EBS_CSI_ADDON], control_plane_version, parent),
         service_account_role_arn=role.arn,
         resolve_conflicts_on_create="OVERWRITE",
         resolve_conflicts_on_update="PRESERVE",
@@ -159,7 +225,7 @@ def ebs_csi_driver(
 
 def coredns(
     name: str,
-    settings: StackSettings,
+    builds: Mapping[str, Optional[str]],
     cluster: eks.Cluster,
     nodes: list[aws.eks.NodeGroup],
     control_plane_version: pulumi.Input[Optional[str]],
@@ -168,13 +234,13 @@ def coredns(
     """pulumi-eks makes CoreDNS an EKS add-on only on a cluster with its default node group or
     Fargate (CoreDNS needs nodes, and pulumi-eks creates its add-ons with the cluster). Without
     this one, CoreDNS would stay the self-managed deployment EKS installed with the cluster, at
-    that version for good. Like the driver, it comes after the nodes; its build is AWS's
-    default for the version the control plane reports (or the pinned one)."""
+    that version for good. Like the driver, it comes after the nodes; its build is chosen the
+    same way (build_plan)."""
     return aws.eks.Addon(
         f"{name}-coredns",
         cluster_name=name,
         addon_name=COREDNS_ADDON,
-        addon_version=addon_build(ADDON_BUILDS[1], settings, control_plane_version, parent),
+        addon_version=addon_build(ADDON_BUILDS[1], builds[COREDNS_ADDON], control_plane_version, parent),
         # Takes over the self-managed deployment (as pulumi-eks does for kube-proxy and
         # vpc-cni); later, keeps what was changed in the cluster, as the driver does.
         resolve_conflicts_on_create="OVERWRITE",

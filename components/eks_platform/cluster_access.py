@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_eks as eks
 
+from components.eks_platform.addons import KUBE_PROXY_ADDON, VPC_CNI_ADDON
 from components.eks_platform.aws_account import AwsAccount
 from components.eks_platform.kms_keys import account_use_through, key_administration, kms_key
 from components.eks_platform.network import Network
@@ -77,6 +78,7 @@ def same_principal(first: str, second: str) -> bool:
 def eks_cluster(
     name: str,
     settings: StackSettings,
+    addon_builds: Mapping[str, Optional[str]],
     network: Network,
     account: pulumi.Output[AwsAccount],
     creator: ClusterCreator,
@@ -109,16 +111,22 @@ def eks_cluster(
             endpoint_private_access=True,
             endpoint_public_access=settings.endpoint_public_access,
             # The VPC CNI ignores NetworkPolicy objects unless told to enforce them. pulumi-eks
-            # installs it and kube-proxy as add-ons at the newest build EKS offers for the
-            # cluster's version (aws.eks.get_addon_version), unless a build is pinned here.
-            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True, addon_version=settings.vpc_cni_version),
+            # installs it and kube-proxy as add-ons; without a build given here, at the newest
+            # EKS offers for the cluster's version, asked again on every run
+            # (nodejs/eks/cluster/cluster.ts, nodejs/eks/addons/cni-addon.ts). It is given the
+            # build that runs or the pinned one (addons.build_plan), so a new build published
+            # by AWS does not update them on some unrelated `pulumi up`.
+            vpc_cni_options=eks.VpcCniOptionsArgs(
+                enable_network_policy=True, addon_version=addon_builds.get(VPC_CNI_ADDON)
+            ),
             kube_proxy_addon_options=(
-                eks.KubeProxyAddonOptionsArgs(version=settings.kube_proxy_version)
-                if settings.kube_proxy_version
+                eks.KubeProxyAddonOptionsArgs(version=addon_builds[KUBE_PROXY_ADDON])
+                if addon_builds.get(KUBE_PROXY_ADDON)
                 else None
             ),
             # EKS refuses to delete a protected cluster (InvalidRequestException) until a
-            # `pulumi up` turns this off again: a destroy run by mistake stops there.
+            # `pulumi up` turns this off again. A destroy reaches the cluster last, after the
+            # nodes and every Kubernetes object (docs/operations.md, "Destroying a stack").
             deletion_protection=settings.deletion_protection,
             # Leave standard support only on purpose: extended support costs extra.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),

@@ -25,6 +25,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_eks as eks
 
+from components import roll_budget as roll
 from components.stack_settings import NAMESPACE, NODE_GROUP_FORMS, StackSettings
 
 LAUNCH_TEMPLATE, INSTANCE_TYPES, MOVING = NODE_GROUP_FORMS
@@ -167,7 +168,15 @@ def node_groups(
         # writes going through an AMI, version or instance type change.
         update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
     )
-    after = pulumi.ResourceOptions(parent=parent, depends_on=[guard, cluster, *node_policies])
+    after = pulumi.ResourceOptions(
+        parent=parent,
+        depends_on=[guard, cluster, *node_policies],
+        # A node update (AMI, version, instance type) drains and replaces the nodes one by one:
+        # the provider's default 60 minutes would give up after a few nodes, failing `pulumi up`
+        # while EKS carries on and leaving the add-ons after the group unchanged
+        # (components/roll_budget.py; docs/operations.md, "How long a roll takes").
+        custom_timeouts=pulumi.CustomTimeouts(update=f"{roll.node_update_seconds(settings)}s"),
+    )
     created = []
     if settings.node_group_form in (INSTANCE_TYPES, MOVING):
         # As stacks from before have it, unchanged; while moving, with the types it runs, and

@@ -584,6 +584,14 @@ ROWS: list[Bad] = [
     Bad("prometheusOperatorCrds", "", more={"monitoring": "true"}),
     _newline("prometheusOperatorCrds", "existing", monitoring="true"),
     Bad("prometheusOperatorCrds", "existing", ("only with redis-eks:monitoring = true",)),
+    # On a cluster made elsewhere, neither value can be assumed: it is asked for, with both ways.
+    Bad(
+        "monitoring",
+        "true",
+        ("platform=existing with monitoring = true needs it set", "'existing' if the cluster runs a Prometheus"),
+        named="redis-eks:prometheusOperatorCrds",
+        stack="existing",
+    ),
     Bad(
         "runbookBaseUrl",
         "http://git.example.com/redis-eks/",

@@ -219,9 +219,10 @@ def test_on_a_cluster_made_elsewhere_the_guard_knows_its_api_server(existing_sta
 
 def test_the_kubernetes_provider_is_replaced_only_with_another_cluster(dev_stack, existing_stack):
     """pulumi-kubernetes replaces its provider, and with it every object of the stack, whenever
-    the kubeconfig's active cluster changes or is unknown at preview (as while the EKS cluster
-    updates, pulumi/pulumi-eks#352), unless `clusterIdentifier` is set and unchanged: the
-    cluster's name on EKS, the API server on a cluster made elsewhere (what the guard holds)."""
+    the kubeconfig's active cluster changes or is unknown at preview (provider.go DiffConfig;
+    pulumi/pulumi-eks#338, #762, #764), unless `clusterIdentifier` is set and unchanged
+    (pulumi/pulumi-kubernetes#3068): the cluster's name on EKS, a plain value known at every
+    preview, and the API server on a cluster made elsewhere (what the guard holds)."""
     eks_provider = dev_stack.one("pulumi:providers:kubernetes").inputs
     assert eks_provider["clusterIdentifier"] == "redis-eks-dev"
     existing = render_manifests._plain(existing_stack.one("pulumi:providers:kubernetes").inputs["clusterIdentifier"])

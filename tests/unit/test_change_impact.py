@@ -3,6 +3,8 @@ stack, rendered by tools/change_impact.py from the program under mocks, before a
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from components import platform_change_guard
@@ -130,3 +132,75 @@ def test_changed_paths_reach_into_objects_and_lists():
     assert ci.changed_paths(old, new) == ["spec.template.containers[].image"]
     assert ci.changed_paths({"a": [1]}, {"a": [1, 2]}) == ["a"]
     assert ci.changed_paths({"a": 1}, {"b": 1}) == ["a", "b"]
+
+
+# pulumi-eks's inputs that become its own aws.eks.Addon resources (kube-proxy, the VPC CNI), not
+# the aws.eks.Cluster whose endpoint and CA make the kubeconfig (nodejs/eks/cluster/cluster.ts).
+PULUMI_EKS_ADDON_INPUTS = ("kubeProxyAddonOptions", "vpcCniOptions")
+CLUSTER_IDENTIFIER_UPGRADE = "## Upgrading a stack from before clusterIdentifier"
+
+
+def held_back_on_the_upgrade_run() -> set[str]:
+    """The settings docs/operations.md's first step of that upgrade keeps as the cluster runs them."""
+    text = (ci.PROJECT_DIR / "docs" / "operations.md").read_text()
+    section = text[text.index(CLUSTER_IDENTIFIER_UPGRADE) :]
+    step = section[section.index("\n1. ") : section.index("\n2. ")]
+    return {word for word in re.findall(r"`(\w+)`", step) if word in KNOWN_KEYS}
+
+
+def test_the_upgrade_to_cluster_identifier_holds_back_every_setting_that_updates_the_eks_cluster(impacts):
+    """The run that adds the Kubernetes provider's clusterIdentifier to a stack from before is
+    judged by the kubeconfig alone, which the EKS cluster's endpoint and CA make: the runbook
+    has that run change nothing of the cluster. Its list is every setting whose change (not
+    refused at preview) updates the cluster itself, and nothing else."""
+    updates_the_cluster = {
+        item.sample.setting
+        for item in impacts
+        if not item.refused
+        for change in item.changes
+        if change.type == ci.EKS_CLUSTER and any(not path.startswith(PULUMI_EKS_ADDON_INPUTS) for path in change.paths)
+    }
+    assert updates_the_cluster == {"clusterVersion", "deletionProtection", "endpointPublicAccess", "publicAccessCidrs"}
+    assert held_back_on_the_upgrade_run() == updates_the_cluster
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def sdk_has_input(resource_type: str, path: str) -> bool:
+    """Whether the installed pulumi-aws SDK takes this property path as an input of the resource
+    type (`launchTemplate.version`, list items as `[]`), walking its *Args classes."""
+    import inspect
+
+    import pulumi_aws
+
+    module = getattr(pulumi_aws, resource_type.split(":")[1].split("/")[0])
+    args = getattr(module, resource_type.rsplit(":", 1)[1] + "Args")
+    for i, segment in enumerate(path.split(".")):
+        parameters = inspect.signature(args.__init__).parameters
+        name = _snake(segment.replace("[]", ""))
+        if name not in parameters:
+            return False
+        if i < len(path.split(".")) - 1:
+            nested = re.findall(r"(\w+Args)\b", str(parameters[name].annotation))
+            if not nested:
+                return False
+            args = getattr(module, nested[0])
+    return True
+
+
+def test_every_rule_names_inputs_the_installed_sdk_has():
+    """The rules were read in stored copies of the Terraform provider's files, not in the version
+    pulumi-aws 7.51.1 bundles (which could not be determined): each property they name must still
+    be an input of the installed SDK's resource, or the copy read is stale for it."""
+    assert sdk_has_input("aws:eks/nodeGroup:NodeGroup", "launchTemplate.version")
+    assert not sdk_has_input("aws:eks/nodeGroup:NodeGroup", "launchTemplate.bogus")
+    assert not sdk_has_input("aws:kms/key:Key", "bogusSpec")
+    missing = [
+        (resource_type, path)
+        for resource_type, rules in ci.REPLACE_FORCING.items()
+        for path in rules.replace + rules.rolls_nodes + rules.in_place
+        if not sdk_has_input(resource_type, path)
+    ]
+    assert missing == []

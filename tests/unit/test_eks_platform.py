@@ -4,6 +4,7 @@ import json
 from contextlib import contextmanager
 from typing import Optional
 
+import grpc
 import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
@@ -1022,6 +1023,8 @@ def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_remov
     assert groups["redis-eks-dev-node-group"]["instanceTypes"] == ["t3.large"]
     (old,) = [g for g in moving.of_type(NODE_GROUP) if g.name == "redis-eks-dev-node-group"]
     assert old.ignore_changes == ["instanceTypes"], "whatever EKS reports, the old group keeps its types"
+    # Both groups wait for a roll of their nodes (a clusterVersion upgrade rolls both).
+    assert {g.custom_timeouts[1] for g in moving.of_type(NODE_GROUP)} == {f"{15 * 60 + 3 * 20 * 60}s"}
     assert "instanceTypes" not in groups["redis-eks-dev-nodes"]
     assert templates_of(moving)["redis-eks-dev-node-template"]["instanceType"] == "m6i.large"
     assert "instanceType" not in templates_of(moving)["redis-eks-dev-nodes"]
@@ -1048,3 +1051,260 @@ def test_moving_a_group_from_before_is_a_second_group_then_the_drained_one_remov
 def test_moving_needs_a_group_to_move_from():
     with pytest.raises(SettingsError, match="no node group with its instance type on the group"):
         build_stack("dev", nodeGroupForm="moving")
+
+
+# --- The first run after the guard came: judged against what AWS reports ------------------
+
+RUNNING_SUBNETS = [f"subnet-0000000000000000{i}" for i in range(3)]
+OTHER_VPC = "vpc-0fedcba9876543210"
+VOLUME_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+OTHER_KEY = "arn:aws:kms:eu-west-1:111122223333:key/9876abcd-12ab-34cd-56ef-1234567890ab"
+
+
+class EngineInvokeError(grpc.RpcError):
+    """How the engine answers an invoke whose provider failed: a gRPC error with the provider's
+    message (pulumi/pulumi pkg/resource/deploy/source_eval.go, resmon.Invoke)."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
+@contextmanager
+def aws_reports(
+    version: str = "1.35",
+    vpc: str = "vpc-0123456789abcdef0",
+    vpc_tags: Optional[dict] = None,
+    subnets: Optional[list[str]] = None,
+    volumes: Optional[dict[str, str]] = None,
+    addons: Optional[dict[str, str]] = None,
+):
+    """The fake cloud with the dev stack's cluster running as AWS would describe it: its
+    control plane's version and VPC (tagged as the stack's own unless `vpc_tags` says
+    otherwise), the subnets of its launch-template node group, its attached Redis volumes
+    (volume ID -> KMS key ARN) and, given `addons`, the add-ons EKS runs on it (name -> build;
+    DescribeAddon fails for any other, as for an add-on not on the cluster). Records the
+    volume queries."""
+    answer = render_manifests._FakeCloud.call
+    tags = {"Name": "redis-eks-dev-vpc"} if vpc_tags is None else vpc_tags
+    subnets = RUNNING_SUBNETS if subnets is None else subnets
+    volumes = volumes or {}
+    asked: list[dict] = []
+
+    def call(self, args):
+        if args.token == "aws:eks/getClusters:getClusters":
+            return {"id": REGION, "names": ["redis-eks-dev"], "region": REGION}
+        if args.token == "aws:eks/getCluster:getCluster":
+            return {
+                "id": "redis-eks-dev",
+                "name": "redis-eks-dev",
+                "tags": {},
+                "version": version,
+                "vpcConfig": {"vpcId": vpc, "subnetIds": subnets},
+            }
+        if args.token == "aws:ec2/getVpc:getVpc":
+            assert args.args["id"] == vpc
+            return {"id": vpc, "tags": tags}
+        if args.token == "aws:eks/getNodeGroups:getNodeGroups":
+            return {"id": "redis-eks-dev", "clusterName": "redis-eks-dev", "names": ["redis-eks-dev-nodes"]}
+        if args.token == "aws:eks/getNodeGroup:getNodeGroup":
+            name = args.args["nodeGroupName"]
+            return {"id": name, "nodeGroupName": name, "instanceTypes": [], "subnetIds": subnets}
+        if args.token == "aws:eks/getAddon:getAddon" and addons is not None:
+            addon = args.args["addonName"]
+            if addon not in addons:
+                raise EngineInvokeError(
+                    f"invocation of aws:eks/getAddon:getAddon returned an error: reading EKS Add-On "
+                    f"(redis-eks-dev:{addon}): couldn't find resource"
+                )
+            return {"id": f"redis-eks-dev:{addon}", "addonName": addon, "addonVersion": addons[addon]}
+        if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
+            asked.append(dict(args.args))
+            return {"id": REGION, "ids": sorted(volumes)}
+        if args.token == "aws:ebs/getVolume:getVolume":
+            (volume_id,) = args.args["filters"][0]["values"]
+            return {"id": volume_id, "volumeId": volume_id, "kmsKeyId": volumes[volume_id], "encrypted": True}
+        return answer(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_manifests._FakeCloud, "call", call)
+        yield asked
+
+
+def dev_config(**overrides: Optional[str]) -> dict[str, str]:
+    """The dev stack file with these settings (None: left out)."""
+    config = load_stack_config("dev") | {f"redis-eks:{key}": value for key, value in overrides.items()}
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def refused(**overrides: Optional[str]) -> str:
+    """The refusal of a dev stack run with these settings: raised before anything registers."""
+    run = render_manifests.ProgramRun()
+    with pytest.raises(SettingsError) as raised:
+        render_manifests.run_program(dev_config(**overrides), stack="dev", run=run)
+    assert run.resources == [], "a refused run registers nothing, not even the guard"
+    return str(raised.value)
+
+
+def test_the_first_run_after_the_guard_came_judges_against_what_aws_reports():
+    """A stack deployed before PlatformChangeGuard gets one on its next run, with no record to
+    compare with: the guard lets that run's changes through. What AWS reports of the running
+    cluster needs no record: an older clusterVersion is refused all the same, at preview."""
+    from components.platform_change_guard import platform_change_failures
+
+    assert platform_change_failures({}, {"cluster_version": "1.35"}) == []  # the guard's first run
+    with aws_reports(version="1.36"):
+        message = refused(clusterVersion="1.35")
+    assert "redis-eks:clusterVersion = '1.35' is refused on this running stack" in message
+    assert "the cluster runs Kubernetes 1.36, and EKS cannot downgrade a cluster" in message
+    # What runs, as it runs: nothing to refuse; the upgrade to the next version goes ahead.
+    with aws_reports(version="1.35"):
+        assert build_stack("dev").one(EKS_CLUSTER).inputs["version"] == "1.35"
+        assert build_stack("dev", clusterVersion="1.36").one(EKS_CLUSTER).inputs["version"] == "1.36"
+
+
+def test_a_vpc_the_cluster_does_not_run_in_is_refused_whichever_way():
+    given = {"vpcId": OTHER_VPC, "privateSubnetIds": json.dumps(RUNNING_SUBNETS), "natGateways": None}
+    # The stack made its VPC; now it would be given another one: node group and cluster replaced.
+    with aws_reports():
+        message = refused(**given)
+    assert f"redis-eks:vpcId = '{OTHER_VPC}' is refused on this running stack" in message
+    # The cluster runs in a VPC the stack was given; unset, a new one would be made.
+    with aws_reports(vpc=OTHER_VPC, vpc_tags={"Name": "shared-network"}):
+        assert "redis-eks:vpcId = '' is refused on this running stack" in refused()
+        # The same VPC and subnets, listed in another order: nothing to refuse.
+        shuffled = {**given, "privateSubnetIds": json.dumps(list(reversed(RUNNING_SUBNETS)))}
+        run = render_manifests.run_program(dev_config(**shuffled), stack="dev")
+        assert run.one(NODE_GROUP).inputs["subnetIds"] == list(reversed(RUNNING_SUBNETS))
+        # Other subnets of it: the node group would be replaced.
+        other = json.dumps(["subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"])
+        assert "redis-eks:privateSubnetIds" in refused(**{**given, "privateSubnetIds": other})
+
+
+def test_the_zone_count_of_the_stacks_own_vpc_is_the_node_groups_subnets():
+    with aws_reports():
+        assert "redis-eks:availabilityZoneCount = 2 is refused on this running stack" in refused(
+            availabilityZoneCount="2", nodeMinSize="2", nodeDesiredSize="2", acceptRisks='["zoneMajority"]'
+        )
+
+
+def test_another_key_than_the_one_the_volumes_are_encrypted_with_is_refused():
+    with aws_reports(volumes={"vol-0a": VOLUME_KEY, "vol-0b": VOLUME_KEY}) as asked:
+        message = refused(storageKmsKeyArn=OTHER_KEY)
+        assert f"redis-eks:storageKmsKeyArn = '{OTHER_KEY}' is refused on this running stack" in message
+        assert "could no longer be attached" in message
+        assert build_stack("dev", storageKmsKeyArn=VOLUME_KEY).one(STORAGE_CLASS)
+    # This cluster's Redis volumes, attached: not the volumes a destroyed stack of the same name left.
+    assert asked[0]["filters"] == [
+        {"name": f"tag:{CLUSTER_TAG_KEY}", "values": ["redis-eks-dev"]},
+        {"name": "status", "values": ["in-use"]},
+    ]
+    # No volume attached yet (a first run that stopped before the pods): nothing to compare.
+    with aws_reports():
+        assert build_stack("dev", storageKmsKeyArn=OTHER_KEY).one(STORAGE_CLASS)
+
+
+def test_a_stack_that_named_its_key_by_an_alias_moves_to_the_key_arn_of_the_same_key():
+    """Before the key ARN form was required, storageKmsKeyArn took an alias ARN (which no IAM
+    policy's Resource matches). Such a stack is refused at preview with where to find the key
+    ARN; the key ARN of the key its volumes report goes through, on that run (the guard has no
+    record yet: AWS's answer judges it) and on the next (the guard's record holds it)."""
+    from components.platform_change_guard import platform_change_failures
+
+    alias = "arn:aws:kms:eu-west-1:111122223333:alias/redis-volumes"
+    with aws_reports(volumes={"vol-0a": VOLUME_KEY}):
+        message = refused(storageKmsKeyArn=alias)
+        assert f"redis-eks:storageKmsKeyArn = {alias!r} is not valid" in message
+        assert "aws kms describe-key --key-id alias/<name>" in message
+        run = build_stack("dev", storageKmsKeyArn=VOLUME_KEY)
+    assert run.one(STORAGE_CLASS).inputs["parameters"]["kmsKeyId"] == VOLUME_KEY
+    recorded = run.one("pulumi-python:dynamic/redis:PlatformChangeGuard").inputs
+    assert platform_change_failures(recorded, recorded) == []
+
+
+def test_every_refusal_against_what_runs_comes_in_one_message():
+    with aws_reports(version="1.36", volumes={"vol-0a": VOLUME_KEY}):
+        message = refused(clusterVersion="1.35", storageKmsKeyArn=OTHER_KEY, availabilityZoneCount="4")
+    assert message.startswith("3 stack settings are not valid:")
+    for setting in ("clusterVersion", "storageKmsKeyArn", "availabilityZoneCount"):
+        assert f"redis-eks:{setting} = " in message, setting
+
+
+# --- Add-on builds on a running cluster: kept, never moved back --------------------------------
+
+RUNNING_BUILDS = {
+    "aws-ebs-csi-driver": "v1.67.0-eksbuild.1",
+    "coredns": "v1.12.2-eksbuild.1",
+    "kube-proxy": "v1.35.1-eksbuild.1",
+    "vpc-cni": "v1.20.3-eksbuild.1",
+}
+
+
+def builds_of(run) -> dict[str, Optional[str]]:
+    cluster = run.one(EKS_CLUSTER).inputs
+    return {
+        "aws-ebs-csi-driver": named(run, ADDON, "-ebs-csi-driver").inputs["addonVersion"],
+        "coredns": named(run, ADDON, "-coredns").inputs["addonVersion"],
+        "kube-proxy": (cluster.get("kubeProxyAddonOptions") or {}).get("version"),
+        "vpc-cni": cluster["vpcCniOptions"].get("addonVersion"),
+    }
+
+
+def test_an_unpinned_add_on_keeps_the_build_that_runs():
+    """AWS naming a new default or newest build is no reason to update an add-on on some
+    unrelated `pulumi up` (EKS itself never does): while clusterVersion is what the control
+    plane runs, each add-on stays at the build EKS reports for it, pulumi-eks's two included
+    (which would otherwise ask EKS for the newest on every run). Here EKS's answers (the fake
+    cloud's) differ from every running build."""
+    assert all(render_manifests.FAKE_ADDON_BUILDS[addon][0] != build for addon, build in RUNNING_BUILDS.items())
+    with aws_reports(addons=RUNNING_BUILDS):
+        run = build_stack("dev")
+    assert builds_of(run) == RUNNING_BUILDS
+    # Removing a pin keeps the pinned build too: it is what runs.
+    with aws_reports(addons={**RUNNING_BUILDS, "coredns": "v1.12.4-eksbuild.1"}):
+        assert builds_of(build_stack("dev"))["coredns"] == "v1.12.4-eksbuild.1"
+
+
+def test_an_add_on_not_on_the_cluster_yet_takes_the_build_eks_names():
+    """A first run that stopped before the add-ons: DescribeAddon fails for them, and they are
+    created at EKS's answer, as on a new cluster."""
+    with aws_reports(addons={"kube-proxy": "v1.35.1-eksbuild.1", "vpc-cni": "v1.20.3-eksbuild.1"}):
+        builds = builds_of(build_stack("dev"))
+    assert builds["aws-ebs-csi-driver"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
+    assert builds["coredns"] == render_manifests.FAKE_ADDON_BUILDS["coredns"][0]
+    assert builds["kube-proxy"] == "v1.35.1-eksbuild.1" and builds["vpc-cni"] == "v1.20.3-eksbuild.1"
+
+
+def test_a_new_cluster_version_moves_the_add_ons_but_never_to_an_older_build():
+    """With a new clusterVersion each unpinned add-on takes EKS's answer for the version the
+    control plane reports once upgraded; if that answer for the new version is older than what
+    runs, the preview refuses it and says what to pin."""
+    older = {**RUNNING_BUILDS, "aws-ebs-csi-driver": "v1.65.0-eksbuild.1", "coredns": "v1.12.0-eksbuild.1"}
+    older |= {"kube-proxy": "v1.35.0-eksbuild.1", "vpc-cni": "v1.20.0-eksbuild.1"}
+    with aws_reports(addons=older):
+        builds = builds_of(build_stack("dev", clusterVersion="1.36"))
+    assert builds["aws-ebs-csi-driver"] == render_manifests.FAKE_ADDON_BUILDS["aws-ebs-csi-driver"][0]
+    # pulumi-eks asks EKS itself, for the version its control plane reports.
+    assert builds["kube-proxy"] is None and builds["vpc-cni"] is None
+    # EKS names v1.66.0-eksbuild.1 for the driver (the fake cloud), older than v1.67.0 that runs.
+    with aws_reports(addons=RUNNING_BUILDS):
+        message = refused(clusterVersion="1.36")
+    assert "redis-eks:ebsCsiDriverVersion is not set, and the aws-ebs-csi-driver build EKS names for " in message
+    assert "Kubernetes 1.36, v1.66.0-eksbuild.1, is older than v1.67.0-eksbuild.1, which runs" in message
+    assert "Pin v1.67.0-eksbuild.1 if EKS offers it for 1.36" in message
+    assert "coredns" in message  # v1.12.1-eksbuild.2 for 1.36 is older than v1.12.2-eksbuild.1 too
+
+
+def test_a_pin_older_than_the_build_that_runs_is_refused():
+    with aws_reports(addons=RUNNING_BUILDS):
+        message = refused(ebsCsiDriverVersion="v1.66.0-eksbuild.1")
+        assert "redis-eks:ebsCsiDriverVersion = 'v1.66.0-eksbuild.1' is refused on this running stack" in message
+        assert "aws-ebs-csi-driver runs v1.67.0-eksbuild.1" in message
+        for pin in ("v1.67.0-eksbuild.1", "v1.68.0-eksbuild.1"):
+            assert builds_of(build_stack("dev", ebsCsiDriverVersion=pin))["aws-ebs-csi-driver"] == pin

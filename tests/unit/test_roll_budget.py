@@ -81,7 +81,11 @@ def test_the_most_pods_the_settings_allow_are_waited_for_to_the_end():
 
 def test_a_node_holding_too_many_pods_to_drain_in_15_minutes_is_warned_about(monkeypatch):
     warnings = []
-    monkeypatch.setattr("pulumi.log.warn", lambda message, resource=None, **_: warnings.append(message))
+    monkeypatch.setattr(
+        "pulumi.log.warn",
+        # The dev example's documentation range has a warning of its own.
+        lambda message, resource=None, **_: "documentation ranges" in message or warnings.append(message),
+    )
     # Nodes large enough to hold 20 pods each (the settings check it), too many to drain in time.
     build_stack(
         "dev", shards="30", replicasPerShard="1", nodeDesiredSize="4", nodeMaxSize="6", nodeInstanceType="m6i.2xlarge"
@@ -104,3 +108,28 @@ def test_a_cluster_made_elsewhere_has_no_eks_drain_limit():
         }
     )
     assert roll.drain_warning(settings) is None
+
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+
+
+def test_the_node_group_waits_for_every_node_to_be_drained_and_replaced(dev_stack, prod_stack):
+    """A node update (AMI, clusterVersion, nodeInstanceType) replaces the nodes one at a time, each
+    drained within EKS's 15 minutes: a roll of three nodes can already outlast the provider's
+    default 60 minutes, which then failed `pulumi up` while EKS carried on and left the add-ons
+    after the group as they were."""
+    for run, nodes in ((dev_stack, 3), (prod_stack, 6)):
+        create, update, _ = run.one(NODE_GROUP).custom_timeouts
+        assert create == ""
+        assert seconds(update) == 15 * 60 + nodes * (15 * 60 + roll.NODE_REPLACE_SECONDS)
+        assert seconds(update) > 60 * 60
+    assert roll.node_update_seconds(parse_settings({"nodeDesiredSize": "6", "nodeMaxSize": "6"})) == 135 * 60
+
+
+def test_one_pulumi_up_may_wait_for_the_control_plane_the_nodes_the_add_ons_and_the_pods_in_turn():
+    settings = parse_settings({"nodeDesiredSize": "6", "nodeMaxSize": "9"})
+    assert roll.deploy_seconds(settings) == (
+        60 * 60 + roll.node_update_seconds(settings) + 20 * 60 + roll.roll_budget(settings).update_seconds
+    )
+    existing = parse_settings({"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/y"})
+    assert roll.deploy_seconds(existing) == roll.roll_budget(existing).update_seconds

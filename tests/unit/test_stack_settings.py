@@ -12,6 +12,7 @@ from components.stack_settings import (
     load_settings,
     load_stack_config,
     parse_settings,
+    read_stack_config,
 )
 from tests.unit.conftest import KUBECONFIG
 from tools.render_manifests import ProgramRun, run_program
@@ -296,6 +297,25 @@ def test_an_existing_platform_without_kubeconfig_or_provisioner_names_both():
     assert len(raised.value.problems) == 4
 
 
+def test_monitoring_on_a_cluster_made_elsewhere_says_which_crds_to_expect():
+    """On platform=existing the stack cannot know whether a Prometheus Operator brought the
+    CRDs: `install` would fail with AlreadyExists where one did, `existing` would leave the
+    objects without their kinds where none did. The setting is asked for, like the
+    provisioner; either value, once given, is taken as it is."""
+    existing = {"platform": "existing", "kubeconfig": KUBECONFIG, "storageProvisioner": "x.io/p"}
+    with pytest.raises(SettingsError) as raised:
+        parse_settings({**existing, "monitoring": "true"})
+    (problem,) = raised.value.problems
+    assert problem.startswith("redis-eks:prometheusOperatorCrds = None is not valid: platform=existing")
+    assert "'existing' if the cluster runs a Prometheus Operator" in problem and "'install' if" in problem
+    for crds in ("install", "existing"):
+        settings = parse_settings({**existing, "monitoring": "true", "prometheusOperatorCrds": crds})
+        assert settings.prometheus_operator_crds == crds
+    # Without monitoring there is nothing to ask; on EKS the stack made the cluster and installs them.
+    assert parse_settings(existing).prometheus_operator_crds == "install"
+    assert parse_settings({"monitoring": "true"}).prometheus_operator_crds == "install"
+
+
 def test_a_value_that_does_not_parse_is_not_judged_again_through_its_default():
     # nodeMinSize falls back to its default while parsing; the min <= desired <= max check
     # must not then report a second, made-up problem with it.
@@ -377,3 +397,32 @@ def test_the_whole_config_is_read_as_the_language_host_hands_it_over(monkeypatch
         )
     finally:
         pulumi.runtime.set_all_config({}, [])
+
+
+@pytest.mark.parametrize(
+    "cidrs, warned",
+    [
+        (["203.0.113.0/24"], True),  # the example stacks' range
+        (["192.0.2.0/25", "198.51.100.7/32", "2001:db8::/48"], True),
+        (["203.0.113.0/24", "198.18.0.0/15"], False),  # one range a client may be in
+        (["10.20.0.0/16"], False),
+        (["203.0.112.0/23"], False),  # wider than the documentation block
+    ],
+)
+def test_a_public_endpoint_open_to_documentation_ranges_only_is_warned_about(cidrs, warned):
+    settings = read_stack_config(
+        {
+            "aws:region": "eu-west-1",
+            "redis-eks:endpointPublicAccess": "true",
+            "redis-eks:publicAccessCidrs": json.dumps(cidrs),
+        }
+    )
+    about = [w for w in settings.warnings if "documentation ranges only" in w]
+    assert bool(about) == warned, settings.warnings
+    if warned:
+        assert "redis-eks:publicAccessCidrs" in about[0] and cidrs[0] in about[0]
+
+
+def test_the_dev_example_is_warned_about_until_its_range_is_replaced():
+    settings = read_stack_config(load_stack_config("dev"))
+    assert any("documentation ranges only" in w for w in settings.warnings)
