@@ -165,9 +165,9 @@ def run_fault(work: Path, binaries: EngineBinaries, fault: Callable[[Sandbox], s
             raise RuntimeError(f"processes outlived the sandbox: {leftovers}")
 
 
-def bench(engines: Mapping[str, EngineBinaries], keys: int) -> list[Row]:
+def bench(engines: Mapping[str, EngineBinaries], keys: int, only: str = "") -> list[Row]:
     rows = []
-    for title, fault in FAULTS:
+    for title, fault in (f for f in FAULTS if only in f[0]):
         cells, figures = {}, {}
         for name, binaries in engines.items():
             with tempfile.TemporaryDirectory(prefix=f"fault-benchmark-{name}-") as work:
@@ -182,13 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_engines_argument(parser)
     parser.add_argument("--keys", type=int, default=20_000, help="keys loaded before each fault")
+    parser.add_argument("--only", default="", help="the faults whose title holds this text (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     engines = engine_binaries(args.engines)
     for line in header_lines(engines.values()):
         print(line)
-    print(f"\n== {len(FAULTS)} faults per engine, each under a plain and a WAIT 1 writer ==", flush=True)
-    rows = bench(engines, args.keys)
+    chosen = sum(1 for title, _ in FAULTS if args.only in title)
+    print(f"\n== {chosen} faults per engine, each under a plain and a WAIT 1 writer ==", flush=True)
+    rows = bench(engines, args.keys, args.only)
     print("\nFaults per engine (the goal: none lost, healthy on its own or after the next `up`):\n")
     print("\n".join(markdown_table(engines, rows)))
     print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")

@@ -853,6 +853,15 @@ def _stack_problems(
                 f"{NAMESPACE}:publicAccessCidrs = {list(s.public_access_cidrs)} admits the whole internet to the "
                 "Kubernetes API"
             )
+        elif s.endpoint_public_access and only_documentation_ranges(s.public_access_cidrs):
+            # The example stacks' range: EKS takes it, but no client has such an address, so
+            # the run that creates the cluster then times out on every Kubernetes object.
+            warnings.append(
+                f"{NAMESPACE}:publicAccessCidrs = {list(s.public_access_cidrs)} lists documentation ranges only "
+                "(RFC 5737, RFC 3849), which no real address is in: unless `pulumi up` runs inside the VPC, "
+                "the Kubernetes objects cannot be created once the EKS cluster is. List your VPN's and your "
+                "CI runners' ranges (docs/operations.md, Who can reach the cluster)"
+            )
     if parsed("replicasPerShard") and s.replicas_per_shard == 0:
         needed["noReplicas"] = (
             f"{NAMESPACE}:replicasPerShard = 0 leaves every master without a replica: a node drain or failure "
@@ -1007,6 +1016,19 @@ def open_to_internet(cidrs: Collection[str]) -> bool:
     for reserved in _RESERVED_V4:
         public_v4 = [part for net in public_v4 for part in _without(net, reserved)]
     return _covered(public_v4, v4) or _covered([ipaddress.ip_network("2000::/3")], v6)
+
+
+_DOCUMENTATION_RANGES = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+
+
+def only_documentation_ranges(cidrs: Collection[str]) -> bool:
+    """Whether every range lies in an address block reserved for documentation and examples."""
+    networks = [ipaddress.ip_network(c) for c in cidrs]
+    return bool(networks) and all(
+        any(n.version == d.version and n.subnet_of(d) for d in _DOCUMENTATION_RANGES) for n in networks
+    )
 
 
 _RESERVED_V4 = tuple(

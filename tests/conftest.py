@@ -18,6 +18,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULT_ENGINE,
         help=f"the engine whose server and CLI the integration tests run (default {DEFAULT_ENGINE})",
     )
+    parser.addoption(
+        "--every-variant",
+        action="store_true",
+        help="run the variants marked engine_pass for another engine too (CI alternates them)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "engine_pass(name): run this variant in that engine's pass only. Variants of one fault "
+        "that differ in how it is injected alternate between the passes, so that CI covers each "
+        "once and stays short; `make bench` (benchmarks/fault_benchmark.py) runs every variant "
+        "on both engines.",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--every-variant"):
+        return
+    running = config.getoption("--engine")
+    for item in items:
+        marker = item.get_closest_marker("engine_pass")
+        if marker is not None and marker.args[0] != running:
+            item.add_marker(pytest.mark.skip(reason=f"runs in the {marker.args[0]} pass (engine_pass)"))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -3,7 +3,8 @@
 Each "pod" is a `LocalNode`: its own 127.0.1x.y address, conf/secret/data dirs, started as
 `dash entrypoint.sh redis-server redis.conf` exactly as the StatefulSet starts it. The tests
 that take `nodes_tls_too` run twice: in plaintext, and with TLS on (the scripts then speak TLS
-only, and the nodes announce their DNS names); tests/integration/test_tls.py has the rest.
+only, and the nodes announce their DNS names), but for the long ones, which take one of the two
+per engine pass; tests/integration/test_tls.py has the rest.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def nodes_tls_too(request: pytest.FixtureRequest, nodes: LocalNodes) -> LocalNod
     if request.param:
         nodes.settings = fast_settings(nodes.binaries.engine.name, tls="true")
     return nodes
+
+
+# The long cluster scenarios take plaintext in the redis pass and TLS in the valkey pass
+# (tests/conftest.py, engine_pass; `--every-variant` runs both); the sandbox's suites run
+# the same scripts with and without TLS on both engines.
+ONE_WAY_PER_PASS = pytest.mark.parametrize(
+    "nodes_tls_too",
+    [
+        pytest.param(False, id="plaintext", marks=pytest.mark.engine_pass("redis")),
+        pytest.param(True, id="tls", marks=pytest.mark.engine_pass("valkey")),
+    ],
+    indirect=True,
+)
 
 
 class EntrypointRun:
@@ -438,6 +452,7 @@ def test_a_replica_without_a_working_link_to_its_master_is_not_ready(nodes: Loca
     wait_ready([replica], timeout=20)
 
 
+@ONE_WAY_PER_PASS
 def test_probes_before_and_after_formation_and_when_the_cluster_is_down(nodes_tls_too: LocalNodes) -> None:
     cluster = nodes_tls_too.started(6)
     for node in cluster:
@@ -518,6 +533,7 @@ def _restart_all_on_new_ips(cluster: list[LocalNode], new_ips: list[str], peers:
         node.start()
 
 
+@ONE_WAY_PER_PASS
 def test_all_pods_back_on_new_ips_recover_through_the_peers_file(
     nodes_tls_too: LocalNodes, loopback: LoopbackAddresses
 ) -> None:
@@ -747,6 +763,7 @@ def test_one_crashed_master_back_on_a_new_ip_rejoins_as_a_replica(
 # ---------------------------------------------------------------------------------------
 
 
+@ONE_WAY_PER_PASS
 def test_prestop_on_a_master_hands_over_without_losing_acknowledged_writes(nodes_tls_too: LocalNodes) -> None:
     cluster = nodes_tls_too.cluster()
     masters, _ = masters_and_replicas(cluster)

@@ -22,8 +22,6 @@ What is proven:
   restarted pod's readiness probe alone (as the StatefulSet controller gates it): with the
   preStop handover, not one write fails for a client that follows redirects, and every
   master hands its slots to its replica on the way.
-* scale 3 -> 4 shards under writes: nothing lost; a plain `up` afterwards keeps the four
-  (scale-in is tests/integration/test_scaling.py's).
 * `up` twice is a no-op; `up` after a crash in the middle of forming (simulated at each
   step of `redis-cli --cluster create`, and for real: the forming process SIGKILLed)
   converges, and never resets a node that may hold data (masters that were never
@@ -67,7 +65,7 @@ from tools.render_manifests import PROJECT_DIR
 pytestmark = pytest.mark.integration
 
 # 127.0.<octet>.0/24 per test; the suite owns 40..49 (the benchmark 50..59).
-KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, SCALE, UP_TWICE, PARTIAL, KILLED_UP, ZONE = range(40, 50)
+KILL, RESTART_ONE, RESTART_ALL, NO_PEER_RECOVERY, ROLLING, _, UP_TWICE, PARTIAL, KILLED_UP, ZONE = range(40, 50)
 # Acknowledged writes a writer must have made before the failure it is there to see, and
 # again after it.
 WARM_UP_WRITES = 50
@@ -276,10 +274,11 @@ def test_all_pods_on_new_ips_without_peer_recovery_stay_down(make_sandbox):
         start_pod(sb, pod, host=host, peers=(), managed=managed)
     started = time.monotonic()
 
-    # Three node timeouts: never healthy, and every node ends up in cluster_state:fail.
+    # A node timeout and more: never healthy, and every node ends up in cluster_state:fail
+    # (that it stays down for longer is test_node_scripts.py's seed case).
     node_timeout = sb.settings(sb.load()).node_timeout_ms / 1000
     healthy_at = []
-    while time.monotonic() - started < 3 * node_timeout:
+    while time.monotonic() - started < 1.5 * node_timeout:
         if not cluster_problems(sb):
             healthy_at.append(round(time.monotonic() - started, 1))
         time.sleep(0.5)
@@ -339,38 +338,6 @@ def test_rolling_restart_with_prestop_handover_fails_no_write(make_sandbox):
     assert {p for p, f in after.items() if f.role == "master"} == {p for p, f in before.items() if f.role == "slave"}
     assert not writer.failures(), writer.summary()
     assert len(writer.acknowledged()) > 100
-    _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
-
-
-# ---------------------------------------------------------------------------------------
-# 5. Scale out under load.
-# ---------------------------------------------------------------------------------------
-
-
-def test_scale_out_under_load_loses_nothing_and_a_plain_up_keeps_the_shape(make_sandbox):
-    managed = make_sandbox(SCALE)
-    sb = managed.sandbox
-    sb.up()
-    with Writer(cluster_client(sb), "w") as writer:
-        writer.wait_acknowledged(WARM_UP_WRITES)
-        topology = sb.up(shards=4)
-        writer.wait_acknowledged(WARM_UP_WRITES, after=time.monotonic())
-    print(writer.summary())
-    assert topology["state"] == "ok", topology["problems"]
-    wait_healthy(sb)
-
-    facts = snapshot(sb)
-    owners = {p: f for p, f in facts.items() if f.role == "master" and f.slots}
-    assert len(facts) == 8 and len(owners) == 4
-    counts = sorted(len(slots_of(f)) for f in owners.values())
-    assert sum(counts) == 16384 and all(abs(c - 4096) <= 0.02 * 4096 for c in counts), counts
-    assert sorted(sum(1 for f in facts.values() if f.master_id == m.id) for m in owners.values()) == [1] * 4
-    _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
-
-    # A plain `up` keeps the shape the sandbox runs instead of asking for the first one.
-    again = sb.up()
-    assert again["state"] == "ok" and len(again["masters"]) == 4 and len(again["replicas"]) == 4
-    assert snapshot(sb) == facts
     _assert_nothing_lost(sb, writer.acknowledged(), "acknowledged writes")
 
 

@@ -66,6 +66,14 @@ def test_three_to_four_to_three_shards_under_writes_loses_nothing(make_sandbox):
         sb.up(shards=4)
         grown = snapshot(sb)
         writer.wait_acknowledged(50, after=time.monotonic())
+        # Four even shards, a replica each; a plain `up` keeps the shape the sandbox runs
+        # instead of asking for the first one.
+        owners = {p: f for p, f in grown.items() if f.role == "master" and f.slots}
+        counts = sorted(sum(b - a + 1 for a, b in f.slots) for f in owners.values())
+        assert len(owners) == 4 and all(abs(c - 4096) <= 0.02 * 4096 for c in counts), counts
+        assert sorted(sum(1 for f in grown.values() if f.master_id == m.id) for m in owners.values()) == [1] * 4
+        again = sb.up()
+        assert len(again["masters"]) == 4 and len(again["replicas"]) == 4
         topology = sb.up(shards=3)
         writer.wait_acknowledged(50, after=time.monotonic())
     print(writer.summary())

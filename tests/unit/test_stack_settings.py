@@ -12,6 +12,7 @@ from components.stack_settings import (
     load_settings,
     load_stack_config,
     parse_settings,
+    read_stack_config,
 )
 from tests.unit.conftest import KUBECONFIG
 from tools.render_manifests import ProgramRun, run_program
@@ -396,3 +397,32 @@ def test_the_whole_config_is_read_as_the_language_host_hands_it_over(monkeypatch
         )
     finally:
         pulumi.runtime.set_all_config({}, [])
+
+
+@pytest.mark.parametrize(
+    "cidrs, warned",
+    [
+        (["203.0.113.0/24"], True),  # the example stacks' range
+        (["192.0.2.0/25", "198.51.100.7/32", "2001:db8::/48"], True),
+        (["203.0.113.0/24", "198.18.0.0/15"], False),  # one range a client may be in
+        (["10.20.0.0/16"], False),
+        (["203.0.112.0/23"], False),  # wider than the documentation block
+    ],
+)
+def test_a_public_endpoint_open_to_documentation_ranges_only_is_warned_about(cidrs, warned):
+    settings = read_stack_config(
+        {
+            "aws:region": "eu-west-1",
+            "redis-eks:endpointPublicAccess": "true",
+            "redis-eks:publicAccessCidrs": json.dumps(cidrs),
+        }
+    )
+    about = [w for w in settings.warnings if "documentation ranges only" in w]
+    assert bool(about) == warned, settings.warnings
+    if warned:
+        assert "redis-eks:publicAccessCidrs" in about[0] and cidrs[0] in about[0]
+
+
+def test_the_dev_example_is_warned_about_until_its_range_is_replaced():
+    settings = read_stack_config(load_stack_config("dev"))
+    assert any("documentation ranges only" in w for w in settings.warnings)
