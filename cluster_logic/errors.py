@@ -14,8 +14,8 @@ class ScaleInRefused(BootstrapError):
     def __init__(self, what: str, current: int, wanted: int) -> None:
         self.what, self.current, self.wanted = what, current, wanted
         super().__init__(
-            f"{what} cannot go from {current} to {wanted}: scaling in is not automated because "
-            "the pods that go away must first hand over every key"
+            f"{what} cannot go from {current} to {wanted} here: the masters beyond {wanted} hold slots, "
+            "and the pods that go must first hand over every key (the scale-in step does)"
         )
 
 

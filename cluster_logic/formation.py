@@ -8,7 +8,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import redis
 
@@ -18,7 +18,7 @@ from cluster_logic.deadline import POLL_SECONDS, Deadline, pause
 from cluster_logic.errors import BootstrapError, ScaleInRefused
 from cluster_logic.health import wait_all_known, wait_converged
 from cluster_logic.migration import SlotMover
-from cluster_logic.model import expand_ranges, pod_ordinal
+from cluster_logic.model import NodeEntry, expand_ranges, pod_ordinal
 from cluster_logic.observation import NodeView, probe
 from cluster_logic.planning import (
     Layout,
@@ -148,6 +148,11 @@ def scale_out(
     correct_placement(cluster, shards, replicas_per_shard, deadline)
 
 
+def masters_holding_slots(reference: Sequence[NodeEntry], pods: Mapping[str, str]) -> list[str]:
+    """The pods whose node is a master holding slots, in the reference view."""
+    return [pods[e.id] for e in reference if e.is_master and e.slots and e.id in pods]
+
+
 def join(
     cluster: Cluster, shards: int, replicas_per_shard: int, deadline: Deadline, members: Sequence[NodeView]
 ) -> Layout:
@@ -156,7 +161,7 @@ def join(
     member_pods = {v.node.pod for v in members}
     reference = cluster.reference_entries()
     pods = cluster.pod_of_id()
-    slot_masters = [pods[e.id] for e in reference if e.is_master and e.slots and e.id in pods]
+    slot_masters = masters_holding_slots(reference, pods)
     empty_masters = [
         pods[e.id] for e in reference if e.is_master and not e.slots and e.id in pods and pods[e.id] in member_pods
     ]

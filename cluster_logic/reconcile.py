@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Optional
 
-from cluster_logic import formation, recovery
+from cluster_logic import formation, recovery, scale_in
 from cluster_logic.cluster import Cluster
 from cluster_logic.deadline import Deadline
 from cluster_logic.errors import BootstrapError, UnexpectedCluster
@@ -67,6 +67,15 @@ def ensure_cluster(
             )
         formation.close_open_slots(cluster, deadline)
         cluster.refresh()
+        if len(formation.masters_holding_slots(cluster.reference_entries(), cluster.pod_of_id())) > shards:
+            # A partition in the middle of a slot move can split a shard: the master that
+            # took slots on its side, and its replica promoted on the other, both hold slots.
+            # Every such master is one of these pods, so nothing goes: the slots of the
+            # smallest are merged into the others and it follows one, as a scale-in merges
+            # them (refused, nothing moved, when the others could not hold the keys).
+            log.warning("more masters hold slots than the %d shards: merging the smallest into the others", shards)
+            scale_in.shrink(transport, count, shards, replicas_per_shard, deadline.remaining())
+            cluster.refresh()
         # Joins fresh nodes if any, then fills under-filled masters; a no-op on a cluster
         # already in shape.
         formation.scale_out(cluster, shards, replicas_per_shard, deadline, [v for v in cluster.views if v.member])

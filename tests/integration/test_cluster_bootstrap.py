@@ -701,3 +701,53 @@ def test_a_half_formed_cluster_holding_a_key_is_left_alone(
         server.create(props(provider_blob, nodes.inputs()))
     assert cluster_nodes_snapshot(nodes) == before
     assert first.get(key) == "kept"
+
+
+def test_a_shard_split_by_a_partition_mid_move_is_merged_by_the_next_update(nodes: LocalNodes) -> None:
+    """What a partition in the middle of a slot move can leave (Valkey's atomic migration cut
+    off under durability=bounded did): a master and the replica that left it both holding
+    slots, five masters for four shards, all on the StatefulSet's pods. The next update
+    merges the smaller into the others, as a scale-in would, and loses no key."""
+    nodes.started(8)
+    with nodes.transport() as transport:
+        ensure_cluster(transport, 4, 1, 60)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(nodes.nodes[0].ip, 6379)], password=PASSWORD, decode_responses=True
+        )
+        written = write_keys(client, "split", 8000)
+        cluster = Cluster(transport, transport.nodes)
+        cluster.refresh()
+        pods, by_pod = cluster.pod_of_id(), {n.pod: n for n in transport.nodes}
+        entries = cluster.reference_entries()
+        master = next(e for e in entries if e.is_master and e.slots)
+        leaver = next(e for e in entries if not e.is_master and e.master_id == master.id)
+        # The replica leaves its master: an empty master of its own (a replica's data goes
+        # with a reset), met again, then given part of its old master's slots with the keys.
+        transport.client(by_pod[pods[leaver.id]]).execute_command("CLUSTER", "RESET", "SOFT")
+        transport.client(by_pod[pods[master.id]]).execute_command("CLUSTER", "MEET", by_pod[pods[leaver.id]].host, 6379)
+        deadline = time.monotonic() + 20
+        while True:
+            cluster.refresh()
+            seen = {e.id: e for e in cluster.reference_entries()}
+            leaver_info = transport.client(by_pod[pods[leaver.id]]).execute_command("CLUSTER", "INFO")
+            if "cluster_state:ok" in str(leaver_info) and all(
+                len(v.entries) == 8 and any(e.id == leaver.id and e.is_master for e in v.entries) for v in cluster.views
+            ):
+                break
+            assert time.monotonic() < deadline, "the reset replica was never known again as a master"
+            time.sleep(0.2)
+        first, last = master.slots[0]
+        moving = list(range(first, first + (last - first) // 3))
+        masters = [by_pod[pods[e.id]] for e in seen.values() if e.is_master]
+        mover = SlotMover(transport, {by_pod[pods[i]]: i for i in seen if pods.get(i)}, masters)
+        mover.move_all([(by_pod[pods[master.id]], by_pod[pods[leaver.id]], moving)])
+        cluster.refresh()
+        holding = [e for e in cluster.reference_entries() if e.is_master and e.slots]
+        assert len(holding) == 5
+
+        topology = ensure_cluster(transport, 4, 1, 120, mode="update")
+    assert topology["state"] == "ok", topology["problems"]
+    assert len(topology["masters"]) == 4 and len(topology["replicas"]) == 4
+    assert sum(m["slot_count"] for m in topology["masters"]) == SLOTS
+    assert lost_keys(client, written) == []
+    client.close()
