@@ -665,6 +665,7 @@ GUARD_FIELDS = (
     "namespace",
     "storage_size",
     "certificate_issuer",
+    "scale_in_step",
 )
 # The opt-ins (acceptManualChange items) that have let a change through and are still
 # listed: each lets one change through, so a stale one cannot pass a second.
@@ -739,11 +740,38 @@ def engine_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> 
     return [(key, f"redis-eks:{key} = {value!r} is refused on this running stack: {refusal}")]
 
 
+def scale_in_before_the_step(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Fewer shards or replicas on the first run of a stack from before the scale-in step:
+    that run creates ClusterScaleIn, which has no shape of its own to compare and so empties
+    nothing, while the StatefulSet would delete pods that hold slots."""
+    if not olds.get("shards") or unwrap(olds.get("scale_in_step")):
+        return []
+    failures = []
+    for key, setting in (("shards", "shards"), ("replicas_per_shard", "replicasPerShard")):
+        old, new = unwrap(olds.get(key)), news.get(key)
+        if old is None or new is None or is_unknown(new) or int(unwrap(new)) >= int(old):
+            continue
+        failures.append(
+            (
+                key,
+                f"redis-eks:{setting} cannot go from {old} to {unwrap(new)} in the first `pulumi up` after the "
+                "upgrade: that run creates the scale-in step (ClusterScaleIn), which empties the pods that go "
+                f"from the run after it on. Keep {setting} at {old} for this run, then lower it "
+                "(docs/operations.md, Upgrading a stack from the previous release)",
+            )
+        )
+    return failures
+
+
 def unsafe_change_failures(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Changes that must not reach the pods: fewer shards or replicas, another engine or an
     older line of it, another namespace, TLS switched, a new storage size or another signer of
     the nodes' certificate. (A new password is rotated, see `CredentialRotation`.)"""
-    failures = engine_change_failures(olds, news) + namespace_change_failures(olds, news)
+    failures = (
+        engine_change_failures(olds, news)
+        + namespace_change_failures(olds, news)
+        + scale_in_before_the_step(olds, news)
+    )
     # A guard from before the setting ran without TLS.
     old_tls, new_tls = bool(unwrap(olds.get("tls"))), news.get("tls")
     if olds.get("shards") and not is_unknown(new_tls) and old_tls != bool(unwrap(new_tls)):
@@ -867,6 +895,9 @@ class ClusterChangeGuard(pulumi.dynamic.Resource, module="redis", name="ClusterC
             "namespace": namespace,
             "storage_size": storage_size,
             "certificate_issuer": certificate_issuer,
+            # This release's guards run beside the scale-in step; a guard's record without
+            # the mark is from before it (see scale_in_before_the_step).
+            "scale_in_step": True,
             USED_FIELD: None,
         }
         super().__init__(ClusterChangeGuardProvider(), resource_name, props, opts)

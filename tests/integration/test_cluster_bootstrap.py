@@ -627,6 +627,7 @@ def guard_props(blob: str, shards: int = 3, replicas: int = 1, password: str = P
         "replicas_per_shard": replicas,
         "password": secret(password),
         "tls": tls,
+        "scale_in_step": True,
     }
 
 

@@ -63,9 +63,37 @@ def test_a_smaller_shape_passes_the_guard_and_the_bootstrap() -> None:
     assert list(checked.failures) == []
     assert provider.diff("id", direct_props(replicas_per_shard=2), direct_props()).changes is True
     guard = cb.ClusterChangeGuardProvider()
-    assert (
-        list(guard.check({"shards": 4, "replicas_per_shard": 1}, {"shards": 3, "replicas_per_shard": 1}).failures) == []
-    )
+    olds = {"shards": 4, "replicas_per_shard": 2, "scale_in_step": True}
+    for shards, replicas in ((3, 2), (4, 1), (2, 0)):
+        news = {"shards": shards, "replicas_per_shard": replicas, "scale_in_step": True}
+        assert list(guard.check(olds, news).failures) == []
+
+
+@pytest.mark.parametrize(
+    "news, refused",
+    [
+        ({"shards": 3, "replicas_per_shard": 2}, ["shards"]),
+        ({"shards": 4, "replicas_per_shard": 1}, ["replicas_per_shard"]),
+        ({"shards": 2, "replicas_per_shard": 0}, ["shards", "replicas_per_shard"]),
+        ({"shards": 5, "replicas_per_shard": 2}, []),  # scaling out needs no step before it
+        ({"shards": 4, "replicas_per_shard": 2}, []),
+    ],
+)
+def test_the_first_run_after_the_upgrade_refuses_a_smaller_shape(news: dict, refused: list[str]) -> None:
+    """A guard recorded before the scale-in step existed: that run creates ClusterScaleIn,
+    which has no earlier shape to empty pods by, so the StatefulSet would delete pods that
+    hold slots. The smaller shape waits for the run after (refused at check and update)."""
+    olds = {"shards": 4, "replicas_per_shard": 2}
+    news = {**news, "scale_in_step": True}
+    failures, _ = checked_guard(olds, news)
+    assert failures == refused
+    if refused:
+        reason = cb.ClusterChangeGuardProvider().check(olds, news).failures[0].reason
+        assert "first `pulumi up` after the upgrade" in reason and "ClusterScaleIn" in reason
+        with pytest.raises(ValueError, match="cannot go from"):
+            cb.ClusterChangeGuardProvider().update("guard", olds, news)
+    # A new stack has nothing to compare.
+    assert checked_guard({}, news)[0] == []
 
 
 def checked_guard(olds: dict, news: dict) -> tuple[list[str], dict]:
