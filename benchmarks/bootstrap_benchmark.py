@@ -48,13 +48,13 @@ from typing import Callable, Iterator, Mapping
 
 from redis.crc import key_slot
 
-from benchmarks.machine_info import header_lines, load_average
+from benchmarks.machine_info import header_lines
 from benchmarks.side_by_side import (
     Row,
     add_engines_argument,
     engine_binaries,
-    markdown_table,
     median,
+    print_results,
     seconds_with_runs,
 )
 from cluster_logic import formation, health, scale_in
@@ -477,9 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += scale_rows(bench_scale(loopback, engines, args.keys, args.tls), engines, args.keys)
         if not args.skip_scale_in:
             rows += scale_in_rows(bench_scale_in(loopback, engines, args.keys, args.tls), engines, args.keys)
-    print(f"\nBootstrap, scale-out and scale-in per engine (bootstrap: median of {args.repeats}):\n")
-    print("\n".join(markdown_table(engines, rows)))
-    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
+    print_results(f"Bootstrap, scale-out and scale-in per engine (bootstrap: median of {args.repeats})", engines, rows)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from benchmarks.machine_info import header_lines, load_average
-from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, markdown_table
+from benchmarks.machine_info import header_lines
+from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, print_results
 from cluster_logic.errors import BootstrapError
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import Sandbox
@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = sum(1 for title, _ in FAULTS if args.only in title)
     print(f"\n== {chosen} faults per engine, each under a plain and a WAIT 1 writer ==", flush=True)
     rows = bench(engines, args.keys, args.only)
-    print("\nFaults per engine (the goal: none lost, healthy on its own or after the next `up`):\n")
-    print("\n".join(markdown_table(engines, rows)))
-    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
+    print_results("Faults per engine (the goal: none lost, healthy on its own or after the next `up`)", engines, rows)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ from typing import Any, Callable, Optional, TypeVar
 import redis
 from redis.crc import key_slot
 
-from benchmarks.machine_info import header_lines, load_average
+from benchmarks.machine_info import header_lines
 from benchmarks.reliability_benchmark import SEED_NODE_TIMEOUT_MS, SeedTimeoutSandbox, check_running
-from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, markdown_table
+from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, print_results
 from cluster_logic.errors import BootstrapError
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import Sandbox
@@ -511,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = {name: statistics.median(f[kind]) for name, f in found.items()}
             rows.append(Row(f"write latency, no fault: {label}", cells, figures))
             print(f"  latency, {label}: {cells}", flush=True)
-    print("\nPartitions per engine (one run per scenario and configuration):\n")
-    print("\n".join(markdown_table(engines, rows)))
-    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
+    print_results("Partitions per engine (one run per scenario and configuration)", engines, rows)
     try:
         work.rmdir()
     except OSError:

@@ -54,13 +54,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping, Optional, TypeVar
 
-from benchmarks.machine_info import header_lines, load_average
+from benchmarks.machine_info import header_lines
 from benchmarks.side_by_side import (
     Row,
     add_engines_argument,
     engine_binaries,
-    markdown_table,
     median,
+    print_results,
     seconds_with_runs,
 )
 from components.stack_settings import StackSettings, parse_settings
@@ -537,12 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     if not options.skip_restart_all:
         rows += bench_restart_all(work, engines, options.repeats, tls=options.tls)
 
-    print(
-        f"\nReliability per engine (kill -9 and restart-all: median of {options.repeats}; "
-        "rolling restart: one run per variant):\n"
+    print_results(
+        f"Reliability per engine (kill -9 and restart-all: median of {options.repeats}; "
+        "rolling restart: one run per variant)",
+        engines,
+        rows,
     )
-    print("\n".join(markdown_table(engines, rows)))
-    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
     try:
         work.rmdir()
     except OSError:

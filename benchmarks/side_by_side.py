@@ -1,5 +1,5 @@
-"""What both benchmarks share to run every measure once per engine and print one table
-with a column per engine (and valkey / redis where both ran)."""
+"""What the benchmarks share to run every measure once per engine and print one table with
+a column per engine (and valkey / redis where both ran)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,13 @@ def markdown_table(binaries: Mapping[str, EngineBinaries], rows: Sequence[Row]) 
             cells.append(ratio_text(row))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def print_results(title: str, binaries: Mapping[str, EngineBinaries], rows: Sequence[Row]) -> None:
+    """The run's table under its title, then the load average: other work on the machine
+    shows there, beside the figures it may have slowed."""
+    from benchmarks.machine_info import load_average
+
+    print(f"\n{title}:\n")
+    print("\n".join(markdown_table(binaries, rows)))
+    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")

@@ -48,8 +48,8 @@ from typing import Callable, Mapping, Optional
 import redis
 from redis.crc import key_slot
 
-from benchmarks.machine_info import header_lines, load_average
-from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, markdown_table
+from benchmarks.machine_info import header_lines
+from benchmarks.side_by_side import Row, add_engines_argument, engine_binaries, print_results
 from cluster_logic.model import parse_cluster_nodes
 from sandbox.engine_binaries import EngineBinaries
 from sandbox.local_cluster import Sandbox
@@ -478,9 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         for failover in results[name].watch.failovers:
             print(f"  FALSE FAILOVER {failover}", flush=True)
         print(f"  {results[name].writer}", flush=True)
-    print(f"\nSoak per engine ({options.minutes:g} minutes each):\n")
-    print("\n".join(markdown_table(engines, rows(results, options.minutes))))
-    print(f"\nload average at the end: {load_average()} (other work on this machine shows here)")
+    print_results(f"Soak per engine ({options.minutes:g} minutes each)", engines, rows(results, options.minutes))
     try:
         work.rmdir()
     except OSError:
