@@ -145,3 +145,21 @@ def test_memory_refusal_keeps_headroom_below_the_near_maxmemory_alert(datasets, 
     assert (message is not None) == refused, message
     if refused:
         assert "80% of their maxmemory" in message and "MiB" in message
+
+
+def test_a_shard_split_on_the_staying_pods_is_merged_without_a_pod_going() -> None:
+    """A partition mid-move left a master (pod 3) and the replica promoted in its place (pod 7)
+    both holding slots: five masters for four shards, every pod staying. The smaller of the
+    two is drained into the others and follows a master; nothing is forgotten."""
+    layout = Layout(
+        masters=[pod(0), pod(1), pod(2), pod(3), pod(7)],
+        replicas={pod(0): [pod(4)], pod(1): [pod(5)], pod(2): [pod(6)]},
+    )
+    owned = even_slots([pod(0), pod(1), pod(2), pod(3)])
+    owned[pod(7)] = owned[pod(3)][: len(owned[pod(3)]) // 3]
+    owned[pod(3)] = owned[pod(3)][len(owned[pod(7)]) :]
+    stay = [pod(i) for i in range(8)]
+    plan = plan_scale_in(layout, owned, zones(8), stay, 4, 1)
+    assert plan.drained == [pod(7)] and plan.forget == [] and plan.failovers == []
+    assert plan.keep == [pod(0), pod(1), pod(2), pod(3)]
+    check_result(plan, layout, owned, stay, 4, 1)
