@@ -359,24 +359,47 @@ def scale_cell(run: ScaleRun, total: int) -> str:
     return f"{run.seconds:.2f} s, {moved / run.seconds:,.0f} keys/s ({run.slots} slots, ~{moved:,.0f} keys; {after})"
 
 
-def scale_rows(results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, EngineBinaries], total: int) -> list[Row]:
-    title = f"scale-out 3 → 4 shards, {total:,} keys"
+def mover_rows(
+    results: dict[str, dict[str, ScaleRun]],
+    engines: Mapping[str, EngineBinaries],
+    total: int,
+    title: str,
+    ours: str,
+    cli_what: str,
+    target: str,
+    who: str = "",
+) -> list[Row]:
+    """Ours against the engine's CLI for one slot-moving operation, and the speed-up of
+    `who` (default `ours`)."""
     return [
         Row(
-            f"{title}: the bootstrap's rebalance",
+            f"{title}: {ours}",
             {name: scale_cell(r["bootstrap"], total) for name, r in results.items()},
             {name: r["bootstrap"].seconds for name, r in results.items()},
         ),
         Row(
-            f"{title}: the engine's CLI `--cluster rebalance --cluster-use-empty-masters`",
+            f"{title}: the engine's CLI {cli_what}",
             {name: f"`{engines[name].engine.cli}`: {scale_cell(r['cli'], total)}" for name, r in results.items()},
             {name: r["cli"].seconds for name, r in results.items()},
         ),
         Row(
-            f"{title}: speed-up of the bootstrap over the CLI (target ≥ 2x)",
+            f"{title}: speed-up of {who or ours} over the CLI ({target})",
             {name: f"{r['cli'].seconds / r['bootstrap'].seconds:.2f}x faster" for name, r in results.items()},
         ),
     ]
+
+
+def scale_rows(results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, EngineBinaries], total: int) -> list[Row]:
+    return mover_rows(
+        results,
+        engines,
+        total,
+        f"scale-out 3 → 4 shards, {total:,} keys",
+        "the bootstrap's rebalance",
+        "`--cluster rebalance --cluster-use-empty-masters`",
+        "target ≥ 2x",
+        who="the bootstrap",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -430,23 +453,15 @@ def bench_scale_in(
 def scale_in_rows(
     results: dict[str, dict[str, ScaleRun]], engines: Mapping[str, EngineBinaries], total: int
 ) -> list[Row]:
-    title = f"scale-in 4 → 3 shards, {total:,} keys"
-    return [
-        Row(
-            f"{title}: the scale-in step",
-            {name: scale_cell(r["bootstrap"], total) for name, r in results.items()},
-            {name: r["bootstrap"].seconds for name, r in results.items()},
-        ),
-        Row(
-            f"{title}: the engine's CLI `--cluster rebalance --cluster-weight <id>=0` + `del-node`",
-            {name: f"`{engines[name].engine.cli}`: {scale_cell(r['cli'], total)}" for name, r in results.items()},
-            {name: r["cli"].seconds for name, r in results.items()},
-        ),
-        Row(
-            f"{title}: speed-up of the scale-in step over the CLI (target ≥ 4x on Redis)",
-            {name: f"{r['cli'].seconds / r['bootstrap'].seconds:.2f}x faster" for name, r in results.items()},
-        ),
-    ]
+    return mover_rows(
+        results,
+        engines,
+        total,
+        f"scale-in 4 → 3 shards, {total:,} keys",
+        "the scale-in step",
+        "`--cluster rebalance --cluster-weight <id>=0` + `del-node`",
+        "target ≥ 4x on Redis",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
