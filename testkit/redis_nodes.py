@@ -573,6 +573,21 @@ def create_cluster(nodes: Sequence[LocalNode], replicas_per_shard: int, timeout:
         raise RuntimeError(f"{nodes[0].binaries.cli} --cluster create failed:\n{result.stdout}\n{result.stderr}")
     wait_cluster_ok(nodes, timeout=timeout)
     wait_replicas_online(nodes, timeout=timeout)
+    wait_roles_agree(nodes, timeout=timeout)
+
+
+def wait_roles_agree(nodes: Sequence[LocalNode], timeout: float = 60.0, interval: float = 0.1) -> None:
+    """Waits until every node's CLUSTER NODES says the same of who follows whom. A replica's
+    role reaches the others by gossip, after its sync may have finished: until then a master
+    can list its replica as an empty master, and preStop finds no replica to hand over to."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = [{e.id: (e.is_master, e.master_id) for e in cluster_nodes(node)} for node in nodes]
+        if all(view == views[0] for view in views[1:]):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the nodes disagree about the roles after {timeout:.0f}s: {views}")
+        time.sleep(interval)
 
 
 def stop_all(nodes: Sequence[LocalNode], timeout: float = 30.0) -> None:
